@@ -1,0 +1,104 @@
+"""One exception root for the package.
+
+Every error says what failed, where (host, hop, file:line) and what to try. Library
+exceptions (paramiko, netmiko, yaml, pydantic, OS) are wrapped ``from exc`` at the
+layer that understands them; nothing above that layer sees a library type.
+"""
+
+from __future__ import annotations
+
+
+class PhonehomeJumpError(Exception):
+    """Root of every error this package raises on purpose.
+
+    ``str(err)`` is the whole user-facing message: ``where: what`` and, when known,
+    a ``try:`` line. Adapters (CLI, MCP, agent) print exactly that and nothing else.
+    """
+
+    #: JSON-RPC style code used by the agent protocol; subclasses refine it.
+    code: int = -32000
+
+    def __init__(self, what: str, *, where: str | None = None, hint: str | None = None) -> None:
+        self.what = what
+        self.where = where
+        self.hint = hint
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        text = f"{self.where}: {self.what}" if self.where else self.what
+        if self.hint:
+            text += f"\n  try: {self.hint}"
+        return text
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InventoryError(PhonehomeJumpError):
+    """The inventory (or a workflow file) is malformed or refers to unknown names."""
+
+    code = -32602
+
+
+class UnknownNameError(InventoryError):
+    """A host, group, hop or credential name that the inventory does not define."""
+
+
+class SecretError(PhonehomeJumpError):
+    """A secret reference could not be resolved at connect time (the value is never shown)."""
+
+
+class ConnectError(PhonehomeJumpError):
+    """Reaching a hop or the target failed.
+
+    ``hop`` is the inventory name of the endpoint that failed; ``reason`` is one of
+    dns, refused, timeout, auth, host-key, forwarding, protocol, closed.
+    """
+
+    code = -32001
+
+    def __init__(self, what: str, *, hop: str, reason: str, where: str | None = None,
+                 hint: str | None = None) -> None:
+        self.hop = hop
+        self.reason = reason
+        super().__init__(what, where=where or f"hop {hop!r}", hint=hint)
+
+
+class HostKeyError(ConnectError):
+    """A host key was unknown (strict policy) or changed; carries the offered fingerprint."""
+
+    def __init__(self, what: str, *, hop: str, fingerprint: str, where: str | None = None,
+                 hint: str | None = None) -> None:
+        self.fingerprint = fingerprint
+        super().__init__(what, hop=hop, reason="host-key", where=where, hint=hint)
+
+
+class AuthError(ConnectError):
+    """The hop or target refused our credentials."""
+
+    def __init__(self, what: str, *, hop: str, where: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(what, hop=hop, reason="auth", where=where, hint=hint)
+
+
+class SessionError(PhonehomeJumpError):
+    """A session-level failure: busy, closed, dead, bad input to send/read."""
+
+    code = -32002
+
+
+class SessionDeadError(SessionError):
+    """The shell, the target or a hop under it went away; the session must be reopened."""
+
+
+class UnknownSessionError(SessionError):
+    """No open session has that id (for this caller)."""
+
+    code = -32004
+
+
+class LimitError(SessionError):
+    """A per-host or total session limit would be exceeded."""
+
+    code = -32005

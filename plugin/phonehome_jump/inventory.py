@@ -1,0 +1,832 @@
+"""Inventory: YAML hosts, groups, jump hosts and credential references -> resolved targets.
+
+Everything is validated and resolved at load, so a typo shows up when the file is read, not
+half-way through a connect. All problems of one load are reported together, one
+``file:line: what`` per line (:class:`InventoryProblems`).
+
+Precedence (first value that is set wins):
+
+* ``port``, ``known_hosts``, ``host_key_policy``, ``keepalive``, ``connect_timeout``,
+  ``device_type``, ``credentials``, ``description``: host -> its groups in the order listed ->
+  ``defaults`` -> built-in default (22, ``~/.ssh/known_hosts``, strict, 30, 10.0, linux).
+* ``username``: host.username > credentials.username > groups' username (in order) >
+  defaults.username > local user (``getpass.getuser()``). A credential's username belongs to
+  its secret, so it beats broad group/default settings; the host itself can still override.
+* ``via``: the first layer that *mentions* ``via`` wins (host -> groups -> defaults);
+  ``via: []`` or ``via: null`` there means direct and stops inheritance.
+* ``tags``: union of host, group and defaults tags (that order, de-duplicated).
+* jump hosts: their own fields -> defaults (connection settings and credentials only; never
+  ``defaults.via``, which would make every hop go through itself) -> built-ins.
+
+Chains: ``chain(hop) = expand(hop.via) + [hop]``. A via list ``[a, b]`` is ``chain(a)`` then
+``b``; ``b``'s own via prefix must be empty or equal to the chain so far, otherwise it is a
+conflict. A hop may appear only once in a chain; cycles are errors naming the cycle.
+
+Secrets are references only (``env:NAME`` / ``file:PATH``), read when :meth:`SecretRef.resolve`
+is called. Paths are ``~``-expanded; relative paths are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import getpass
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import model_validator
+from pydantic_core import core_schema
+
+from .errors import InventoryError, SecretError, UnknownNameError
+
+__all__ = [
+    "Auth", "Endpoint", "Inventory", "InventoryProblems", "SecretRef", "Target", "json_schema",
+    "CredentialsSpec", "DefaultsSpec", "GroupSpec", "HostSpec", "InventoryFile", "JumpHostSpec",
+]
+
+ENV_VAR = "PHONEHOME_JUMP_INVENTORY"
+HostKeyPolicy = Literal["strict", "accept-new"]
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_FIELDS = frozenset({"password", "passphrase", "sudo_password"})
+
+
+# --------------------------------------------------------------------------- secrets
+
+@dataclass(frozen=True, repr=False)
+class SecretRef:
+    """A pointer to a secret (``env:NAME`` / ``file:PATH``); only resolve() reads the value."""
+
+    kind: Literal["env", "file"]
+    name: str  # variable name, or the file path as written
+
+    @classmethod
+    def parse(cls, text: object) -> SecretRef:
+        """Parse a reference; ValueError messages never echo the input (it may be a password)."""
+        literal = ("must be a reference, not a literal secret: write env:VAR_NAME (and export "
+                   "VAR_NAME) or file:/path/to/secret (mode 0600) instead")
+        if isinstance(text, SecretRef):
+            return text
+        if not isinstance(text, str):
+            raise ValueError(literal)
+        kind, sep, rest = text.partition(":")
+        if not sep or kind not in ("env", "file"):
+            raise ValueError(literal)
+        if kind == "env" and not _ENV_NAME.fullmatch(rest):
+            raise ValueError("env: reference needs a variable name of letters, digits and _ "
+                             "(e.g. env:SL1_PASSWORD)")
+        if kind == "file" and not rest.strip():
+            raise ValueError("file: reference needs a path (e.g. file:~/.secrets/sl1)")
+        return cls(kind, rest)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    def __repr__(self) -> str:
+        return f"SecretRef({str(self)!r})"
+
+    def resolve(self, context: str) -> str:
+        """Read the secret now; ``context`` (e.g. "hop 'dmz-gw' password") goes into errors."""
+        if self.kind == "env":
+            value = os.environ.get(self.name)
+            if not value:
+                state = "is not set" if value is None else "is empty"
+                raise SecretError(f"environment variable {self.name} {state} (needed by {self})",
+                                  where=context,
+                                  hint=f"export {self.name}=... in the environment that starts "
+                                       "phonehome-jump")
+            return value
+        path = Path(self.name).expanduser()
+        hint = f"check that {path} exists, is readable by this user and has mode 0600"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            # from None: the decode error object carries the raw bytes of the secret
+            raise SecretError(f"secret file {path} is not UTF-8 text", where=context,
+                              hint=hint) from None
+        except OSError as exc:
+            raise SecretError(f"cannot read secret file {path} ({exc.strerror or exc})",
+                              where=context, hint=hint) from exc
+        text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+        if not text:
+            raise SecretError(f"secret file {path} is empty", where=context, hint=hint)
+        return text
+
+    # pydantic integration: validated by parse(), shown as a string in the JSON schema
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            cls.parse, serialization=core_schema.plain_serializer_function_ser_schema(str))
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
+        return {"type": "string", "pattern": r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$"}
+
+
+# --------------------------------------------------------------------------- file models
+
+def _as_tuple(value: Any) -> Any:
+    return (value,) if isinstance(value, str) else value  # `via: bastion` == `via: [bastion]`
+
+
+Names = Annotated[tuple[str, ...], BeforeValidator(_as_tuple), WithJsonSchema(
+    {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})]
+Port = Annotated[int, Field(ge=1, le=65535)]
+# numbers are accepted where text is expected: engineers write `username: 1234`, `host: 7750`
+_CFG = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+class _Conn(BaseModel):
+    model_config = _CFG
+    port: Port | None = Field(None, description="SSH port, 1-65535. Default 22.")
+    username: str | None = Field(
+        None, description="Login name. Default: the credentials' username, then the local user.")
+    credentials: str | None = Field(None, description="Name of an entry under `credentials`.")
+    known_hosts: str | None = Field(
+        None, description="known_hosts file for host-key checks ('~' expanded). "
+                          "Default ~/.ssh/known_hosts.")
+    host_key_policy: HostKeyPolicy | None = Field(
+        None, description="strict: refuse unknown host keys; accept-new: trust and record a key "
+                          "seen for the first time (a changed key is always refused). "
+                          "Default strict.")
+    keepalive: int | None = Field(
+        None, ge=0, description="Seconds between SSH keepalives; 0 disables. Default 30.")
+    connect_timeout: float | None = Field(
+        None, gt=0, description="Seconds to wait for TCP connect and SSH handshake. Default 10.")
+    via: Names | None = Field(
+        None, description="Jump host name, or list of names, to go through (first hop first). "
+                          "A hop's own via is prepended. [] means direct.")
+    description: str | None = Field(None, description="Free text for listings and searches.")
+
+
+class _TargetSettings(_Conn):
+    device_type: str | None = Field(
+        None, description="netmiko device_type (linux, cisco_ios, juniper_junos, ...). "
+                          "Default linux.")
+    tags: Names | None = Field(None, description="Labels for filtering (merged from groups).")
+
+
+class DefaultsSpec(_TargetSettings):
+    """Settings every host inherits; jump hosts inherit the connection settings."""
+
+
+class GroupSpec(_TargetSettings):
+    """Settings shared by the hosts that list this group."""
+
+
+class HostSpec(_TargetSettings):
+    """A target device or server."""
+
+    host: str = Field(min_length=1,
+                      description="DNS name or IP address, as seen from the last hop.")
+    groups: Names = Field((), description="Groups to inherit from, first listed wins.")
+
+
+class JumpHostSpec(_Conn):
+    """An SSH hop that forwards connections (ProxyJump-style)."""
+
+    host: str = Field(min_length=1,
+                      description="DNS name or IP address, as seen from the previous hop.")
+
+
+class CredentialsSpec(BaseModel):
+    """How to log in. Secrets are references: env:VAR_NAME or file:/path (mode 0600)."""
+
+    model_config = _CFG
+    username: str | None = Field(None, description="Login name used with these credentials.")
+    password: SecretRef | None = Field(
+        None, description="Password reference: env:VAR or file:PATH.")
+    key_file: str | None = Field(None, description="Private key file ('~' expanded).")
+    passphrase: SecretRef | None = Field(
+        None, description="Passphrase reference for an encrypted key_file: env:VAR or file:PATH.")
+    use_agent: bool = Field(True, description="Also try keys from the running ssh-agent.")
+    sudo_password: SecretRef | None = Field(
+        None, description="sudo password reference: env:VAR or file:PATH.")
+
+    @model_validator(mode="after")
+    def _can_log_in(self) -> CredentialsSpec:
+        if self.password is None and self.key_file is None and not self.use_agent:
+            raise ValueError("give no way to log in: set password, key_file or use_agent: true")
+        return self
+
+
+class InventoryFile(BaseModel):
+    """One phonehome-jump inventory file; a directory of such files is merged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="phonehome-jump inventory")
+    defaults: DefaultsSpec | None = Field(None, description="Settings every host inherits.")
+    credentials: dict[str, CredentialsSpec] | None = Field(
+        None, description="Named login methods, referenced by `credentials: NAME`.")
+    jump_hosts: dict[str, JumpHostSpec] | None = Field(
+        None, description="Named SSH hops, referenced by `via`.")
+    groups: dict[str, GroupSpec] | None = Field(
+        None, description="Named settings bundles, referenced by a host's `groups`.")
+    hosts: dict[str, HostSpec] | None = Field(None, description="Targets you can open sessions on.")
+
+
+_SECTIONS: dict[str, tuple[type[BaseModel], str]] = {
+    "defaults": (DefaultsSpec, "defaults"), "credentials": (CredentialsSpec, "credentials"),
+    "jump_hosts": (JumpHostSpec, "jump host"), "groups": (GroupSpec, "group"),
+    "hosts": (HostSpec, "host"),
+}
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of one inventory file (committed as inventory/schema.json for editors)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **InventoryFile.model_json_schema()}
+
+
+# --------------------------------------------------------------------------- resolved objects
+
+@dataclass(frozen=True)
+class Auth:
+    password: SecretRef | None
+    key_file: Path | None
+    passphrase: SecretRef | None
+    use_agent: bool
+    sudo_password: SecretRef | None
+
+    def summary(self) -> dict[str, Any]:
+        """References and paths only, never values."""
+        out: dict[str, Any] = {"agent": self.use_agent}
+        for name in ("password", "passphrase", "sudo_password"):
+            if (ref := getattr(self, name)) is not None:
+                out[name] = str(ref)
+        if self.key_file is not None:
+            out["key_file"] = str(self.key_file)
+        return out
+
+
+_NO_AUTH = Auth(None, None, None, True, None)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    host: str
+    port: int
+    username: str
+    auth: Auth
+    known_hosts: Path
+    host_key_policy: HostKeyPolicy
+    keepalive: int
+    connect_timeout: float
+    source: str
+
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        """Identity used to share hop connections between sessions."""
+        return (self.name, self.host, self.port, self.username)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    endpoint: Endpoint
+    chain: tuple[Endpoint, ...]
+    device_type: str
+    groups: tuple[str, ...]
+    tags: tuple[str, ...]
+    description: str | None
+    source: str
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe description without secret values."""
+        ep = self.endpoint
+        return {"name": self.name, "host": ep.host, "port": ep.port, "username": ep.username,
+                "device_type": self.device_type, "groups": list(self.groups),
+                "tags": list(self.tags), "description": self.description,
+                "auth": ep.auth.summary(),
+                "chain": [{"name": h.name, "host": h.host, "port": h.port,
+                           "username": h.username} for h in self.chain],
+                "source": self.source}
+
+
+class InventoryProblems(InventoryError):
+    """All problems found in one load; ``problems`` is a list of (where, what)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems  # set before super(): message is computed there
+        super().__init__(problems[0][1], where=problems[0][0])
+
+    @property
+    def message(self) -> str:
+        if len(self.problems) == 1:
+            return super().message
+        return "\n".join([f"{len(self.problems)} problems in the inventory (fix all, then reload):"]
+                         + [f"  {where}: {what}" for where, what in self.problems])
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+_MERGE = "tag:yaml.org,2002:merge"
+_KeyPath = tuple[str | int, ...]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that builds plain data from the node tree itself, so it can record the line
+    of every key / list item (for error locations) and catch duplicate keys, which PyYAML
+    otherwise silently resolves to the last value."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.lines: dict[_KeyPath, int] = {}
+        self.problems: list[tuple[int, str]] = []
+
+    def build(self) -> Any:
+        node = self.get_single_node()
+        return None if node is None else self._walk(node, ())
+
+    def _pairs(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node, bool]]:
+        """Own pairs first, then `<<: *anchor` pairs (own keys win, as in YAML)."""
+        pairs = [(k, v, False) for k, v in node.value if k.tag != _MERGE]
+        for k, v in node.value:
+            if k.tag != _MERGE:
+                continue
+            for src in v.value if isinstance(v, yaml.SequenceNode) else [v]:
+                if isinstance(src, yaml.MappingNode):
+                    pairs += [(kk, vv, True) for kk, vv, _ in self._pairs(src)]
+                else:
+                    self.problems.append((k.start_mark.line + 1, "'<<' must merge a mapping"))
+        return pairs
+
+    def _walk(self, node: yaml.Node, path: _KeyPath) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for knode, vnode, merged in self._pairs(node):
+                line = knode.start_mark.line + 1
+                if not isinstance(knode, yaml.ScalarNode):
+                    self.problems.append((line, "keys must be plain names"))
+                    continue
+                key = knode.value  # raw text: `on:` or `7750:` stay names, not bool/int
+                if key in out:
+                    if not merged:
+                        where = ".".join(map(str, path)) or "the top level"
+                        self.problems.append((line, f"duplicate key '{key}' in {where} (first at "
+                                                    f"line {self.lines[path + (key,)]}); YAML "
+                                                    "would silently keep only the last one"))
+                        self.lines[path + (key,)] = line  # YAML keeps the last value
+                        out[key] = self._walk(vnode, path + (key,))
+                    continue
+                self.lines[path + (key,)] = line
+                out[key] = self._walk(vnode, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.lines[path + (i,)] = item.start_mark.line + 1
+            return [self._walk(item, path + (i,)) for i, item in enumerate(node.value)]
+        return self.construct_object(node, deep=True)
+
+
+# --------------------------------------------------------------------------- validation
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    if close:
+        return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
+    if not choices:
+        return " (none defined)"
+    return f" (known: {', '.join(choices)})" if len(choices) <= 12 else ""
+
+
+_PLAIN = {
+    "int_parsing": "must be a whole number", "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number", "float_parsing": "must be a number",
+    "float_type": "must be a number", "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be greater than {gt}", "less_than_equal": "must be at most {le}",
+    "literal_error": "must be one of {expected}", "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false", "string_type": "must be text",
+    "string_too_short": "must not be empty", "tuple_type": "must be a name or a list of names",
+}
+
+
+def _explain(err: Any, model: type[BaseModel]) -> str:
+    """One pydantic error in plain words; never echoes the input of a secret field."""
+    loc, typ, ctx = tuple(err["loc"]), err["type"], err.get("ctx") or {}
+    name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    if typ == "extra_forbidden":
+        key = str(loc[-1])
+        if model is not CredentialsSpec and key in CredentialsSpec.model_fields and not \
+                difflib.get_close_matches(key, model.model_fields, n=1, cutoff=0.6):
+            return (f"unknown key '{key}': it belongs in a credentials entry, referenced "
+                    "here with `credentials: NAME`")
+        return f"unknown key '{key}'" + _suggest(key, model.model_fields)
+    if typ == "missing":
+        return f"missing required key '{name}'"
+    if not loc:
+        if typ == "value_error":
+            return f"{ctx['error']}"
+        return "must be a mapping of settings (key: value)"
+    if loc[0] == "port" and typ in ("int_parsing", "int_type", "int_from_float",
+                                     "greater_than_equal", "less_than_equal"):
+        what = "must be a whole number between 1 and 65535"
+    elif typ == "value_error":
+        what = str(ctx["error"])
+    else:
+        what = _PLAIN[typ].format(**ctx) if typ in _PLAIN else err["msg"]
+    value = err.get("input")
+    if loc[0] in _SECRET_FIELDS or typ == "value_error" or not isinstance(
+            value, (str, int, float, bool, type(None))):
+        return f"{name} {what}"
+    return f"{name} {what}, got {json.dumps(value)}"
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One named thing from one file, with enough context to point at its lines."""
+
+    section: str
+    name: str
+    file: str
+    lines: dict[_KeyPath, int]
+    spec: Any = None  # the validated model, None if invalid (already reported)
+
+    @property
+    def label(self) -> str:
+        if self.section == "defaults":
+            return "defaults"
+        return f"{_SECTIONS[self.section][1]} '{self.name}'"
+
+    def line(self, *sub: str | int) -> int | None:
+        path: _KeyPath = (self.section, *(() if self.section == "defaults" else (self.name,)), *sub)
+        while path:  # longest recorded prefix: `via: x` has no line for via[0]
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+    def at(self, *sub: str | int) -> tuple[str, int | None]:
+        return self.file, self.line(*sub)
+
+
+def _fmt(file: str, line: int | None) -> str:
+    return f"{file}:{line}" if line else file
+
+
+class _Builder:
+    """Parses files, validates, checks references and resolves targets, collecting problems."""
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[str, int | None, str]] = []
+        self.files: list[str] = []
+        self.entries: dict[str, dict[str, _Entry]] = {s: {} for s in _SECTIONS if s != "defaults"}
+        self.default_parts: list[_Entry] = []
+        self.defaults = DefaultsSpec()
+        self.default_owner: dict[str, _Entry] = {}
+        self.hop_chains: dict[str, tuple[str, ...] | None] = {}
+        self.via_memo: dict[int, tuple[str, ...] | None] = {}
+        self.hop_endpoints: dict[str, Endpoint] = {}
+        self.cycles: set[frozenset[str]] = set()
+        self._user: str | None = None
+
+    def add(self, at: tuple[str, int | None], what: str) -> None:
+        if (item := (*at, what)) not in self.problems:
+            self.problems.append(item)
+
+    # -- phase 1: parse and validate each file
+    def parse(self, text: str, file: str) -> None:
+        self.files.append(file)
+        try:
+            loader = _LineLoader(text)
+            data = loader.build()
+            loader.dispose()
+        except yaml.reader.ReaderError as exc:  # raised before any mark exists
+            line = text[:exc.position].count("\n") + 1
+            self.add((file, line), f"invalid YAML: character #x{exc.character:04x} is not allowed")
+            return
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            self.add((file, mark.line + 1 if mark else None),
+                     f"invalid YAML: {exc.problem or exc.context}")
+            return
+        for line, what in loader.problems:
+            self.add((file, line), what)
+        if data is None:
+            return  # an empty file is fine
+        if not isinstance(data, dict):
+            self.add((file, 1), "the top level must be a mapping of sections: "
+                     + ", ".join(_SECTIONS))
+            return
+        for section, body in data.items():
+            at = (file, loader.lines[(section,)])
+            if section not in _SECTIONS:
+                self.add(at, f"unknown section '{section}'" + _suggest(section, _SECTIONS))
+            elif section == "defaults":
+                entry = _Entry("defaults", "defaults", file, loader.lines)
+                entry.spec = self._validate(entry, body)
+                self.default_parts.append(entry)
+            elif body is not None and not isinstance(body, dict):
+                self.add(at, f"section '{section}' must be a mapping of name: settings")
+            else:
+                for name, value in (body or {}).items():
+                    self._add_entry(_Entry(section, name, file, loader.lines), value)
+
+    def _add_entry(self, entry: _Entry, value: Any) -> None:
+        known = self.entries[entry.section]
+        if (prev := known.get(entry.name)) is not None:
+            self.add(entry.at(), f"{entry.label} is defined twice: {_fmt(*prev.at())} and "
+                                 f"{_fmt(*entry.at())}; rename or remove one")
+            return
+        known[entry.name] = entry  # registered even if invalid, so references to it still resolve
+        if entry.section == "hosts" and isinstance(value, str):
+            self.add(entry.at(), f"{entry.label} must be a mapping, e.g. "
+                                 f"`{entry.name}: {{host: {value}}}`")
+            return
+        entry.spec = self._validate(entry, value)
+
+    def _validate(self, entry: _Entry, value: Any) -> Any:
+        model = _SECTIONS[entry.section][0]
+        try:
+            return model.model_validate({} if value is None else value)
+        except ValidationError as exc:
+            errors = exc.errors()
+            for err in errors:
+                self.add(entry.at(*err["loc"]), f"{entry.label}: {_explain(err, model)}")
+        if not isinstance(value, dict):
+            return None
+        # Keep the valid part so its references are still checked in this same pass; the
+        # load fails anyway, so this partial spec is never resolved into a Target.
+        bad = {err["loc"][0] for err in errors if err["loc"] and err["type"] != "missing"}
+        partial = {k: v for k, v in value.items() if k not in bad}
+        partial.update({err["loc"][0]: "?" for err in errors if err["type"] == "missing"})
+        try:
+            return model.model_validate(partial)
+        except ValidationError:
+            return None
+
+    # -- phase 2: merge defaults, check references
+    def check(self) -> None:
+        merged: dict[str, Any] = {}
+        for part in self.default_parts:
+            if part.spec is None:
+                continue
+            for key in part.spec.model_fields_set:
+                if (prev := self.default_owner.get(key)) is not None:
+                    self.add(part.at(key), f"defaults.{key} is set twice: {_fmt(*prev.at(key))} "
+                                           f"and {_fmt(*part.at(key))}")
+                    continue
+                merged[key], self.default_owner[key] = getattr(part.spec, key), part
+        self.defaults = DefaultsSpec.model_validate(merged)
+        creds, groups = self.entries["credentials"], self.entries["groups"]
+        owners = self.default_parts + [
+            e for s in ("jump_hosts", "groups", "hosts") for e in self.entries[s].values()]
+        for entry in owners:
+            if (spec := entry.spec) is None:
+                continue
+            if spec.credentials is not None and spec.credentials not in creds:
+                self.add(entry.at("credentials"), f"{entry.label}: unknown credentials "
+                         f"'{spec.credentials}'" + _suggest(spec.credentials, creds))
+            for i, group in enumerate(getattr(spec, "groups", ())):
+                if group not in groups:
+                    self.add(entry.at("groups", i),
+                             f"{entry.label}: unknown group '{group}'" + _suggest(group, groups))
+            if entry.section == "jump_hosts":
+                self._hop(entry.name, [])
+            elif "via" in spec.model_fields_set and (entry.section != "defaults"
+                                                     or self.default_owner.get("via") is entry):
+                self._via(entry, spec.via)
+
+    def _via(self, owner: _Entry, via: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if id(owner) not in self.via_memo:  # memo per owner: a group's error is reported once
+            self.via_memo[id(owner)] = self._expand(owner, via or (), [])
+        return self.via_memo[id(owner)]
+
+    def _hop(self, name: str, stack: list[str]) -> tuple[str, ...] | None:
+        """Full chain ending with jump host ``name``; None if broken (already reported)."""
+        if name in self.hop_chains:
+            return self.hop_chains[name]
+        entry = self.entries["jump_hosts"][name]
+        if name in stack:
+            cycle = stack[stack.index(name):] + [name]
+            if frozenset(cycle) not in self.cycles:
+                self.cycles.add(frozenset(cycle))
+                self.add(entry.at("via"), f"via cycle: {' -> '.join(cycle)}; a hop cannot "
+                                          "(indirectly) go through itself")
+            return None
+        prefix = (None if entry.spec is None
+                  else self._expand(entry, entry.spec.via or (), stack + [name]))
+        self.hop_chains[name] = None if prefix is None else prefix + (name,)
+        return self.hop_chains[name]
+
+    def _expand(self, owner: _Entry, via: tuple[str, ...],
+                stack: list[str]) -> tuple[str, ...] | None:
+        chain: tuple[str, ...] = ()
+        ok = True
+        hops, hosts = self.entries["jump_hosts"], self.entries["hosts"]
+        for i, name in enumerate(via):
+            if name not in hops:
+                more = (f" ('{name}' is a host; define it under jump_hosts to hop through it)"
+                        if name in hosts else _suggest(name, hops))
+                self.add(owner.at("via", i), f"{owner.label}: unknown jump host '{name}'" + more)
+                ok = False
+                continue
+            sub = self._hop(name, stack)
+            if sub is None:
+                ok = False
+            elif not chain:
+                chain = sub
+            elif name in chain:
+                self.add(owner.at("via", i), f"{owner.label}: jump host '{name}' appears twice "
+                                             f"in the chain {' -> '.join(chain)} -> {name}")
+                ok = False
+            elif sub[:-1] in ((), chain):
+                chain += (name,)
+            else:
+                self.add(owner.at("via", i), f"{owner.label}: via lists '{name}' after "
+                         f"{' -> '.join(chain)}, but '{name}' is itself reached via "
+                         f"{' -> '.join(sub[:-1])}; list that chain first or drop one via")
+                ok = False
+        return chain if ok else None
+
+    # -- phase 3: resolve
+    def _username(self, entry: _Entry, *candidates: str | None) -> str:
+        for value in candidates:
+            if value is not None:
+                return value
+        if self._user is None:
+            try:
+                self._user = getpass.getuser()
+            except Exception:  # no USER/LOGNAME and no passwd entry (bare containers)
+                self.add(entry.at(), f"{entry.label}: no username set and the local user name "
+                                     "is unknown; set defaults.username")
+                return "?"
+        return self._user
+
+    def _creds(self, name: str | None) -> tuple[CredentialsSpec | None, Auth] | None:
+        if name is None:
+            return None, _NO_AUTH
+        entry = self.entries["credentials"].get(name)
+        if entry is None or (spec := entry.spec) is None:
+            return None  # unknown or invalid: already reported
+        key = Path(spec.key_file).expanduser() if spec.key_file else None
+        return spec, Auth(spec.password, key, spec.passphrase, spec.use_agent, spec.sudo_password)
+
+    def _endpoint(self, entry: _Entry, layers: list[Any],
+                  usernames: list[str | None]) -> Endpoint | None:
+        def pick(key: str, default: Any) -> Any:
+            values = (getattr(lay, key) for lay in layers)
+            return next((v for v in values if v is not None), default)
+
+        creds = self._creds(pick("credentials", None))
+        if creds is None:
+            return None
+        spec, auth = creds
+        username = self._username(entry, usernames[0], spec and spec.username, *usernames[1:])
+        return Endpoint(
+            name=entry.name, host=entry.spec.host, port=pick("port", 22), username=username,
+            auth=auth, known_hosts=Path(pick("known_hosts", "~/.ssh/known_hosts")).expanduser(),
+            host_key_policy=pick("host_key_policy", "strict"), keepalive=pick("keepalive", 30),
+            connect_timeout=float(pick("connect_timeout", 10.0)), source=_fmt(*entry.at()))
+
+    def _hop_endpoint(self, name: str) -> Endpoint | None:
+        if name not in self.hop_endpoints:
+            entry = self.entries["jump_hosts"][name]
+            ep = self._endpoint(entry, [entry.spec, self.defaults],
+                                [entry.spec.username, self.defaults.username])
+            if ep is None:
+                return None
+            self.hop_endpoints[name] = ep
+        return self.hop_endpoints[name]
+
+    def target(self, entry: _Entry) -> Target | None:
+        host: HostSpec | None = entry.spec
+        if host is None:
+            return None
+        groups = [self.entries["groups"].get(g) for g in host.groups]
+        if any(g is None or g.spec is None for g in groups):
+            return None
+        owners = [entry, *groups]
+        layers = [host, *(g.spec for g in groups), self.defaults]
+        via_owner = next((o for o, lay in zip(owners, layers) if "via" in lay.model_fields_set),
+                         self.default_owner.get("via"))
+        names = () if via_owner is None else self._via(via_owner, via_owner.spec.via)
+        endpoint = self._endpoint(entry, layers, [host.username, *(g.spec.username for g in groups),
+                                                  self.defaults.username])
+        chain = [self._hop_endpoint(n) for n in names or ()]
+        if names is None or endpoint is None or None in chain:
+            return None
+        tags = dict.fromkeys(t for lay in layers for t in (lay.tags or ()))
+        return Target(
+            name=entry.name, endpoint=endpoint, chain=tuple(chain),  # type: ignore[arg-type]
+            device_type=next((lay.device_type for lay in layers if lay.device_type), "linux"),
+            groups=host.groups, tags=tuple(tags),
+            description=next((lay.description for lay in layers if lay.description), None),
+            source=endpoint.source)
+
+    def finish(self) -> dict[str, Target]:
+        self.check()
+        targets = {}
+        if not self.problems:  # resolving half-valid data would only repeat known problems
+            for name in sorted(self.entries["hosts"]):
+                if (t := self.target(self.entries["hosts"][name])) is not None:
+                    targets[name] = t
+        if self.problems:
+            order = {f: i for i, f in enumerate(self.files)}
+            self.problems.sort(key=lambda p: (order.get(p[0], 0), p[1] or 0))
+            raise InventoryProblems([(_fmt(f, line), what) for f, line, what in self.problems])
+        return targets
+
+
+# --------------------------------------------------------------------------- public API
+
+class Inventory:
+    """Resolved, validated inventory. Build it with :meth:`load` or :meth:`from_text`."""
+
+    def __init__(self, targets: Mapping[str, Target], groups: Iterable[str],
+                 sources: Iterable[Path] = ()) -> None:
+        self._targets = dict(targets)
+        self._groups = sorted(groups)
+        self.sources: list[Path] = list(sources)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Inventory:
+        """Load a YAML file, or merge the sorted *.yaml / *.yml files of a directory."""
+        root = Path(path)
+        hint = f"pass --inventory PATH or set {ENV_VAR} to an inventory file or directory"
+        if not root.exists():
+            raise InventoryError(f"inventory {root} does not exist", where=str(root), hint=hint)
+        files = [root] if not root.is_dir() else sorted(
+            p for p in root.iterdir()
+            if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file())
+        if not files:
+            raise InventoryError(f"no *.yaml or *.yml files in directory {root}", where=str(root),
+                                 hint=hint)
+        builder = _Builder()
+        for file in files:
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InventoryError(f"cannot read inventory file: {exc}", where=str(file),
+                                     hint="check the path and its permissions") from exc
+            builder.parse(text, str(file))
+        return cls(builder.finish(), builder.entries["groups"], files)
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<string>") -> Inventory:
+        builder = _Builder()
+        builder.parse(text, source)
+        return cls(builder.finish(), builder.entries["groups"])
+
+    def target(self, name: str) -> Target:
+        try:
+            return self._targets[name]
+        except KeyError:
+            raise UnknownNameError(f"unknown host '{name}'" + _suggest(name, self._targets),
+                                   hint="phonehome-jump inventory list") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._targets)
+
+    def groups(self) -> list[str]:
+        return list(self._groups)
+
+    def targets(self, group: str | None = None, tag: str | None = None,
+                query: str | None = None) -> list[Target]:
+        """Sorted by name; query: case-insensitive substring of name, host or description."""
+        if group is not None and group not in self._groups:
+            raise UnknownNameError(f"unknown group '{group}'" + _suggest(group, self._groups),
+                                   hint="phonehome-jump inventory list")
+        q = query.lower() if query else None
+        return [t for _, t in sorted(self._targets.items())
+                if (group is None or group in t.groups) and (tag is None or tag in t.tags)
+                and (q is None or any(q in (s or "").lower()
+                                      for s in (t.name, t.endpoint.host, t.description)))]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._targets
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m phonehome_jump.inventory",
+                                     description="Print the inventory JSON Schema or check a file.")
+    parser.add_argument("--schema", action="store_true", help="print the JSON Schema")
+    parser.add_argument("path", nargs="?", help="inventory file or directory to check")
+    args = parser.parse_args(argv)
+    if args.schema:
+        sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+        return 0
+    if not args.path:
+        parser.error("give --schema or an inventory PATH")
+    try:
+        inv = Inventory.load(args.path)
+    except InventoryError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"ok: {len(inv)} hosts: {', '.join(inv.names())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""One persistent shell on a target, framed by prompt — never by silence.
+
+netmiko opens the SSH connection over the chain's tunnel (device types, login quirks,
+paging) and is then kept out of the hot path: commands are written to and read from the
+shell channel directly, and each command ends when its prompt appears.
+
+Two framings:
+
+* ``sentinel`` (POSIX shells: device types ``linux`` and friends). At start the session
+  turns terminal echo and CR/LF translation off, turns line editing off, and sets a unique
+  prompt that carries the exit status and the cwd. Output is then exactly the bytes the
+  command printed, and the prompt gives ``exit_status`` and ``cwd``.
+* ``native`` (network OSes whose prompt cannot be set): netmiko's own session preparation
+  for the device type (paging off, base prompt), then frame on that base prompt.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import paramiko
+
+from .errors import SessionDeadError, SessionError
+from .inventory import Target
+
+#: Device types whose shell is POSIX enough for the sentinel prompt.
+SENTINEL_DEVICE_TYPES = frozenset({"linux", "generic", "ovs_linux", "terminal_server"})
+
+DEFAULT_CAP = 16_000          # characters returned per result before head/tail capping
+PTY_WIDTH = 4096              # wide, so programs do not wrap or truncate output
+MASK = "********"
+
+#: Ends the wait of a command early (it keeps running): the program asks for input.
+INPUT_PROMPT = re.compile(
+    r"(?i)(?:password|passphrase|passcode)[^\n]{0,40}:\s*$|\[y/n\]\s*$|\(yes/no[^)\n]*\)\??\s*$"
+    r"|\[sudo\][^\n]*:\s*$")
+
+CONTROL = {"c": "\x03", "d": "\x04", "z": "\x1a", "\\": "\x1c", "[": "\x1b", "l": "\x0c", "u": "\x15"}
+
+
+@dataclass
+class CommandResult:
+    """What one command (or interaction) produced so far. Offsets count characters of output."""
+
+    command: str | None
+    output: str
+    exit_status: int | None
+    running: bool
+    cwd: str | None
+    duration: float
+    offset: int = 0                  # where ``output`` starts in the command's whole output
+    total: int = 0                   # characters of output so far
+    next_offset: int = 0             # pass to read(offset=) to continue paging
+    truncated: bool = False
+    omitted: tuple[int, int] | None = None   # [start, end) left out of ``output``
+    awaiting_input: bool = False     # the output ends in something that asks for input
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["omitted"] = list(self.omitted) if self.omitted else None
+        return d
+
+
+@dataclass
+class _Run:
+    """Output of the command currently (or last) on the wire."""
+
+    command: str | None
+    started: float
+    chunks: list[str] = field(default_factory=list)
+    length: int = 0
+    tail: str = ""                   # last characters, where the prompt is searched
+    delivered: int = 0               # characters already returned to the caller
+    exit_status: int | None = None
+    cwd: str | None = None
+    done: bool = False
+    ended: float | None = None
+    _text: str | None = None
+
+    def text(self) -> str:
+        if self._text is None or len(self._text) != self.length:
+            self._text = "".join(self.chunks)
+            self.chunks = [self._text]
+        return self._text
+
+
+class Framer:
+    """Finds the end of a command in the shell's output."""
+
+    name = "?"
+    pattern: re.Pattern[str]
+
+    def setup(self, session: "Session") -> None:
+        raise NotImplementedError
+
+    def wrap(self, command: str) -> str:
+        return command
+
+    def end(self, m: re.Match[str]) -> tuple[int | None, str | None]:
+        return None, None
+
+    def clean(self, text: str, command: str | None) -> str:
+        return text
+
+
+class SentinelFramer(Framer):
+    name = "sentinel"
+
+    def __init__(self) -> None:
+        self.token = secrets.token_hex(6)
+        # The rendered prompt never equals the line that defines it, so the echo of the
+        # setup line cannot be mistaken for a prompt.
+        self.pattern = re.compile(r"<<phj:" + self.token + r":(\d+):([^\n]*?)>>")
+
+    def setup(self, session: "Session") -> None:
+        line = ("stty -echo -onlcr -icanon 2>/dev/null; set +o emacs +o vi 2>/dev/null; "
+                "unset PROMPT_COMMAND HISTFILE LS_COLORS; export NO_COLOR=1 PAGER=cat SYSTEMD_PAGER= GIT_PAGER=cat "
+                "TERM=dumb; PS2=''; PS3=''; PS4='+ '; "
+                f"_phj={self.token}; PS1='<<phj:${{_phj}}:$?:${{PWD}}>>'\n")
+        session._write(line)
+        session._pump(time.monotonic() + session.target.endpoint.connect_timeout, setup=True)
+
+    def wrap(self, command: str) -> str:
+        if "\n" not in command.rstrip("\n"):
+            return command.rstrip("\n") + "\n"
+        # Several lines would give several prompts; eval of a quoted here-document runs them
+        # as one command in this shell (state persists) and ends with one prompt.
+        eof = f"PHJ_EOF_{self.token}"
+        return f"eval \"$(cat <<'{eof}'\n{command.rstrip(chr(10))}\n{eof}\n)\"\n"
+
+    def end(self, m: re.Match[str]) -> tuple[int | None, str | None]:
+        return int(m.group(1)), m.group(2)
+
+
+class NativeFramer(Framer):
+    name = "native"
+
+    def setup(self, session: "Session") -> None:
+        conn = session._conn
+        conn._try_session_preparation()          # netmiko: paging off, base prompt for this OS
+        base = re.escape(conn.base_prompt)
+        self.pattern = re.compile(r"(?:^|\n)" + base + r"[^\n]{0,64}?[>#$%\]]\s*$")
+
+    def clean(self, text: str, command: str | None) -> str:
+        text = text.replace("\r\n", "\n").replace("\r", "")
+        if command and text.startswith(command.strip()):
+            text = text[len(command.strip()):].lstrip("\n")
+        return text
+
+
+class Session:
+    """A persistent shell on one target. Thread-safe: one operation at a time."""
+
+    def __init__(self, target: Target, conn: Any, channel: paramiko.Channel, framer: Framer,
+                 *, cap: int = DEFAULT_CAP, secrets_: tuple[str, ...] = ()) -> None:
+        self.target = target
+        self._conn = conn                 # netmiko connection; never leaves this module
+        self._chan = channel
+        self.framer = framer
+        self.cap = cap
+        self._lock = threading.RLock()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
+        self._run: _Run | None = None
+        self._secrets: set[str] = {s for s in secrets_ if s}
+        self.cwd: str | None = None
+        self.dead: str | None = None      # why, once the shell or a hop went away
+        self.last_activity = time.time()
+
+    # -- opening ----------------------------------------------------------------------
+    @classmethod
+    def start(cls, target: Target, sock: Any, *, cap: int = DEFAULT_CAP,
+              framing: str | None = None) -> "Session":
+        """Log in to ``target`` over ``sock`` (a tunnel channel or a TCP socket) and frame the shell."""
+        from netmiko import ConnectHandler   # heavy import, only when a session opens
+
+        from .chain import HostKeyPolicy, credentials, wrap_error
+        ep = target.endpoint
+        creds = credentials(ep)
+        framing = framing or ("sentinel" if target.device_type in SENTINEL_DEVICE_TYPES else "native")
+        try:
+            conn = ConnectHandler(
+                device_type=target.device_type, host=ep.host, port=ep.port, sock=sock,
+                username=creds["username"], password=creds["password"] or "",
+                use_keys=bool(creds["key_filename"]), key_file=creds["key_filename"],
+                passphrase=creds["passphrase"], allow_agent=creds["allow_agent"],
+                ssh_strict=True, system_host_keys=False, alt_host_keys=True,
+                alt_key_file=str(ep.known_hosts), conn_timeout=ep.connect_timeout,
+                auth_timeout=ep.connect_timeout, banner_timeout=ep.connect_timeout,
+                keepalive=ep.keepalive, fast_cli=True, auto_connect=False)
+            conn.key_policy = HostKeyPolicy(ep)   # strict or accept-new, as the inventory says
+            conn.establish_connection(width=PTY_WIDTH, height=1000)
+        except Exception as exc:
+            raise wrap_error(exc, ep, target.chain[-1] if target.chain else None) from exc
+        chan = conn.remote_conn
+        chan.settimeout(None)
+        framer: Framer = SentinelFramer() if framing == "sentinel" else NativeFramer()
+        session = cls(target, conn, chan, framer, cap=cap,
+                      secrets_=tuple(v for v in (creds["password"], creds["passphrase"]) if v))
+        try:
+            framer.setup(session)
+        except Exception as exc:
+            session.close()
+            if isinstance(exc, SessionError):
+                raise SessionError(f"the shell on {target.name} did not come up: {exc.what}",
+                                   where=f"host {target.name!r}",
+                                   hint="check the account's login shell; device_type decides "
+                                        "the framing (sentinel needs a POSIX shell)") from exc
+            raise wrap_error(exc, ep, None) from exc
+        return session
+
+    # -- the wire ---------------------------------------------------------------------
+    def _write(self, text: str) -> None:
+        try:
+            self._chan.sendall(text.encode("utf-8"))
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._die("the connection closed while sending")
+            raise self._dead_error() from exc
+
+    def _die(self, why: str) -> None:
+        if self.dead is None:
+            self.dead = why
+
+    def _dead_error(self) -> SessionDeadError:
+        return SessionDeadError(f"session is dead: {self.dead}", where=f"host {self.target.name!r}",
+                                hint="close it and open a new session")
+
+    def _pump(self, deadline: float, *, setup: bool = False, until: re.Pattern[str] | None = None,
+              stop_on_input: bool = False) -> bool:
+        """Read until the prompt ends the current run, ``until`` matches, or the deadline.
+
+        Returns True when the wait ended early because of ``until``/an input prompt.
+        """
+        run = self._run
+        if setup:
+            run = self._run = _Run(None, time.monotonic())
+        assert run is not None
+        while not run.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if setup:
+                    raise SessionError(f"no framed prompt within {self.target.endpoint.connect_timeout:g}s")
+                return False
+            self._chan.settimeout(remaining)
+            try:
+                data = self._chan.recv(1 << 16)
+            except socket.timeout:
+                continue
+            except (OSError, EOFError, paramiko.SSHException):
+                data = b""
+            if not data:
+                self._die("the remote shell or a hop closed the connection")
+                if setup:
+                    raise SessionError("the remote end closed the connection during setup")
+                raise self._dead_error()
+            before = run.length
+            self._feed(run, self._decoder.decode(data))
+            if setup and run.done:
+                self._run = None
+                return False
+            if not run.done and (until or stop_on_input):
+                window = run.text()[max(before - 256, 0):]
+                if until is not None and until.search(window):
+                    return True
+                if stop_on_input and INPUT_PROMPT.search(run.tail):
+                    return True
+        return False
+
+    def _feed(self, run: _Run, text: str) -> None:
+        if not text:
+            return
+        window = run.tail + text
+        m = self.framer.pattern.search(window)
+        if m is None:
+            run.chunks.append(text)
+            run.length += len(text)
+            run.tail = window[-4096:]
+            return
+        # The prompt may straddle chunks: cut the stored output back to where it began.
+        keep = m.start() - len(run.tail)
+        if keep >= 0:
+            run.chunks.append(text[:keep])
+            run.length += keep
+        else:
+            full = run.text()[: run.length + keep]
+            run.chunks, run.length = [full], len(full)
+        run.exit_status, cwd = self.framer.end(m)
+        if cwd is not None:
+            self.cwd = cwd
+        run.cwd = self.cwd
+        run.done, run.ended = True, time.monotonic()
+        if self.framer.name == "native":
+            cleaned = self.framer.clean(run.text(), run.command)
+            run.chunks, run.length = [cleaned], len(cleaned)
+
+    # -- public API -------------------------------------------------------------------
+    def command(self, command: str, *, wait: float = 20.0, until: str | None = None) -> CommandResult:
+        """Run ``command``; return when its prompt comes back or after ``wait`` seconds.
+
+        A command still running after ``wait`` (or that stops at an input prompt or at
+        ``until``) returns ``running=True``; :meth:`read` continues it.
+        """
+        with self._lock:
+            self._check_idle()
+            self._run = _Run(command, time.monotonic())
+            self._write(self.framer.wrap(command) if self.framer.name == "sentinel" else command.rstrip("\n") + "\n")
+            stopped = self._pump(time.monotonic() + wait, until=_compile(until), stop_on_input=True)
+            return self._result(awaiting=stopped)
+
+    def send(self, text: str = "", *, newline: bool = True, control: str | None = None,
+             secret: bool = False) -> None:
+        """Type raw text (answer a prompt, send Ctrl-C). ``secret`` text is masked in all output."""
+        with self._lock:
+            if self.dead:
+                raise self._dead_error()
+            if secret and text:
+                self._secrets.add(text)
+            payload = text + ("\n" if newline and text else "")
+            if control:
+                key = control.lower().removeprefix("ctrl-").removeprefix("^")
+                if key not in CONTROL:
+                    raise SessionError(f"unknown control key {control!r}", where=f"host {self.target.name!r}",
+                                       hint=f"use one of: {', '.join('ctrl-' + k for k in CONTROL)}")
+                payload += CONTROL[key]
+            if not payload and newline:
+                payload = "\n"
+            if self._run is None or self._run.done:
+                self._run = _Run(None, time.monotonic())   # typed at the shell: frame it like a command
+            self._write(payload)
+            self.last_activity = time.time()
+
+    def read(self, *, wait: float = 0.0, until: str | None = None, offset: int | None = None) -> CommandResult:
+        """Collect pending output (waiting up to ``wait`` for the prompt or ``until``), or page.
+
+        With ``offset``, return the output of the current/last command from that character on.
+        """
+        with self._lock:
+            if self._run is None:
+                return CommandResult(None, "", None, False, self.cwd, 0.0)
+            stopped = False
+            if not self._run.done and not self.dead:
+                stopped = self._pump(time.monotonic() + wait, until=_compile(until), stop_on_input=wait > 0)
+            return self._result(offset=offset, awaiting=stopped)
+
+    def interrupt(self, wait: float = 5.0) -> CommandResult:
+        """Ctrl-C the running command and wait for the prompt."""
+        self.send(control="c", newline=False)
+        return self.read(wait=wait)
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None and not self._run.done
+
+    @property
+    def state(self) -> str:
+        return "dead" if self.dead else "running" if self.running else "idle"
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.disconnect()
+            except Exception:  # already gone; nothing to report to the caller
+                pass
+
+    # -- helpers ----------------------------------------------------------------------
+    def _check_idle(self) -> None:
+        if self.dead:
+            raise self._dead_error()
+        if self.running:
+            assert self._run is not None
+            raise SessionError(
+                f"a command is still running: {self._mask(self._run.command or '(typed input)')!r}",
+                where=f"host {self.target.name!r}",
+                hint="read its output with read(), answer it with send(), or interrupt it (Ctrl-C)")
+
+    def _mask(self, text: str) -> str:
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, MASK)
+        return text
+
+    def _result(self, *, offset: int | None = None, awaiting: bool = False) -> CommandResult:
+        run = self._run
+        assert run is not None
+        self.last_activity = time.time()
+        text = run.text()
+        total = len(text)
+        start = run.delivered if offset is None else max(0, min(offset, total))
+        piece = text[start:]
+        omitted = None
+        truncated = False
+        if offset is not None and len(piece) > self.cap:        # paging: one page from offset
+            piece, next_offset, truncated = piece[: self.cap], start + self.cap, True
+        elif len(piece) > self.cap:                             # head and tail, middle omitted
+            half = self.cap // 2
+            omitted = (start + half, total - half)
+            piece = (piece[:half] + f"\n[… {omitted[1] - omitted[0]} characters omitted "
+                     f"({omitted[0]}–{omitted[1]}); read with offset={omitted[0]} …]\n" + piece[-half:])
+            next_offset, truncated = total, True
+        else:
+            next_offset = total
+        if offset is None:
+            run.delivered = total
+        end = run.ended if run.done and run.ended else time.monotonic()
+        return CommandResult(
+            command=self._mask(run.command) if run.command else None, output=self._mask(piece),
+            exit_status=run.exit_status, running=not run.done, cwd=run.cwd if run.done else self.cwd,
+            duration=round(end - run.started, 4), offset=start, total=total, next_offset=next_offset,
+            truncated=truncated, omitted=omitted, awaiting_input=awaiting and not run.done)
+
+
+def _compile(pattern: str | None) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise SessionError(f"invalid 'until' pattern {pattern!r}: {exc}",
+                           hint="pass a Python regular expression") from exc

@@ -1,0 +1,304 @@
+"""The sshd lab: real OpenSSH servers in network namespaces, jump1 → jump2 → targets.
+
+    local (root ns) ──10.199.1.0/24── jump1 ──10.199.2.0/24── jump2 ──br 10.199.3.0/24── target1..N
+
+jump1 and jump2 do not forward IP, and the root namespace has no route past jump1,
+so a target is reachable only by SSH through both jumps (a test proves it). Every
+server has its own host key; the lab writes a known_hosts, a client key, an inventory
+and an env file (passwords) into its state directory. Users:
+
+- ``phjkey``  key auth (on the jumps and the targets)
+- ``phjpass`` password auth
+- ``phjsudo`` password auth, may sudo with its password
+
+Needs root, ``ip`` (iproute2), ``sshd`` and ``sudo``. Used by the test suite, ``make demo``
+and ``bench/``.  ``python tests/lab/sshlab.py up|down|status [--state DIR] [--targets N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "phj-"
+LAB_NET = "10.199.0.0/16"
+DEFAULT_STATE = Path(os.environ.get("PHJ_LAB_STATE", "/tmp/phonehome-jump-lab"))
+USERS = ("phjkey", "phjpass", "phjsudo")
+SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin/sshd"
+
+
+def run(*args: str, check: bool = True, input: str | None = None, ns: str | None = None) -> subprocess.CompletedProcess:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+    proc = subprocess.run(cmd, input=input, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"lab: {' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+@dataclass
+class Node:
+    name: str          # jump1, jump2, target1, ...
+    ns: str            # network namespace
+    addr: str          # where the previous hop dials it
+
+    @property
+    def host_key(self) -> str:
+        return f"ssh_host_ed25519_key_{self.name}"
+
+
+@dataclass
+class Lab:
+    state: Path = DEFAULT_STATE
+    n_targets: int = 3
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state = Path(self.state)
+        self.nodes = {
+            "jump1": Node("jump1", PREFIX + "jump1", "10.199.1.2"),
+            "jump2": Node("jump2", PREFIX + "jump2", "10.199.2.2"),
+        }
+        for i in range(1, self.n_targets + 1):
+            self.nodes[f"target{i}"] = Node(f"target{i}", f"{PREFIX}target{i}", f"10.199.3.{9 + i}")
+
+    # -- paths the tests use -------------------------------------------------
+    @property
+    def key_file(self) -> Path:
+        return self.state / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state / "known_hosts"
+
+    @property
+    def inventory(self) -> Path:
+        return self.state / "inventory" / "lab.yaml"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return json.loads((self.state / "env.json").read_text())
+
+    def addr(self, name: str) -> str:
+        return self.nodes[name].addr
+
+    # -- bring up / tear down ------------------------------------------------
+    def up(self) -> "Lab":
+        if os.geteuid() != 0:
+            raise PermissionError("the sshd lab needs root (network namespaces, sshd, users)")
+        if not Path(SSHD).exists():
+            raise FileNotFoundError("sshd not found: apt-get install openssh-server")
+        self.down(quiet=True)
+        self.state.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state, 0o711)   # users must reach authorized_keys; secrets inside are 0600
+        self._keys()
+        self._users()
+        self._network()
+        for node in self.nodes.values():
+            self._write_sshd_config(node)
+            self.start_sshd(node.name)
+        self._known_hosts()
+        self._write_inventory()
+        return self
+
+    def down(self, quiet: bool = False) -> None:
+        for node in self.nodes.values():
+            self.kill_sshd(node.name)
+        existing = run("ip", "netns", "list", check=False).stdout
+        for node in self.nodes.values():
+            if node.ns in existing:
+                run("ip", "netns", "del", node.ns, check=False)
+        run("ip", "link", "del", PREFIX + "l0", check=False)
+        run("ip", "route", "del", "unreachable", LAB_NET, check=False)
+
+    def _keys(self) -> None:
+        for node in self.nodes.values():
+            key = self.state / node.host_key
+            if not key.exists():
+                run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+        if not self.key_file.exists():
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "phj-lab", "-f", str(self.key_file))
+        env_file = self.state / "env.json"
+        if not env_file.exists():
+            env = {"PHJ_LAB_PASSWORD": "pw-" + secrets.token_hex(8),
+                   "PHJ_LAB_SUDO_PASSWORD": "sudo-" + secrets.token_hex(8)}
+            env_file.write_text(json.dumps(env))
+            os.chmod(env_file, 0o600)
+        auth = self.state / "authorized_keys"
+        auth.write_text((self.key_file.with_suffix(".pub")).read_text())
+        os.chmod(auth, 0o644)
+
+    def _users(self) -> None:
+        env = self.env
+        passwords = {"phjkey": "!", "phjpass": env["PHJ_LAB_PASSWORD"], "phjsudo": env["PHJ_LAB_SUDO_PASSWORD"]}
+        for user in USERS:
+            if run("id", user, check=False).returncode != 0:
+                run("useradd", "-m", "-s", "/bin/bash", user)
+            if passwords[user] != "!":
+                run("chpasswd", input=f"{user}:{passwords[user]}\n")
+            else:   # key-only account: unlock it without a usable password
+                run("usermod", "-p", "*", user)
+        Path("/etc/sudoers.d").mkdir(exist_ok=True)
+        sudoers = Path("/etc/sudoers.d/phj-lab")
+        sudoers.write_text("phjsudo ALL=(ALL) ALL\nDefaults:phjsudo !lecture, timestamp_timeout=0\n")
+        os.chmod(sudoers, 0o440)
+
+    def _network(self) -> None:
+        j1, j2 = self.nodes["jump1"], self.nodes["jump2"]
+        for node in self.nodes.values():
+            run("ip", "netns", "add", node.ns)
+            run("ip", "link", "set", "lo", "up", ns=node.ns)
+            run("sysctl", "-q", "-w", "net.ipv4.ip_forward=0", ns=node.ns)
+        # Nothing for the lab's range may leave through the default route: only jump1's link is reachable.
+        run("ip", "route", "replace", "unreachable", LAB_NET)
+        # local ↔ jump1
+        run("ip", "link", "add", PREFIX + "l0", "type", "veth", "peer", "name", "eth0", "netns", j1.ns)
+        run("ip", "addr", "add", "10.199.1.1/24", "dev", PREFIX + "l0")
+        run("ip", "link", "set", PREFIX + "l0", "up")
+        run("ip", "addr", "add", f"{j1.addr}/24", "dev", "eth0", ns=j1.ns)
+        run("ip", "link", "set", "eth0", "up", ns=j1.ns)
+        # jump1 ↔ jump2
+        run("ip", "link", "add", "eth1", "netns", j1.ns, "type", "veth", "peer", "name", "eth0", "netns", j2.ns)
+        run("ip", "addr", "add", "10.199.2.1/24", "dev", "eth1", ns=j1.ns)
+        run("ip", "link", "set", "eth1", "up", ns=j1.ns)
+        run("ip", "addr", "add", f"{j2.addr}/24", "dev", "eth0", ns=j2.ns)
+        run("ip", "link", "set", "eth0", "up", ns=j2.ns)
+        # jump2 ↔ targets, over a bridge inside jump2
+        run("ip", "link", "add", "br0", "type", "bridge", ns=j2.ns)
+        run("ip", "addr", "add", "10.199.3.1/24", "dev", "br0", ns=j2.ns)
+        run("ip", "link", "set", "br0", "up", ns=j2.ns)
+        for i, node in enumerate(n for n in self.nodes.values() if n.name.startswith("target")):
+            port = f"t{i + 1}"
+            run("ip", "link", "add", port, "netns", j2.ns, "type", "veth", "peer", "name", "eth0", "netns", node.ns)
+            run("ip", "link", "set", port, "master", "br0", ns=j2.ns)
+            run("ip", "link", "set", port, "up", ns=j2.ns)
+            run("ip", "addr", "add", f"{node.addr}/24", "dev", "eth0", ns=node.ns)
+            run("ip", "link", "set", "eth0", "up", ns=node.ns)
+
+    def _write_sshd_config(self, node: Node) -> None:
+        cfg = f"""\
+ListenAddress {node.addr}
+Port 22
+HostKey {self.state / node.host_key}
+PidFile {self.state / (node.name + '.pid')}
+AuthorizedKeysFile {self.state / 'authorized_keys'}
+StrictModes no
+UsePAM no
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin no
+AllowUsers {' '.join(USERS)}
+AllowTcpForwarding yes
+UseDNS no
+MaxStartups 200
+MaxSessions 100
+PrintMotd no
+PrintLastLog no
+"""
+        (self.state / f"sshd_{node.name}.conf").write_text(cfg)
+
+    def start_sshd(self, name: str) -> None:
+        node = self.nodes[name]
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        conf = self.state / f"sshd_{node.name}.conf"
+        log = self.state / f"sshd_{node.name}.log"
+        run(SSHD, "-f", str(conf), "-E", str(log), ns=node.ns)   # daemonises once listening
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if run("ss", "-Hltn", f"sport = :22", ns=node.ns, check=False).stdout.strip():
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"lab: sshd on {name} did not start; see {log}")
+
+    def kill_sshd(self, name: str) -> None:
+        """Kill the listener and every connection it serves (a dead hop, as a crash would leave it)."""
+        node = self.nodes[name]
+        pids = run("ip", "netns", "pids", node.ns, check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+    def _known_hosts(self) -> None:
+        lines = []
+        for node in self.nodes.values():
+            pub = (self.state / (node.host_key + ".pub")).read_text().split()
+            lines.append(f"{node.addr} {pub[0]} {pub[1]}")
+        self.known_hosts.write_text("\n".join(lines) + "\n")
+
+    def host_key_line(self, name: str) -> str:
+        node = self.nodes[name]
+        pub = (self.state / (node.host_key + ".pub")).read_text().split()
+        return f"{node.addr} {pub[0]} {pub[1]}"
+
+    def _write_inventory(self) -> None:
+        self.inventory.parent.mkdir(exist_ok=True)
+        targets = [n for n in self.nodes.values() if n.name.startswith("target")]
+        hosts = []
+        for n in targets:
+            hosts.append(f"  lab-{n.name}: {{host: {n.addr}, groups: [lab]}}")
+        first = targets[0]
+        text = f"""\
+# The sshd lab's inventory, written by tests/lab/sshlab.py.
+defaults:
+  known_hosts: {self.known_hosts}
+  host_key_policy: strict
+  keepalive: 15
+credentials:
+  lab-key: {{username: phjkey, key_file: {self.key_file}, use_agent: false}}
+  lab-password: {{username: phjpass, password: "env:PHJ_LAB_PASSWORD", use_agent: false}}
+  lab-sudo: {{username: phjsudo, password: "env:PHJ_LAB_SUDO_PASSWORD", sudo_password: "env:PHJ_LAB_SUDO_PASSWORD", use_agent: false}}
+jump_hosts:
+  jump1: {{host: {self.addr('jump1')}, credentials: lab-key}}
+  jump2: {{host: {self.addr('jump2')}, credentials: lab-key, via: jump1}}
+groups:
+  lab: {{via: jump2, credentials: lab-key, tags: [lab]}}
+hosts:
+{chr(10).join(hosts)}
+  lab-password: {{host: {first.addr}, via: jump2, credentials: lab-password, tags: [lab]}}
+  lab-sudo: {{host: {first.addr}, via: jump2, credentials: lab-sudo, tags: [lab]}}
+  lab-jump1: {{host: {self.addr('jump1')}, credentials: lab-key, tags: [lab]}}
+  lab-jump2: {{host: {self.addr('jump2')}, via: jump1, credentials: lab-key, tags: [lab]}}
+"""
+        self.inventory.write_text(text)
+
+    def reachable_directly(self, name: str, timeout: float = 0.5) -> bool:
+        """True when a TCP connect from the local namespace reaches the node's sshd."""
+        try:
+            with socket.create_connection((self.addr(name), 22), timeout=timeout):
+                return True
+        except OSError:
+            return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="sshd lab: jump1 → jump2 → targets in network namespaces")
+    ap.add_argument("action", choices=["up", "down", "status"])
+    ap.add_argument("--state", type=Path, default=DEFAULT_STATE)
+    ap.add_argument("--targets", type=int, default=3)
+    args = ap.parse_args(argv)
+    lab = Lab(args.state, args.targets)
+    if args.action == "up":
+        lab.up()
+        print(f"lab up: inventory {lab.inventory}; passwords in {lab.state / 'env.json'}")
+    elif args.action == "down":
+        lab.down()
+        print("lab down")
+    else:
+        print(run("ip", "netns", "list").stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
