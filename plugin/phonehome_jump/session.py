@@ -39,8 +39,8 @@ MASK = "********"
 
 #: Ends the wait of a command early (it keeps running): the program asks for input.
 INPUT_PROMPT = re.compile(
-    r"(?i)(?:password|passphrase|passcode)[^\n]{0,40}:\s*$|\[y/n\]\s*$|\(yes/no[^)\n]*\)\??\s*$"
-    r"|\[sudo\][^\n]*:\s*$")
+    r"(?i)(?:password|passphrase|passcode)[^\n]{0,40}:[ \t]*$|\[y/n\][ \t]*$"
+    r"|\(yes/no[^)\n]*\)\??[ \t]*$|\[sudo\][^\n]*:[ \t]*$")
 
 CONTROL = {"c": "\x03", "d": "\x04", "z": "\x1a", "\\": "\x1c", "[": "\x1b", "l": "\x0c", "u": "\x15"}
 
@@ -268,7 +268,8 @@ class Session:
                 window = run.text()[max(before - 256, 0):]
                 if until is not None and until.search(window):
                     return True
-                if stop_on_input and INPUT_PROMPT.search(run.tail):
+                # only output the caller has not seen yet can be a new question
+                if stop_on_input and INPUT_PROMPT.search(run.text()[max(run.delivered, run.length - 256):]):
                     return True
         return False
 

@@ -1,6 +1,6 @@
 """The sshd lab: real OpenSSH servers in network namespaces, jump1 → jump2 → targets.
 
-    local (root ns) ──10.199.1.0/24── jump1 ──10.199.2.0/24── jump2 ──br 10.199.3.0/24── target1..N
+    local (root ns) ──10.N.1.0/24── jump1 ──10.N.2.0/24── jump2 ──br 10.N.3.0/24── target1..N
 
 jump1 and jump2 do not forward IP, and the root namespace has no route past jump1,
 so a target is reachable only by SSH through both jumps (a test proves it). Every
@@ -30,9 +30,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PREFIX = "phj-"
-LAB_NET = "10.199.0.0/16"
-DEFAULT_STATE = Path(os.environ.get("PHJ_LAB_STATE", "/tmp/phonehome-jump-lab"))
+# PHJ_LAB_NET (a number 100-254) picks the namespace names and the 10.N.0.0/16 range, so that
+# several labs (a test run, a benchmark) can be up on one machine at once.
+NET = int(os.environ.get("PHJ_LAB_NET", "199"))
+PREFIX = f"phj{NET}-"
+LAB_NET = f"10.{NET}.0.0/16"
+DEFAULT_STATE = Path(os.environ.get("PHJ_LAB_STATE", f"/tmp/phonehome-jump-lab-{NET}"))
+# The lab users are machine-wide, so their passwords are too (one file for every lab).
+ENV_FILE = Path("/var/lib/phonehome-jump-lab/env.json")
 USERS = ("phjkey", "phjpass", "phjsudo")
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin/sshd"
 
@@ -65,11 +70,11 @@ class Lab:
     def __post_init__(self) -> None:
         self.state = Path(self.state)
         self.nodes = {
-            "jump1": Node("jump1", PREFIX + "jump1", "10.199.1.2"),
-            "jump2": Node("jump2", PREFIX + "jump2", "10.199.2.2"),
+            "jump1": Node("jump1", PREFIX + "jump1", f"10.{NET}.1.2"),
+            "jump2": Node("jump2", PREFIX + "jump2", f"10.{NET}.2.2"),
         }
         for i in range(1, self.n_targets + 1):
-            self.nodes[f"target{i}"] = Node(f"target{i}", f"{PREFIX}target{i}", f"10.199.3.{9 + i}")
+            self.nodes[f"target{i}"] = Node(f"target{i}", f"{PREFIX}target{i}", f"10.{NET}.3.{9 + i}")
 
     # -- paths the tests use -------------------------------------------------
     @property
@@ -86,7 +91,7 @@ class Lab:
 
     @property
     def env(self) -> dict[str, str]:
-        return json.loads((self.state / "env.json").read_text())
+        return json.loads(ENV_FILE.read_text())
 
     def addr(self, name: str) -> str:
         return self.nodes[name].addr
@@ -127,8 +132,9 @@ class Lab:
                 run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
         if not self.key_file.exists():
             run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "phj-lab", "-f", str(self.key_file))
-        env_file = self.state / "env.json"
+        env_file = ENV_FILE
         if not env_file.exists():
+            env_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             env = {"PHJ_LAB_PASSWORD": "pw-" + secrets.token_hex(8),
                    "PHJ_LAB_SUDO_PASSWORD": "sudo-" + secrets.token_hex(8)}
             env_file.write_text(json.dumps(env))
@@ -162,19 +168,19 @@ class Lab:
         run("ip", "route", "replace", "unreachable", LAB_NET)
         # local ↔ jump1
         run("ip", "link", "add", PREFIX + "l0", "type", "veth", "peer", "name", "eth0", "netns", j1.ns)
-        run("ip", "addr", "add", "10.199.1.1/24", "dev", PREFIX + "l0")
+        run("ip", "addr", "add", f"10.{NET}.1.1/24", "dev", PREFIX + "l0")
         run("ip", "link", "set", PREFIX + "l0", "up")
         run("ip", "addr", "add", f"{j1.addr}/24", "dev", "eth0", ns=j1.ns)
         run("ip", "link", "set", "eth0", "up", ns=j1.ns)
         # jump1 ↔ jump2
         run("ip", "link", "add", "eth1", "netns", j1.ns, "type", "veth", "peer", "name", "eth0", "netns", j2.ns)
-        run("ip", "addr", "add", "10.199.2.1/24", "dev", "eth1", ns=j1.ns)
+        run("ip", "addr", "add", f"10.{NET}.2.1/24", "dev", "eth1", ns=j1.ns)
         run("ip", "link", "set", "eth1", "up", ns=j1.ns)
         run("ip", "addr", "add", f"{j2.addr}/24", "dev", "eth0", ns=j2.ns)
         run("ip", "link", "set", "eth0", "up", ns=j2.ns)
         # jump2 ↔ targets, over a bridge inside jump2
         run("ip", "link", "add", "br0", "type", "bridge", ns=j2.ns)
-        run("ip", "addr", "add", "10.199.3.1/24", "dev", "br0", ns=j2.ns)
+        run("ip", "addr", "add", f"10.{NET}.3.1/24", "dev", "br0", ns=j2.ns)
         run("ip", "link", "set", "br0", "up", ns=j2.ns)
         for i, node in enumerate(n for n in self.nodes.values() if n.name.startswith("target")):
             port = f"t{i + 1}"
@@ -291,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab(args.state, args.targets)
     if args.action == "up":
         lab.up()
-        print(f"lab up: inventory {lab.inventory}; passwords in {lab.state / 'env.json'}")
+        print(f"lab up: inventory {lab.inventory}; passwords in {ENV_FILE}")
     elif args.action == "down":
         lab.down()
         print("lab down")

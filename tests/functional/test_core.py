@@ -1,0 +1,298 @@
+"""The core against real OpenSSH: inventory → chain → session → manager, through two jumps."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from phonehome_jump.errors import AuthError, ConnectError, HostKeyError, SessionDeadError, SessionError
+from phonehome_jump.inventory import Inventory
+from phonehome_jump.manager import SessionManager
+
+
+def variant(lab, tmp_path: Path, known_hosts: str | None = None, extra: str = "",
+            replace: tuple[str, str] = ("", ""), replace2: tuple[str, str] = ("", "")) -> Inventory:
+    """The lab inventory with another known_hosts file and/or extra YAML appended."""
+    text = lab.inventory.read_text()
+    if known_hosts is not None:
+        kh = tmp_path / "known_hosts"
+        kh.write_text(known_hosts)
+        text = text.replace(f"known_hosts: {lab.known_hosts}", f"known_hosts: {kh}")
+    for old, new in (replace, replace2):
+        if old:
+            assert old in text, old
+            text = text.replace(old, new)
+    path = tmp_path / "inv.yaml"
+    path.write_text(text + extra)
+    return Inventory.load(path)
+
+
+def kh_without(lab, name: str) -> str:
+    return "".join(line + "\n" for line in lab.known_hosts.read_text().splitlines()
+                   if not line.startswith(lab.addr(name) + " "))
+
+
+# -- reach ------------------------------------------------------------------------------
+
+def test_target_is_reachable_only_through_both_jumps(lab):
+    assert lab.reachable_directly("jump1")
+    assert not lab.reachable_directly("jump2")
+    assert not lab.reachable_directly("target1")
+    # and jump1 cannot reach the targets either: only jump2 can
+    probe = subprocess.run(["ip", "netns", "exec", lab.nodes["jump1"].ns, "bash", "-c",
+                            f"timeout 1 bash -c '</dev/tcp/{lab.addr('target1')}/22'"],
+                           capture_output=True)
+    assert probe.returncode != 0
+
+
+@pytest.mark.parametrize("host,hops", [("lab-jump1", 0), ("lab-jump2", 1), ("lab-target1", 2)])
+def test_zero_one_two_hops(manager, host, hops):
+    info = manager.open(host)
+    assert len(info.chain) == hops
+    r = manager.command(info.id, "echo $SSH_CONNECTION")
+    assert r.exit_status == 0 and r.output.strip()
+    expected_addr = manager.inventory.target(host).endpoint.host
+    assert r.output.split()[2] == expected_addr
+
+
+# -- framing and state ------------------------------------------------------------------
+
+def test_state_persists_and_prompt_follows_cd(manager):
+    sid = manager.open("lab-target1").id
+    r = manager.command(sid, "cd /tmp")
+    assert (r.output, r.exit_status, r.cwd) == ("", 0, "/tmp")
+    r = manager.command(sid, "pwd", wait=5)
+    assert (r.output, r.cwd) == ("/tmp\n", "/tmp")
+    manager.command(sid, "export PHJ_TEST=persisted")
+    assert manager.command(sid, "echo $PHJ_TEST").output == "persisted\n"
+    assert manager.command(sid, "sh -c 'exit 7'").exit_status == 7
+
+
+@pytest.mark.parametrize("tail", ["$", "#", ">", "$ ", "# "])
+def test_output_ending_in_prompt_characters(manager, tail):
+    sid = manager.open("lab-target1").id
+    r = manager.command(sid, f"printf 'out{tail}'", wait=5)
+    assert (r.output, r.running) == (f"out{tail}", False)
+    r = manager.command(sid, f"printf 'line\\nuser@host:~{tail}\\n'", wait=5)
+    assert r.output == f"line\nuser@host:~{tail}\n"
+
+
+def test_five_thousand_lines_complete_and_paged(manager):
+    sid = manager.open("lab-target1").id
+    expected = "".join(f"{i}\n" for i in range(1, 5001))
+    r = manager.command(sid, "seq 1 5000")
+    assert r.exit_status == 0 and r.total == len(expected) and r.truncated
+    assert r.output.startswith("1\n2\n") and r.output.endswith("4999\n5000\n")
+    # page from the first omitted character to the end: the whole output comes back
+    assert r.omitted is not None
+    pages, offset = [], r.omitted[0]
+    while offset < r.total:
+        page = manager.read(sid, offset=offset)
+        pages.append(page.output)
+        offset = page.next_offset
+    head = r.output.split("\n[…", 1)[0]
+    assert head + "".join(pages) == expected
+
+
+def test_command_longer_than_600_characters(manager):
+    sid = manager.open("lab-target1").id
+    word = "x" * 5000
+    r = manager.command(sid, f"echo {word} | wc -c")
+    assert r.output == "5001\n"
+    r = manager.command(sid, "echo " + " ".join(f"a{i}" for i in range(300)))
+    assert r.output == " ".join(f"a{i}" for i in range(300)) + "\n"
+
+
+def test_multi_line_command_is_one_command(manager):
+    sid = manager.open("lab-target1").id
+    r = manager.command(sid, "cd /var\npwd\nsh -c 'exit 4'")
+    assert (r.output, r.exit_status, r.cwd) == ("/var\n", 4, "/var")
+
+
+def test_non_utf8_bytes_are_shown_not_lost(manager):
+    sid = manager.open("lab-target1").id
+    r = manager.command(sid, r"printf 'caf\xc3\xa9 \xff\xfe end\n'")
+    assert r.output == "café \\xff\\xfe end\n"
+
+
+# -- interactive ------------------------------------------------------------------------
+
+def test_read_prompt_answered_with_send(manager):
+    sid = manager.open("lab-target1").id
+    r = manager.command(sid, "read -p 'Name? ' n; echo hello $n", wait=5, until=r"Name\? $")
+    assert (r.running, r.output) == (True, "Name? ")
+    manager.send(sid, "bob")
+    r = manager.read(sid, wait=5)
+    assert (r.running, r.output, r.exit_status) == (False, "hello bob\n", 0)
+
+
+def test_sudo_password_prompt_is_answered_and_never_echoed(manager, lab):
+    sid = manager.open("lab-sudo").id
+    r = manager.command(sid, "sudo -k; sudo id -un", wait=10)
+    # the wait ends at the prompt (a pattern), well before the 10 s
+    assert r.running and r.awaiting_input and r.duration < 5
+    assert r.output.endswith("[sudo] password for phjsudo: ")
+    password = lab.env["PHJ_LAB_SUDO_PASSWORD"]
+    manager.send(sid, password, secret=True)
+    r = manager.read(sid, wait=10)
+    assert r.exit_status == 0 and r.output.strip() == "root"
+    assert password not in r.output
+    # anything printing the secret later is masked
+    r = manager.command(sid, f"echo {password}")
+    assert password not in r.output and "********" in r.output
+    assert password not in (r.command or "")
+
+
+def test_ctrl_c_interrupts_a_running_command(manager):
+    sid = manager.open("lab-target1").id
+    r = manager.command(sid, "sleep 30; echo not-reached", wait=0.5)
+    assert r.running
+    manager.send(sid, control="ctrl-c", newline=False)
+    r = manager.read(sid, wait=5)
+    assert not r.running and r.exit_status == 130 and "not-reached" not in r.output
+    assert manager.command(sid, "echo alive").output == "alive\n"
+
+
+def test_long_command_returns_running_then_completes(manager):
+    sid = manager.open("lab-target1").id
+    r = manager.command(sid, "echo start; sleep 1.5; echo done", wait=0.5)
+    assert (r.running, r.output, r.exit_status) == (True, "start\n", None)
+    with pytest.raises(SessionError, match="still running"):
+        manager.command(sid, "echo overlap")
+    r = manager.read(sid, wait=5)
+    assert (r.running, r.output, r.exit_status) == (False, "done\n", 0)
+
+
+# -- host keys ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("node,host", [("jump1", "lab-target1"), ("jump2", "lab-target1"),
+                                       ("target1", "lab-target1")])
+def test_unknown_host_key_refused_at_each_hop(lab, tmp_path, node, host):
+    inv = variant(lab, tmp_path, known_hosts=kh_without(lab, node))
+    with SessionManager(inv) as m, pytest.raises(HostKeyError) as err:
+        m.open(host)
+    name = node if node != "target1" else "lab-target1"
+    assert err.value.hop == name
+    assert re.search(r"SHA256:[A-Za-z0-9+/]{43}", str(err.value))
+    assert "known_hosts" in str(err.value) and "accept-new" in str(err.value)
+
+
+@pytest.mark.parametrize("node", ["jump1", "jump2", "target1"])
+def test_changed_host_key_refused_at_each_hop_even_with_accept_new(lab, tmp_path, node):
+    other = lab.host_key_line("target3").split(" ", 1)[1]          # someone else's key
+    lines = kh_without(lab, node) + f"{lab.addr(node)} {other}\n"
+    inv = variant(lab, tmp_path, known_hosts=lines,
+                  replace=("host_key_policy: strict", "host_key_policy: accept-new"))
+    with SessionManager(inv) as m, pytest.raises(HostKeyError) as err:
+        m.open("lab-target1")
+    assert "CHANGED" in str(err.value)
+    assert err.value.hop == (node if node != "target1" else "lab-target1")
+
+
+def test_accept_new_records_unknown_keys_then_verifies_them(lab, tmp_path):
+    kh = tmp_path / "new" / "known_hosts"           # does not exist yet
+    inv = variant(lab, tmp_path, replace=("host_key_policy: strict", "host_key_policy: accept-new"),
+                  replace2=(f"known_hosts: {lab.known_hosts}", f"known_hosts: {kh}"))
+    with SessionManager(inv) as m:
+        sid = m.open("lab-target1").id
+        assert m.command(sid, "echo ok").output == "ok\n"
+    recorded = kh.read_text()
+    for node in ("jump1", "jump2", "target1"):
+        assert lab.host_key_line(node) in recorded
+    assert kh.stat().st_mode & 0o077 == 0
+    # the second time the recorded keys are verified, and nothing is added
+    with SessionManager(inv) as m:
+        m.open("lab-target1")
+    assert kh.read_text() == recorded
+
+
+# -- failures naming the hop -------------------------------------------------------------
+
+def test_wrong_password_names_the_hop(lab, tmp_path, monkeypatch):
+    monkeypatch.setenv("PHJ_WRONG", "not-the-password")
+    inv = variant(lab, tmp_path, replace=(
+        "jump2: {host: %s, credentials: lab-key," % lab.addr("jump2"),
+        "jump2: {host: %s, credentials: wrong," % lab.addr("jump2")),
+        replace2=("credentials:\n", "credentials:\n  wrong: {username: phjpass, "
+                  "password: \"env:PHJ_WRONG\", use_agent: false}\n"))
+    with SessionManager(inv) as m, pytest.raises(AuthError) as err:
+        m.open("lab-target1")
+    assert err.value.hop == "jump2" and "phjpass" in str(err.value)
+    assert "not-the-password" not in str(err.value)
+
+
+def test_password_auth_to_target(manager):
+    sid = manager.open("lab-password").id
+    assert manager.command(sid, "id -un").output == "phjpass\n"
+
+
+def test_refused_port_names_the_hop(lab, tmp_path):
+    inv = variant(lab, tmp_path, extra="  closed-port: {host: %s, port: 2222, via: jump2, "
+                                       "credentials: lab-key}\n" % lab.addr("target2"))
+    with SessionManager(inv) as m, pytest.raises(ConnectError) as err:
+        m.open("closed-port")
+    assert err.value.hop == "closed-port" and err.value.reason == "forwarding"
+    assert "jump2" in str(err.value)
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+def test_hops_are_shared_and_released(manager):
+    a = manager.open("lab-target1")
+    b = manager.open("lab-target2")
+    stats = {s["hop"]: s["users"] for s in manager.pool.stats()}
+    assert stats == {"jump1": 2, "jump2": 2}
+    manager.close(a.id)
+    assert {s["hop"]: s["users"] for s in manager.pool.stats()} == {"jump1": 1, "jump2": 1}
+    manager.close(b.id)
+    assert manager.pool.stats() == []
+
+
+def test_idle_timeout_closes_sessions(lab_inventory):
+    with SessionManager(lab_inventory, idle_timeout=0.3) as m:
+        sid = m.open("lab-target1").id
+        time.sleep(0.5)
+        assert m.reap() == [sid]
+        assert m.list() == [] and m.pool.stats() == []
+
+
+def test_limits_per_host(lab_inventory):
+    with SessionManager(lab_inventory, max_per_host=1) as m:
+        m.open("lab-target1")
+        with pytest.raises(SessionError, match="limit is 1"):
+            m.open("lab-target1")
+        m.open("lab-target2")
+
+
+def test_killed_jump_marks_its_sessions_dead(lab, lab_inventory):
+    with SessionManager(lab_inventory) as m:
+        via_jump2 = [m.open("lab-target1").id, m.open("lab-target2").id]
+        only_jump1 = m.open("lab-jump2").id
+        try:
+            lab.kill_sshd("jump2")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                states = {i.id: i.state for i in m.list()}
+                if all(states[s] == "dead" for s in via_jump2):
+                    break
+                time.sleep(0.1)
+            infos = {i.id: i for i in m.list()}
+            for s in via_jump2:
+                assert infos[s].state == "dead", infos[s]
+            with pytest.raises(SessionDeadError, match="jump2"):
+                m.command(via_jump2[0], "echo hi")
+        finally:
+            lab.start_sshd("jump2")
+        # jump1 itself is fine: a fresh session through the whole chain works again
+        assert m.command(m.open("lab-target3").id, "echo back").output == "back\n"
+        assert only_jump1 in {i.id for i in m.list()}
+
+
+def test_unknown_session_lists_open_ones(manager):
+    sid = manager.open("lab-target1").id
+    with pytest.raises(SessionError, match=sid):
+        manager.command("s-nope", "echo")
