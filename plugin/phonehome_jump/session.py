@@ -42,6 +42,8 @@ INPUT_PROMPT = re.compile(
     r"(?i)(?:password|passphrase|passcode)[^\n]{0,40}:[ \t]*$|\[y/n\][ \t]*$"
     r"|\(yes/no[^)\n]*\)\??[ \t]*$|\[sudo\][^\n]*:[ \t]*$")
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
+
 CONTROL = {"c": "\x03", "d": "\x04", "z": "\x1a", "\\": "\x1c", "[": "\x1b", "l": "\x0c", "u": "\x15"}
 
 
@@ -109,6 +111,10 @@ class Framer:
     def clean(self, text: str, command: str | None) -> str:
         return text
 
+    def filter(self, text: str) -> str:
+        """Incoming text before framing; the sentinel framing keeps it byte-exact."""
+        return text
+
 
 class SentinelFramer(Framer):
     name = "sentinel"
@@ -148,8 +154,11 @@ class NativeFramer(Framer):
         base = re.escape(conn.base_prompt)
         self.pattern = re.compile(r"(?:^|\n)" + base + r"[^\n]{0,64}?[>#$%\]]\s*$")
 
+    def filter(self, text: str) -> str:
+        # Network OS terminals decorate output (CR/LF, bracketed paste, colours) around the prompt.
+        return _ANSI.sub("", text).replace("\r", "")
+
     def clean(self, text: str, command: str | None) -> str:
-        text = text.replace("\r\n", "\n").replace("\r", "")
         if command and text.startswith(command.strip()):
             text = text[len(command.strip()):].lstrip("\n")
         return text
@@ -260,7 +269,7 @@ class Session:
                     raise SessionError("the remote end closed the connection during setup")
                 raise self._dead_error()
             before = run.length
-            self._feed(run, self._decoder.decode(data))
+            self._feed(run, self.framer.filter(self._decoder.decode(data)))
             if setup and run.done:
                 self._run = None
                 return False

@@ -296,3 +296,12 @@ def test_unknown_session_lists_open_ones(manager):
     sid = manager.open("lab-target1").id
     with pytest.raises(SessionError, match=sid):
         manager.command("s-nope", "echo")
+
+
+def test_native_framing_uses_the_device_prompt(manager):
+    """The path network OSes take (prompt not settable): netmiko prepares, we frame on its prompt."""
+    info = manager.open("lab-target1", framing="native")
+    assert info.framing == "native"
+    r = manager.command(info.id, "seq 1 3", wait=5)
+    assert (r.output, r.running, r.exit_status) == ("1\n2\n3", False, None)
+    assert manager.command(info.id, "echo hi", wait=5).output == "hi"
