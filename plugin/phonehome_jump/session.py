@@ -252,11 +252,11 @@ class Session:
         assert run is not None
         while not run.done:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 and not self._chan.recv_ready():   # past the wait: drain, don't block
                 if setup:
                     raise SessionError(f"no framed prompt within {self.target.endpoint.connect_timeout:g}s")
                 return False
-            self._chan.settimeout(remaining)
+            self._chan.settimeout(max(remaining, 0.0))
             try:
                 data = self._chan.recv(1 << 16)
             except socket.timeout:

@@ -305,3 +305,23 @@ def test_native_framing_uses_the_device_prompt(manager):
     r = manager.command(info.id, "seq 1 3", wait=5)
     assert (r.output, r.running, r.exit_status) == ("1\n2\n3", False, None)
     assert manager.command(info.id, "echo hi", wait=5).output == "hi"
+
+
+def test_read_without_wait_collects_what_already_arrived(manager):
+    sid = manager.open("lab-target1").id
+    r = manager.command(sid, "echo first; sleep 0.3; echo second; sleep 30", wait=0.1)
+    assert r.running and r.output == "first\n"
+    time.sleep(0.6)
+    r = manager.read(sid)                       # wait=0: no blocking, but nothing is left behind
+    assert r.running and r.output == "second\n"
+    manager.send(sid, control="c", newline=False)
+    assert manager.read(sid, wait=5).exit_status == 130
+
+
+def test_first_hop_refused_names_it(lab, tmp_path):
+    inv = variant(lab, tmp_path, replace=(
+        "jump1: {host: %s," % lab.addr("jump1"), "jump1: {host: %s, port: 2222," % lab.addr("jump1")))
+    with SessionManager(inv) as m, pytest.raises(ConnectError) as err:
+        m.open("lab-target1")
+    assert (err.value.hop, err.value.reason) == ("jump1", "refused")
+    assert "2222" in str(err.value) and "try:" in str(err.value)

@@ -1,0 +1,47 @@
+"""How library failures map to hop errors (pure logic; the real paths are in tests/functional)."""
+
+import socket
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from phonehome_jump.chain import fingerprint, known_hosts_name, wrap_error
+from phonehome_jump.errors import AuthError, ConnectError
+from phonehome_jump.inventory import Auth, Endpoint
+
+EP = Endpoint(name="dmz-gw", host="gw.example.net", port=22, username="ops",
+              auth=Auth(None, Path("/k"), None, True, None), known_hosts=Path("/kh"),
+              host_key_policy="strict", keepalive=30, connect_timeout=3.0, source="inv.yaml:7")
+
+
+@pytest.mark.parametrize("exc,reason", [
+    (socket.gaierror(-2, "Name or service not known"), "dns"),
+    (ConnectionRefusedError(111, "Connection refused"), "refused"),
+    (socket.timeout("timed out"), "timeout"),
+    (paramiko.ChannelException(2, "Connect failed"), "forwarding"),
+    (EOFError(), "closed"),
+])
+def test_library_errors_name_the_hop_and_reason(exc, reason):
+    err = wrap_error(exc, EP, None)
+    assert isinstance(err, ConnectError) and (err.hop, err.reason) == ("dmz-gw", reason)
+    assert "dmz-gw" in str(err) and "inv.yaml:7" in str(err) and "try:" in str(err)
+
+
+def test_wrapped_cause_is_found_through_library_wrappers():
+    try:
+        try:
+            raise paramiko.AuthenticationException("Authentication failed.")
+        except paramiko.AuthenticationException:
+            raise RuntimeError("netmiko: Authentication to device failed.")
+    except RuntimeError as outer:
+        err = wrap_error(outer, EP, None)
+    assert isinstance(err, AuthError) and "'ops'" in str(err) and "key /k" in str(err)
+
+
+def test_fingerprint_and_known_hosts_name():
+    assert known_hosts_name("h", 22) == "h" and known_hosts_name("h", 2222) == "[h]:2222"
+    pub = paramiko.PKey.from_type_string(
+        "ssh-ed25519", __import__("base64").b64decode(
+            "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"))
+    assert fingerprint(pub).startswith("SHA256:") and len(fingerprint(pub)) == 50
