@@ -304,9 +304,11 @@ class Target:
         return {"name": self.name, "host": ep.host, "port": ep.port, "username": ep.username,
                 "device_type": self.device_type, "groups": list(self.groups),
                 "tags": list(self.tags), "description": self.description,
-                "auth": ep.auth.summary(),
+                "auth": ep.auth.summary(), "known_hosts": str(ep.known_hosts),
+                "host_key_policy": ep.host_key_policy,
                 "chain": [{"name": h.name, "host": h.host, "port": h.port,
-                           "username": h.username} for h in self.chain],
+                           "username": h.username, "known_hosts": str(h.known_hosts),
+                           "host_key_policy": h.host_key_policy} for h in self.chain],
                 "source": self.source}
 
 
@@ -753,7 +755,7 @@ class Inventory:
         root = Path(path)
         hint = f"pass --inventory PATH or set {ENV_VAR} to an inventory file or directory"
         if not root.exists():
-            raise InventoryError(f"inventory {root} does not exist", where=str(root), hint=hint)
+            raise InventoryError("no such inventory file or directory", where=str(root), hint=hint)
         files = [root] if not root.is_dir() else sorted(
             p for p in root.iterdir()
             if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file())

@@ -264,9 +264,14 @@ class Session:
             except (OSError, EOFError, paramiko.SSHException):
                 data = b""
             if not data:
-                self._die("the remote shell or a hop closed the connection")
                 if setup:
                     raise SessionError("the remote end closed the connection during setup")
+                if self._chan.exit_status_ready():      # the shell itself exited (`exit 3`)
+                    status = self._chan.recv_exit_status()
+                    self._die(f"the remote shell exited with status {status}")
+                    run.exit_status, run.cwd, run.done, run.ended = status, self.cwd, True, time.monotonic()
+                    return False
+                self._die("the remote shell or a hop closed the connection")
                 raise self._dead_error()
             before = run.length
             self._feed(run, self.framer.filter(self._decoder.decode(data)))
@@ -395,11 +400,23 @@ class Session:
                 text = text.replace(s, MASK)
         return text
 
+    def _masked_text(self, run: _Run) -> str:
+        """The run's whole output with every secret starred out, same length so offsets hold.
+
+        Masking the whole text (not each returned piece) also catches a secret that a page
+        boundary or the head/tail cut would split.
+        """
+        text = run.text()
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, "*" * len(s))
+        return text
+
     def _result(self, *, offset: int | None = None, awaiting: bool = False) -> CommandResult:
         run = self._run
         assert run is not None
         self.last_activity = time.time()
-        text = run.text()
+        text = self._masked_text(run)
         total = len(text)
         start = run.delivered if offset is None else max(0, min(offset, total))
         piece = text[start:]
@@ -419,7 +436,7 @@ class Session:
             run.delivered = total
         end = run.ended if run.done and run.ended else time.monotonic()
         return CommandResult(
-            command=self._mask(run.command) if run.command else None, output=self._mask(piece),
+            command=self._mask(run.command) if run.command else None, output=piece,
             exit_status=run.exit_status, running=not run.done, cwd=run.cwd if run.done else self.cwd,
             duration=round(end - run.started, 4), offset=start, total=total, next_offset=next_offset,
             truncated=truncated, omitted=omitted, awaiting_input=awaiting and not run.done)

@@ -325,3 +325,13 @@ def test_first_hop_refused_names_it(lab, tmp_path):
         m.open("lab-target1")
     assert (err.value.hop, err.value.reason) == ("jump1", "refused")
     assert "2222" in str(err.value) and "try:" in str(err.value)
+
+
+def test_exit_ends_the_session_with_its_status(manager):
+    sid = manager.open("lab-target1").id
+    r = manager.command(sid, "exit 3", wait=5)
+    assert (r.exit_status, r.running) == (3, False)
+    (info,) = manager.list()
+    assert info.state == "dead" and "exited with status 3" in info.dead_reason
+    with pytest.raises(SessionDeadError, match="exited with status 3"):
+        manager.command(sid, "echo")

@@ -171,7 +171,7 @@ def test_duplicate_name_across_files_names_both_locations() -> None:
 def test_missing_path_has_hint(tmp_path: Path) -> None:
     with pytest.raises(InventoryError) as info:
         Inventory.load(tmp_path / "nope.yaml")
-    assert "does not exist" in str(info.value)
+    assert "nope.yaml: no such inventory" in str(info.value)
     assert "--inventory PATH" in str(info.value) and "PHONEHOME_JUMP_INVENTORY" in str(info.value)
 
 
@@ -384,9 +384,11 @@ def test_summary_has_references_not_values(monkeypatch: pytest.MonkeyPatch) -> N
     assert "do-not-leak-me" not in text and "do-not-leak-me" not in repr(inv.target("sl1-prod"))
     assert summary["auth"] == {"agent": False, "password": "env:SL1_PASSWORD",
                                "sudo_password": "env:SL1_PASSWORD"}
-    assert summary["chain"] == [
+    assert [{k: hop[k] for k in ("name", "host", "port", "username")}
+            for hop in summary["chain"]] == [
         {"name": "bastion", "host": "bastion.example.net", "port": 22, "username": "ops"},
         {"name": "dmz-gw", "host": "203.0.113.5", "port": 22, "username": "ops"}]
+    assert all(hop["host_key_policy"] == "strict" for hop in summary["chain"])
     assert summary["source"].endswith("example.yaml:55")
     assert {"name", "host", "port", "username", "device_type", "groups", "tags",
             "description"} <= summary.keys()

@@ -1,0 +1,589 @@
+"""The ``phonehome-jump`` command: a thin adapter over the inventory and the session manager.
+
+    phonehome-jump [--inventory PATH] [-v] COMMAND ...
+
+    inventory check [PATH]                         validate, print a one-line summary
+    inventory list [--group G] [--tag T] [--query Q] [--json]
+    inventory show HOST [--json]                   resolved target: chain, auth references, source
+    run HOST [--timeout S] -- COMMAND...           one command, its output and its exit status
+    shell HOST [--timeout S]                       interactive (stdin is a tty) or scripted
+
+Exit codes: the remote exit status for ``run`` (and the last command of a scripted ``shell``);
+0 ok; 1 other phonehome-jump errors (session, secrets, limits); 2 usage and inventory errors
+(including unknown host names); 124 a command still running after --timeout, or waiting for
+input that ``run`` cannot give; 130 interrupted; 141 stdout closed (broken pipe); 255 connecting
+failed (hop unreachable, authentication, host key), like ssh; 70 an internal error.
+
+No SSH logic lives here: every connection goes through :class:`SessionManager`. Errors are
+printed as ``phonehome-jump: <message>``; tracebacks only go to the log with ``-v``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import logging
+import os
+import re
+import select
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import __version__
+from .errors import ConnectError, InventoryError, PhonehomeJumpError
+from .inventory import ENV_VAR, Inventory, Target
+from .manager import SessionInfo, SessionManager
+from .session import CommandResult
+
+log = logging.getLogger(__name__)
+
+PROG = "phonehome-jump"
+DEFAULT_INVENTORY = "inventory"
+DEFAULT_TIMEOUT = 600.0
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2          # argparse's own code, and inventory problems
+EXIT_SOFTWARE = 70      # sysexits EX_SOFTWARE: a bug in phonehome-jump
+EXIT_TIMEOUT = 124      # like timeout(1)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_PIPE = 141         # 128 + SIGPIPE
+EXIT_CONNECT = 255      # like ssh
+
+ESCAPE = "\x1d"         # Ctrl-], as in telnet
+#: The last line of output asks for something that must not be echoed.
+SECRET_PROMPT = re.compile(r"(?i)(?:password|passphrase|passcode|pin)[^\n]{0,40}:\s*$"
+                           r"|\[sudo\][^\n]*:\s*$")
+
+
+class _Timeout(Exception):
+    """A command did not finish within --timeout (already reported)."""
+
+
+# --------------------------------------------------------------------------- parser
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Global options are accepted before and after the command; the sub-level copies have
+    # their own dest so that a later default never overwrites an earlier value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--inventory", dest="sub_inventory", metavar="PATH",
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("-v", "--verbose", dest="sub_verbose", action="count",
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Persistent, prompt-framed SSH sessions through jump-host chains.",
+        epilog=f"The inventory is --inventory PATH, else ${ENV_VAR}, else ./{DEFAULT_INVENTORY}/. "
+               "Exit codes: the remote status (run), 1 error, 2 usage/inventory, "
+               "124 timeout, 255 connect failed.")
+    parser.add_argument("--inventory", metavar="PATH",
+                        help=f"inventory file or directory (default: ${ENV_VAR}, "
+                             f"else ./{DEFAULT_INVENTORY}/)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log to stderr: -v info, -vv debug (with tracebacks)")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    inv = commands.add_parser("inventory", parents=[common], help="check, list and show hosts",
+                              description="Check, list and show the inventory.")
+    inv_cmds = inv.add_subparsers(dest="inventory_command", metavar="ACTION", required=True)
+    p = inv_cmds.add_parser("check", parents=[common], help="validate the inventory",
+                            description="Load and validate the inventory; print a summary.")
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="inventory file or directory (default: the global inventory)")
+    p.set_defaults(func=cmd_inventory_check)
+    p = inv_cmds.add_parser("list", parents=[common], help="list hosts",
+                            description="List hosts: name, host, device type, chain, tags.")
+    p.add_argument("--group", metavar="G", help="only hosts in group G")
+    p.add_argument("--tag", metavar="T", help="only hosts tagged T")
+    p.add_argument("--query", metavar="Q",
+                   help="case-insensitive substring of name, address or description")
+    p.add_argument("--json", action="store_true", help="print a JSON list of host summaries")
+    p.set_defaults(func=cmd_inventory_list)
+    p = inv_cmds.add_parser("show", parents=[common], help="show one resolved host",
+                            description="Show a resolved host: chain, auth references (never "
+                                        "secret values) and where it is defined.")
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_inventory_show)
+
+    p = commands.add_parser(
+        "run", parents=[common], help="run one command on a host",
+        usage=f"{PROG} run [-h] [--timeout S] HOST -- COMMAND...",
+        description="Open a session on HOST through its jump chain, run COMMAND (its words "
+                    "joined with spaces, interpreted by the remote shell), print its output "
+                    "and exit with its exit status.")
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
+                   help=f"give up after S seconds and exit 124 (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("words", nargs="+", metavar="COMMAND",
+                   help="the remote command; put it after -- when it has options")
+    p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser(
+        "shell", parents=[common], help="a shell on a host (interactive or scripted)",
+        description="On a terminal: an interactive, line-edited shell through the chain "
+                    "(Ctrl-] quits). Otherwise: run each line of stdin as one command and "
+                    "print its output; exit with the last command's status.")
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
+                   help="scripted mode: per-command limit, then exit 124 "
+                        f"(default {DEFAULT_TIMEOUT:g})")
+    p.set_defaults(func=cmd_shell)
+    return parser
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _inventory_path(args: argparse.Namespace) -> Path:
+    given = args.inventory or os.environ.get(ENV_VAR)
+    return Path(given) if given else Path.cwd() / DEFAULT_INVENTORY
+
+
+def _load(args: argparse.Namespace) -> Inventory:
+    path = _inventory_path(args)
+    log.info("loading inventory %s", path)
+    return Inventory.load(path)
+
+
+def _arrow(stream: TextIO) -> str:
+    try:
+        "→".encode(getattr(stream, "encoding", None) or "ascii")
+        return " → "
+    except (UnicodeEncodeError, LookupError):
+        return " -> "
+
+
+def _chain_text(target: Target, arrow: str) -> str:
+    return arrow.join(h.name for h in target.chain) or "direct"
+
+
+def _write_remote(text: str) -> None:
+    """Remote output, byte-exact: UTF-8 whatever the local locale (ssh passes bytes through)."""
+    if not text:
+        return
+    out = sys.stdout
+    buf = getattr(out, "buffer", None)
+    out.flush()
+    if buf is None:
+        out.write(text)
+        out.flush()
+        return
+    buf.write(text.encode("utf-8", "replace"))
+    buf.flush()
+
+
+def _full_output(manager: SessionManager, sid: str, result: CommandResult) -> str:
+    """All of the command's output: page past the head/tail cap instead of printing the marker."""
+    if not result.truncated:
+        return result.output
+    parts, offset = [], result.offset
+    while True:
+        page = manager.read(sid, offset=offset)
+        parts.append(page.output)
+        if page.next_offset >= page.total or page.next_offset <= offset:
+            return "".join(parts)
+        offset = page.next_offset
+
+
+def _last_line(text: str) -> str:
+    lines = text.rstrip().splitlines()
+    return lines[-1].strip()[-80:] if lines else ""
+
+
+def _run_one(manager: SessionManager, info: SessionInfo, command: str, timeout: float) -> int:
+    result = manager.command(info.id, command, wait=timeout)
+    _write_remote(_full_output(manager, info.id, result))
+    if result.running:
+        if result.awaiting_input:
+            what = (f"is waiting for input ({_last_line(result.output)!r}); "
+                    f"this mode cannot answer prompts: use `{PROG} shell {info.host}` "
+                    "on a terminal, or make the command non-interactive")
+        else:
+            what = f"is still running after {timeout:g}s; raise --timeout"
+        print(f"{PROG}: {info.host}: the command {what} (the session is closed, which ends it)",
+              file=sys.stderr)
+        raise _Timeout
+    return result.exit_status if result.exit_status is not None else 0
+
+
+def _open(args: argparse.Namespace) -> tuple[SessionManager, SessionInfo]:
+    manager = SessionManager(_load(args))
+    try:
+        info = manager.open(args.host)
+    except BaseException:
+        manager.shutdown()
+        raise
+    return manager, info
+
+
+# --------------------------------------------------------------------------- inventory
+
+def cmd_inventory_check(args: argparse.Namespace) -> int:
+    path = Path(args.path) if args.path else _inventory_path(args)
+    log.info("loading inventory %s", path)
+    inv = Inventory.load(path)
+    n, g = len(inv), len(inv.groups())
+    files = ", ".join(str(f) for f in inv.sources) or str(path)
+    print(f"ok: {n} host{'s' * (n != 1)}, {g} group{'s' * (g != 1)} in "
+          f"{len(inv.sources)} file{'s' * (len(inv.sources) != 1)}: {files}")
+    return EXIT_OK
+
+
+def cmd_inventory_list(args: argparse.Namespace) -> int:
+    targets = _load(args).targets(group=args.group, tag=args.tag, query=args.query)
+    if args.json:
+        print(json.dumps([t.summary() for t in targets], indent=2))
+        return EXIT_OK
+    if not targets:
+        print(f"{PROG}: no hosts match", file=sys.stderr)
+        return EXIT_OK
+    arrow = _arrow(sys.stdout)
+    rows = [("NAME", "HOST", "DEVICE_TYPE", "CHAIN", "TAGS")] + [
+        (t.name, t.endpoint.host if t.endpoint.port == 22 else f"{t.endpoint.host}:{t.endpoint.port}",
+         t.device_type, _chain_text(t, arrow), ",".join(t.tags) or "-") for t in targets]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    return EXIT_OK
+
+
+def cmd_inventory_show(args: argparse.Namespace) -> int:
+    summary = _load(args).target(args.host).summary()   # references only, never secret values
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    arrow = _arrow(sys.stdout)
+    auth = summary["auth"]
+    auth_text = ", ".join([f"{k}={v}" for k, v in auth.items() if k != "agent"]
+                          + [f"agent={'yes' if auth.get('agent') else 'no'}"])
+    chain = arrow.join(f"{h['name']} ({h['username']}@{h['host']}:{h['port']})"
+                       for h in summary["chain"]) or "direct"
+    fields = [
+        ("name", summary["name"]),
+        ("host", f"{summary['username']}@{summary['host']}:{summary['port']}"),
+        ("device_type", summary["device_type"]),
+        ("chain", chain),
+        ("auth", auth_text),
+        ("groups", ", ".join(summary["groups"]) or "-"),
+        ("tags", ", ".join(summary["tags"]) or "-"),
+        ("description", summary["description"] or "-"),
+        ("source", summary["source"]),
+    ]
+    for key, value in fields:
+        print(f"{key + ':':<13}{value}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- run / shell
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = " ".join(args.words)
+    manager, info = _open(args)
+    try:
+        return _run_one(manager, info, command, args.timeout)
+    except _Timeout:
+        return EXIT_TIMEOUT
+    finally:
+        manager.shutdown()
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    interactive = _isatty(sys.stdin)
+    manager, info = _open(args)
+    try:
+        if interactive:
+            return _interactive(manager, info)
+        return _scripted(manager, info, sys.stdin, args.timeout)
+    except _Timeout:
+        return EXIT_TIMEOUT
+    finally:
+        manager.shutdown()
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _scripted(manager: SessionManager, info: SessionInfo, lines: Any, timeout: float) -> int:
+    """Each stdin line is one command in the same shell (cwd and variables persist)."""
+    status = EXIT_OK
+    for line in lines:
+        command = line.rstrip("\r\n")
+        if not command.strip():
+            continue
+        status = _run_one(manager, info, command, timeout)
+    return status
+
+
+class LineEditor:
+    """Local line discipline for the interactive shell.
+
+    The session's shell has echo and line editing off (it is framed for exact output), so
+    the terminal side does what a tty would: echo, backspace, Ctrl-U, and sends a whole
+    line on Enter. Ctrl-C/Ctrl-Z/Ctrl-\\ go through at once; Ctrl-] (or Ctrl-D on an empty
+    line) quits. Cursor and function keys are dropped. After a password prompt the next
+    line is not echoed and is sent as a secret (masked in later output).
+
+    :meth:`feed` returns actions: ``("echo", text)``, ``("line", text, secret)``,
+    ``("control", key)``, ``("quit",)``.
+    """
+
+    CONTROLS = {"\x03": "c", "\x1a": "z", "\x1c": "\\"}
+
+    def __init__(self) -> None:
+        self.buffer: list[str] = []
+        self.secret = False
+        self._esc = ""          # "", "esc", "csi", "ss3"
+
+    def feed(self, text: str) -> list[tuple[Any, ...]]:
+        actions: list[tuple[Any, ...]] = []
+        for ch in text:
+            actions += self._char(ch)
+            if actions and actions[-1][0] == "quit":
+                break
+        return actions
+
+    def _char(self, ch: str) -> list[tuple[Any, ...]]:
+        if self._esc:
+            state, self._esc = self._esc, ""
+            if state == "esc":
+                if ch == "[":
+                    self._esc = "csi"
+                    return []
+                if ch == "O":
+                    self._esc = "ss3"
+                    return []
+                # a lone Escape: drop it, handle this character normally
+            elif state == "csi":
+                if "\x20" <= ch <= "\x3f":
+                    self._esc = "csi"
+                return []
+            else:
+                return []
+        if ch == ESCAPE:
+            return [("quit",)]
+        if ch == "\x1b":
+            self._esc = "esc"
+            return []
+        if ch in ("\r", "\n"):
+            line, secret = "".join(self.buffer), self.secret
+            self.buffer, self.secret = [], False
+            return [("echo", "\r\n"), ("line", line, secret)]
+        if ch in ("\x7f", "\b"):
+            if not self.buffer:
+                return []
+            self.buffer.pop()
+            return [] if self.secret else [("echo", "\b \b")]
+        if ch == "\x15":                                    # Ctrl-U: kill the line
+            n, self.buffer = len(self.buffer), []
+            return [] if self.secret or not n else [("echo", "\b \b" * n)]
+        if ch == "\x04":                                    # Ctrl-D
+            return [("quit",)] if not self.buffer else []
+        if ch in self.CONTROLS:
+            self.buffer, self.secret = [], False
+            return [("echo", "^" + chr(ord(ch) + 64) + "\r\n"), ("control", self.CONTROLS[ch])]
+        if ch == "\t" or ch >= " ":
+            self.buffer.append(ch)
+            return [] if self.secret else [("echo", ch)]
+        return []                                           # other control characters
+
+
+class _Terminal:
+    """Writes to the local terminal; in raw mode a newline needs an explicit carriage return."""
+
+    def __init__(self, raw: bool) -> None:
+        self.raw = raw
+        self.lock = threading.Lock()
+        self.column0 = True
+
+    def write(self, text: str, *, remote: bool = False) -> None:
+        if not text:
+            return
+        if self.raw and remote:
+            text = text.replace("\r\n", "\n").replace("\n", "\r\n")
+        with self.lock:
+            _write_remote(text)
+            self.column0 = text.endswith("\n")
+
+
+def _interactive(manager: SessionManager, info: SessionInfo) -> int:
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    hops = _arrow(sys.stderr).join(info.chain) or "direct"
+    print(f"Connected to {info.host} via {hops} (session {info.id}).\n"
+          "Escape character is '^]' (Ctrl-D on an empty line also quits). "
+          "Lines are edited locally and sent on Enter.", file=sys.stderr, flush=True)
+    term = _Terminal(raw=True)
+    editor = LineEditor()
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def prompt(cwd: str | None, status: int | None) -> str:
+        mark = f"[{status}] " if status else ""
+        return f"{mark}{info.host}:{cwd or '?'}$ "
+
+    # A command can start and finish between two reads; `sent` (guarded by `io`, which also
+    # covers the read) says that input went out since the last idle read, so a prompt is due.
+    io = threading.Lock()
+    sent = [False]
+
+    def reader() -> None:
+        was_running, tail = True, ""     # True: the first idle read shows the first prompt
+        while not stop.is_set():
+            try:
+                with io:
+                    r = manager.read(info.id, wait=0.05)
+                    due, sent[0] = sent[0] or was_running, False
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                failure.append(exc)
+                stop.set()
+                return
+            if r.output:
+                term.write(r.output, remote=True)
+                tail = (tail + r.output)[-256:]
+                if r.running and SECRET_PROMPT.search(tail):
+                    editor.secret = True
+            if r.running:
+                was_running = True
+                continue
+            if due:
+                if not term.column0:
+                    term.write("\n", remote=True)
+                term.write(prompt(r.cwd, r.exit_status))
+                was_running, tail = False, ""
+            stop.wait(0.05)
+
+    def send(**kwargs: Any) -> None:
+        with io:
+            manager.send(info.id, **kwargs)
+            sent[0] = True
+
+    thread = threading.Thread(target=reader, name="phj-shell-reader", daemon=True)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tty.setraw(fd)
+    try:
+        thread.start()
+        while not stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if not ready:
+                continue
+            data = os.read(fd, 4096)
+            if not data:
+                break
+            for action in editor.feed(decoder.decode(data)):
+                if action[0] == "quit":
+                    stop.set()
+                    break
+                if action[0] == "echo":
+                    term.write(action[1])
+                elif action[0] == "line":
+                    send(text=action[1], newline=True, secret=action[2])
+                elif action[0] == "control":
+                    send(newline=False, control=action[1])
+    finally:
+        stop.set()
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        thread.join(timeout=2)
+        if not term.column0:
+            term.write("\n")
+    if failure:
+        raise failure[0]
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- main
+
+def _setup_logging(verbosity: int) -> Callable[[], None]:
+    """Log to stderr; returns an undo (main() is also called in-process, e.g. by tests)."""
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(levelname)s %(name)s: %(message)s" if verbosity < 2
+        else "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    handler.setLevel(level)
+    saved_root = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, saved_root) if saved_root else level)
+    # paramiko logs its transport thread's tracebacks at ERROR; the package wraps those
+    # failures into one-line errors, so without -v they are noise (and a traceback).
+    quiet = logging.getLogger("paramiko")
+    saved_quiet = quiet.level
+    if verbosity <= 0:
+        quiet.setLevel(logging.CRITICAL)
+
+    def undo() -> None:
+        root.removeHandler(handler)
+        root.setLevel(saved_root)
+        quiet.setLevel(saved_quiet)
+    return undo
+
+
+def exit_code(err: PhonehomeJumpError) -> int:
+    if isinstance(err, InventoryError):
+        return EXIT_USAGE
+    if isinstance(err, ConnectError):
+        return EXIT_CONNECT
+    return EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:           # --help, --version, usage errors
+        return EXIT_OK if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.verbose += getattr(args, "sub_verbose", 0)
+    args.inventory = getattr(args, "sub_inventory", None) or args.inventory
+    undo = _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except PhonehomeJumpError as err:
+        log.debug("%s", type(err).__name__, exc_info=True)
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return exit_code(err)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout went away (e.g. `| head`); Python would complain again at exit when it
+        # flushes stdout, so point it at /dev/null first.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_PIPE
+    except Exception as exc:  # noqa: BLE001 - the one place a bug becomes an exit code
+        log.info("internal error", exc_info=True)
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"{PROG}: internal error: {type(exc).__name__}: {msg} (run with -v for details)",
+              file=sys.stderr)
+        return EXIT_SOFTWARE
+    finally:
+        undo()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
