@@ -171,6 +171,26 @@ def open_tunnel(transport: paramiko.Transport, ep: Endpoint, via: Endpoint) -> p
         raise wrap_error(exc, ep, via) from exc
 
 
+def _ask_for_nodelay(transport: paramiko.Transport, ep: Endpoint) -> None:
+    """Make the hop's sshd send small packets at once.
+
+    OpenSSH turns Nagle off on a connection only when a session on it gets a pty; a
+    connection that only forwards keeps it on, and Nagle against the peer's delayed ACK
+    holds the last packet of an output (the prompt) for ~40 ms per hop. One short pty
+    exec flips the connection to interactive for its lifetime. A hop that refuses it
+    still works, just slower for bulk output.
+    """
+    try:
+        chan = transport.open_session(timeout=ep.connect_timeout)
+        try:
+            chan.get_pty(term="dumb", width=80, height=24)
+            chan.exec_command("true")
+        finally:
+            chan.close()
+    except Exception as exc:  # a restricted jump host: forwarding still works
+        log.debug("hop %r refused a pty session (%s); bulk output may lag", ep.name, exc)
+
+
 @dataclass
 class Hop:
     """One live hop connection, shared by every session whose chain starts with its prefix."""
@@ -258,6 +278,7 @@ class HopPool:
             raise wrap_error(exc, ep, parent.endpoint if parent else None) from exc
         if ep.keepalive:
             hop.transport.set_keepalive(ep.keepalive)
+        _ask_for_nodelay(hop.transport, ep)
         log.debug("hop %s up", _hop_label(ep))
 
     def release(self, hops: list[Hop]) -> None:

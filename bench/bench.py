@@ -1,0 +1,516 @@
+"""Benchmark: phonehome-jump vs OpenSSH over the two-hop sshd lab, in one run.
+
+    .venv/bin/python bench/bench.py [--rounds N] [--targets N] [--markdown]
+
+Brings up its own lab (tests/lab/sshlab.py; state dir $PHJ_LAB_STATE or
+/tmp/phonehome-jump-lab-bench), measures, prints a table of medians (p90, n) next to
+OpenSSH measured in the same run, and tears the lab down (also on error and Ctrl-C).
+This is a benchmark, not a test: it prints targets met/missed and exits 0 unless the
+run itself fails. Needs root (network namespaces). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# A lab of its own (namespaces phj198-*, 10.198.0.0/16), apart from the test suite's default 199.
+os.environ.setdefault("PHJ_LAB_NET", "198")
+sys.path.insert(0, str(ROOT / "tests" / "lab"))
+from sshlab import PREFIX, Lab  # noqa: E402
+
+from phonehome_jump.inventory import Inventory  # noqa: E402
+from phonehome_jump.manager import SessionManager  # noqa: E402
+
+SSH = shutil.which("ssh") or "/usr/bin/ssh"
+SEQ_N = 5000
+SEQ_EXPECTED = "".join(f"{i}\n" for i in range(1, SEQ_N + 1))
+FANOUT = 50
+BIG_CAP = 1_000_000     # the bench returns whole outputs so it can check them (default cap 16,000)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- stats
+
+@dataclass
+class Sample:
+    values: list[float] = field(default_factory=list)   # seconds (or KiB for RSS)
+    unit: str = "ms"
+    failed: int = 0                                      # runs that failed (fan-out ssh under load)
+
+    def add(self, v: float) -> None:
+        self.values.append(v)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def p90(self) -> float:
+        v = sorted(self.values)
+        if len(v) == 1:
+            return v[0]
+        return statistics.quantiles(v, n=10, method="inclusive")[8]
+
+    def cell(self) -> str:
+        if not self.values:
+            return "—"
+        n = len(self.values)
+        if self.unit == "KiB":
+            return f"{self.median:,.0f} KiB (n={n})"
+        cell = f"{fmt_time(self.median)} (p90 {fmt_time(self.p90)}, n={n})"
+        return cell + (f" — {self.failed} ssh failed" if self.failed else "")
+
+
+def fmt_time(seconds: float) -> str:
+    ms = seconds * 1000
+    if ms < 10:
+        return f"{ms:.2f} ms"
+    if ms < 1000:
+        return f"{ms:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+# ----------------------------------------------------------------------------- OpenSSH
+
+class OpenSSH:
+    """ssh(1) over the same lab: an ssh_config with the lab's key, known_hosts and hops."""
+
+    def __init__(self, lab: Lab, tmp: Path) -> None:
+        self.lab, self.tmp = lab, tmp
+        self.cfg = tmp / "ssh_config"
+        self.cm_target = tmp / "cm-target1"      # ControlMaster socket: the target itself
+        self.cm_jump2 = tmp / "cm-jump2"         # ControlMaster socket: the last hop
+        targets = [n for n in lab.nodes if n.startswith("target")]
+        blocks = [f"""\
+Host jump1
+  HostName {lab.addr('jump1')}
+Host jump2
+  HostName {lab.addr('jump2')}
+  ProxyJump jump1
+# jump2 through its own persistent master: "the chain is already up"
+Host hop-jump2
+  HostName {lab.addr('jump2')}
+  ProxyJump jump1
+  ControlMaster auto
+  ControlPath {self.cm_jump2}
+  ControlPersist 600
+# target1 through one persistent master (ControlMaster reuse)
+Host cm-target1
+  HostName {lab.addr('target1')}
+  ProxyJump jump1,jump2
+  ControlMaster auto
+  ControlPath {self.cm_target}
+  ControlPersist 600
+"""]
+        blocks += [f"Host {t}\n  HostName {lab.addr(t)}\n  ProxyJump jump1,jump2\n" for t in targets]
+        blocks.append(f"""\
+Host *
+  User phjkey
+  IdentityFile {lab.key_file}
+  IdentitiesOnly yes
+  IdentityAgent none
+  UserKnownHostsFile {lab.known_hosts}
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking yes
+  CheckHostIP no
+  BatchMode yes
+  ControlMaster no
+  ControlPath none
+  LogLevel ERROR
+  ConnectTimeout 30
+""")
+        self.cfg.write_text("".join(blocks))
+
+    def run(self, *args: str, check_out: str | None = None) -> str:
+        proc = subprocess.run([SSH, "-F", str(self.cfg), *args], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ssh {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        if check_out is not None and proc.stdout != check_out:
+            raise RuntimeError(f"ssh {' '.join(args)}: unexpected output {proc.stdout[:80]!r}")
+        return proc.stdout
+
+    # the three ways to reach a target
+    def cm(self, cmd: str, **kw: str) -> str:           # over the ControlMaster to target1
+        return self.run("-S", str(self.cm_target), "cm-target1", cmd, **kw)
+
+    def fresh(self, target: str, cmd: str, **kw: str) -> str:     # ssh -J, nothing shared
+        return self.run("-J", "jump1,jump2", f"phjkey@{self.lab.addr(target)}", cmd, **kw)
+
+    def via_jump2_master(self, target: str, cmd: str, **kw: str) -> str:   # hops shared, new target login
+        return self.run("-J", "hop-jump2", f"phjkey@{self.lab.addr(target)}", cmd, **kw)
+
+    def start_master(self, host: str, sock: Path) -> None:
+        # -f forks after auth; its output goes to /dev/null so no pipe outlives the call.
+        proc = subprocess.run([SSH, "-F", str(self.cfg), "-M", "-N", "-f", "-S", str(sock), host],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ControlMaster to {host} failed: {proc.stderr.strip()}")
+        self.run("-S", str(sock), "-O", "check", host)
+
+    def stop_master(self, host: str, sock: Path) -> None:
+        if sock.exists():
+            subprocess.run([SSH, "-F", str(self.cfg), "-S", str(sock), "-O", "exit", host],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+
+
+# ----------------------------------------------------------------------------- lab
+
+def wait_for_free_lab(timeout: float) -> None:
+    """Only one lab fits on the machine (fixed netns names): wait until nobody else's is up."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        busy = [ln.split()[0] for ln in out.splitlines() if ln.startswith(PREFIX)]
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: another sshd lab is up ({', '.join(busy)}); "
+                             f"gave up after {timeout:g}s. Never tearing down a lab this run did not bring up.")
+        if not said:
+            log(f"another lab is up ({', '.join(busy)}): waiting for it to go (up to {timeout:g}s)")
+            said = True
+        time.sleep(2)
+
+
+def machine() -> list[str]:
+    def ver(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "?"
+    ssh_v = subprocess.run([SSH, "-V"], capture_output=True, text=True).stderr.strip()
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return [
+        f"machine: {len(os.sched_getaffinity(0))} CPUs (nproc) · {cpu} · Linux {platform.release()}",
+        f"python {platform.python_version()} · paramiko {ver('paramiko')} · paramiko-jump {ver('paramiko-jump')}"
+        f" · netmiko {ver('netmiko')} · {ssh_v.split(',')[0]}",
+    ]
+
+
+# ----------------------------------------------------------------------------- measurements
+
+class Bench:
+    def __init__(self, lab: Lab, ossh: OpenSSH, args: argparse.Namespace) -> None:
+        self.lab, self.ossh, self.args = lab, ossh, args
+        self.inv = Inventory.load(lab.inventory)
+        self.targets = [f"lab-{n}" for n in lab.nodes if n.startswith("target")]
+        self.raw_targets = [n for n in lab.nodes if n.startswith("target")]
+        self.r: dict[str, Sample] = {}
+        self.notes: list[str] = []
+
+    def s(self, key: str, unit: str = "ms") -> Sample:
+        return self.r.setdefault(key, Sample(unit=unit))
+
+    def warm_up(self) -> None:
+        log("warm-up (imports, ARP, page cache)")
+        with SessionManager(self.inv) as m:
+            sid = m.open(self.targets[0]).id
+            for _ in range(5):
+                m.command(sid, "echo hi")
+        self.ossh.fresh("target1", "true")
+
+    def commands(self) -> None:
+        a = self.args
+        log(f"open session: {a.rounds} × echo hi, {a.seq} × seq 1 {SEQ_N}")
+        with SessionManager(self.inv, cap=BIG_CAP) as m:
+            sid = m.open(self.targets[0]).id
+            for _ in range(10):
+                m.command(sid, "echo hi")
+            for _ in range(a.rounds):
+                dt, res = timed(lambda: m.command(sid, "echo hi"))
+                assert res.output == "hi\n" and res.exit_status == 0, res   # type: ignore[union-attr]
+                self.s("echo/phj").add(dt)
+            ok = 0
+            for _ in range(a.seq):
+                dt, res = timed(lambda: m.command(sid, f"seq 1 {SEQ_N}"))
+                ok += res.output == SEQ_EXPECTED and not res.truncated    # type: ignore[union-attr]
+                self.s("seq/phj").add(dt)
+            complete = len(self.notes)
+            self.notes.append(f"seq 1 {SEQ_N} output complete: phonehome-jump {ok}/{a.seq}")
+
+        log(f"OpenSSH ControlMaster: {a.rounds} × echo hi, {a.seq} × seq")
+        self.ossh.start_master("cm-target1", self.ossh.cm_target)
+        try:
+            for _ in range(5):
+                self.ossh.cm("echo hi")
+            for _ in range(a.rounds):
+                dt, _ = timed(lambda: self.ossh.cm("echo hi", check_out="hi\n"))
+                self.s("echo/cm").add(dt)
+            ok = 0
+            for _ in range(a.seq):
+                dt, out = timed(lambda: self.ossh.cm(f"seq 1 {SEQ_N}"))
+                ok += out == SEQ_EXPECTED
+                self.s("seq/cm").add(dt)
+            self.notes[complete] += f", OpenSSH ControlMaster {ok}/{a.seq}"
+            # Where the ControlMaster time goes: the same round trip without output.
+            quiet = Sample()
+            for _ in range(min(a.rounds, 50)):
+                quiet.add(timed(lambda: self.ossh.cm("true"))[0])
+            self.notes.append(f"OpenSSH ControlMaster `true` (no output): {quiet.cell()}; "
+                              f"`echo hi`: {self.s('echo/cm').cell()}")
+        finally:
+            self.ossh.stop_master("cm-target1", self.ossh.cm_target)
+
+        log(f"OpenSSH fresh -J: {a.fresh} × echo hi, {a.fresh} × seq")
+        for _ in range(a.fresh):
+            dt, _ = timed(lambda: self.ossh.fresh("target1", "echo hi", check_out="hi\n"))
+            self.s("echo/fresh").add(dt)
+        ok = 0
+        for _ in range(a.fresh):
+            dt, out = timed(lambda: self.ossh.fresh("target1", f"seq 1 {SEQ_N}"))
+            ok += out == SEQ_EXPECTED
+            self.s("seq/fresh").add(dt)
+        self.notes[complete] += f", OpenSSH fresh -J {ok}/{a.fresh}"
+
+    def opens(self) -> None:
+        a = self.args
+        log(f"session open: {a.opens} × cold, {a.opens} × chain up")
+        for _ in range(a.opens):
+            m = SessionManager(self.inv)
+            try:
+                dt, _ = timed(lambda: m.open(self.targets[0]))
+                self.s("cold/phj").add(dt)
+            finally:
+                m.shutdown()
+        with SessionManager(self.inv) as m:
+            m.open(self.targets[1 % len(self.targets)])      # holds jump1 and jump2 open
+            for _ in range(a.opens):
+                dt, info = timed(lambda: m.open(self.targets[0]))
+                self.s("warm/phj").add(dt)
+                m.close(info.id)                                # type: ignore[union-attr]
+        log(f"OpenSSH open: {a.opens} × fresh -J true, {a.opens} × via a jump2 master")
+        for _ in range(a.opens):
+            dt, _ = timed(lambda: self.ossh.fresh("target1", "true"))
+            self.s("cold/fresh").add(dt)
+        self.ossh.start_master("hop-jump2", self.ossh.cm_jump2)
+        try:
+            for _ in range(a.opens):
+                dt, _ = timed(lambda: self.ossh.via_jump2_master("target1", "true"))
+                self.s("warm/cm").add(dt)
+        finally:
+            self.ossh.stop_master("hop-jump2", self.ossh.cm_jump2)
+
+    def fanout(self) -> None:
+        a = self.args
+        n_t = len(self.targets)
+        log(f"fan-out: {a.fanouts} × {FANOUT} sessions + 1 command, over {n_t} targets, one chain")
+        for rnd in range(a.fanouts):
+            gc.collect()
+            before = rss_kib()
+            m = SessionManager(self.inv, max_sessions=FANOUT * 2, max_per_host=FANOUT)
+
+            def one(i: int) -> None:
+                sid = m.open(self.targets[i % n_t]).id
+                res = m.command(sid, f"echo {i}")
+                assert res.output == f"{i}\n", res
+
+            try:
+                with ThreadPoolExecutor(max_workers=FANOUT) as pool:
+                    t0 = time.perf_counter()
+                    list(pool.map(one, range(FANOUT)))
+                    self.s("fan/phj").add(time.perf_counter() - t0)
+                after = rss_kib()
+                assert len(m.list()) == FANOUT
+                per = (after - before) / FANOUT
+                if rnd == 0:      # later rounds reuse memory freed by the first: report the first
+                    self.s("rss/phj", "KiB").add(per)
+                else:
+                    self.notes.append(f"RSS per session, fan-out round {rnd + 1}: {per:,.0f} KiB")
+            finally:
+                m.shutdown()
+
+        log(f"OpenSSH fan-out: {a.ssh_fanouts} × {FANOUT} ssh processes (master on jump2 / fresh -J)")
+
+        def run_all(key: str, fn: Callable[[int], str], t0: float | None = None) -> None:
+            """Run fn(0..49) in parallel; a failed ssh (timeout under load) is counted, not fatal."""
+            def one(i: int) -> str | None:
+                try:
+                    fn(i)
+                    return None
+                except Exception as exc:
+                    return str(exc)
+            with ThreadPoolExecutor(max_workers=FANOUT) as pool:
+                t0 = time.perf_counter() if t0 is None else t0
+                errors = [e for e in pool.map(one, range(FANOUT)) if e]
+                elapsed = time.perf_counter() - t0
+            sample = self.s(key)
+            sample.add(elapsed)
+            if errors:
+                sample.failed += len(errors)
+                self.notes.append(f"{key}: {len(errors)}/{FANOUT} ssh failed, e.g. {errors[0][:120]}")
+
+        for _ in range(a.ssh_fanouts):
+            t0 = time.perf_counter()
+            self.ossh.start_master("hop-jump2", self.ossh.cm_jump2)   # the shared chain, timed
+            try:
+                run_all("fan/cm", lambda i: self.ossh.via_jump2_master(
+                    self.raw_targets[i % n_t], f"echo {i}", check_out=f"{i}\n"), t0)
+            finally:
+                self.ossh.stop_master("hop-jump2", self.ossh.cm_jump2)
+            run_all("fan/fresh", lambda i: self.ossh.fresh(
+                self.raw_targets[i % n_t], f"echo {i}", check_out=f"{i}\n"))
+
+
+# ----------------------------------------------------------------------------- report
+
+ROWS = [
+    # key, label, target (seconds or None), what the OpenSSH columns ran
+    ("echo", "`echo hi` round trip, open session", 0.010),
+    ("seq", f"`seq 1 {SEQ_N}` ({len(SEQ_EXPECTED):,} B), open session", 0.030),
+    ("cold", "open session, cold (no hops up)", 0.400),
+    ("warm", "open session, chain already up", None),
+    ("fan", f"{FANOUT} sessions + 1 command each, concurrent", 5.0),
+    ("rss", "RSS per session (50 open)", None),
+]
+
+
+def table(b: Bench, markdown: bool) -> str:
+    head = ["measurement", "phonehome-jump", "OpenSSH ControlMaster", "OpenSSH fresh -J", "target"]
+    rows = []
+    for key, label, target in ROWS:
+        phj = b.r.get(f"{key}/phj", Sample())
+        tgt = "—"
+        if target is not None:
+            tgt = f"≤ {fmt_time(target).replace('.00 ', ' ').replace('.0 ', ' ')}"
+            if phj.values:
+                tgt += " ✓" if phj.median <= target else " ✗ missed"
+        rows.append([label, phj.cell(), b.r.get(f"{key}/cm", Sample()).cell(),
+                     b.r.get(f"{key}/fresh", Sample()).cell(), tgt])
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(out)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+LEGEND = [
+    "cells: median (p90, n). OpenSSH cells include starting the ssh process (what a script pays).",
+    "ControlMaster column: echo/seq over a master to target1 (`ssh -S`); open/fan-out with the chain up = "
+    "`ssh -J hop-jump2` through a master on jump2 (new target login, hops shared); fan-out includes starting that master.",
+    "fresh -J column: `ssh -J jump1,jump2 target …`, nothing shared (three SSH logins per command).",
+    "phonehome-jump fan-out starts from a fresh SessionManager (chain dialed once, shared by all 50).",
+]
+
+
+# ----------------------------------------------------------------------------- main
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=200,
+                    help="echo rounds (default 200); the other counts scale with it: seq N/7, opens and "
+                         "fresh ssh N/10, fan-outs 3 (1 for OpenSSH), unless set below")
+    ap.add_argument("--seq", type=int, help="seq 1 5000 rounds")
+    ap.add_argument("--opens", type=int, help="session opens per variant")
+    ap.add_argument("--fresh", type=int, help="fresh ssh -J rounds for echo/seq")
+    ap.add_argument("--fanouts", type=int, help="phonehome-jump fan-out rounds")
+    ap.add_argument("--ssh-fanouts", type=int, help="OpenSSH fan-out rounds (each: master + fresh)")
+    ap.add_argument("--targets", type=int, default=5, help="lab targets (default 5)")
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    ap.add_argument("--wait", type=float, default=900, help="seconds to wait for another lab to go away")
+    a = ap.parse_args(argv)
+    a.seq = a.seq if a.seq is not None else max(3, math.ceil(a.rounds / 7))
+    a.opens = a.opens if a.opens is not None else max(3, math.ceil(a.rounds / 10))
+    a.fresh = a.fresh if a.fresh is not None else max(3, math.ceil(a.rounds / 10))
+    a.fanouts = a.fanouts if a.fanouts is not None else 3
+    a.ssh_fanouts = a.ssh_fanouts if a.ssh_fanouts is not None else 1
+
+    if os.geteuid() != 0:
+        print("bench: the sshd lab needs root (network namespaces, sshd)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)     # SIGTERM tears down like Ctrl-C does
+
+    state = Path(os.environ.get("PHJ_LAB_STATE", "/tmp/phonehome-jump-lab-bench"))
+    lab = Lab(state, n_targets=a.targets)
+    wait_for_free_lab(a.wait)
+    t_start = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    brought_up = False
+    tmp = Path(tempfile.mkdtemp(prefix="phj-bench-"))
+    bench = None
+    try:
+        log(f"lab up: {a.targets} targets, state {state}")
+        brought_up = True          # up() may fail half-way: tear down whatever it made
+        lab.up()
+        os.environ.update(lab.env)
+        ossh = OpenSSH(lab, tmp)
+        bench = Bench(lab, ossh, a)
+        bench.warm_up()
+        bench.commands()
+        bench.opens()
+        bench.fanout()
+    except KeyboardInterrupt:
+        log("interrupted: tearing down")
+        return 130
+    finally:
+        if bench is not None:
+            for host, sock in (("cm-target1", bench.ossh.cm_target), ("hop-jump2", bench.ossh.cm_jump2)):
+                try:
+                    bench.ossh.stop_master(host, sock)
+                except Exception:
+                    pass
+        if brought_up:
+            log("lab down")
+            lab.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+    elapsed = time.perf_counter() - t_start
+    assert bench is not None
+    out = [*machine(), f"lab: local → jump1 → jump2 → {a.targets} targets (OpenSSH sshd in netns); "
+           f"run took {elapsed:.0f} s; load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end", ""]
+    out.append(table(bench, a.markdown))
+    out.append("")
+    out += [("- " if a.markdown else "") + n for n in LEGEND + bench.notes]
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
