@@ -783,7 +783,7 @@ class Inventory:
             return self._targets[name]
         except KeyError:
             raise UnknownNameError(f"unknown host '{name}'" + _suggest(name, self._targets),
-                                   hint="phonehome-jump inventory list") from None
+                                   hint="check the name against the inventory's host list (inventory list)") from None
 
     def names(self) -> list[str]:
         return sorted(self._targets)
@@ -796,7 +796,7 @@ class Inventory:
         """Sorted by name; query: case-insensitive substring of name, host or description."""
         if group is not None and group not in self._groups:
             raise UnknownNameError(f"unknown group '{group}'" + _suggest(group, self._groups),
-                                   hint="phonehome-jump inventory list")
+                                   hint="check the name against the inventory's host list (inventory list)")
         q = query.lower() if query else None
         return [t for _, t in sorted(self._targets.items())
                 if (group is None or group in t.groups) and (tag is None or tag in t.tags)

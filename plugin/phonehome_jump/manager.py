@@ -68,6 +68,7 @@ class SessionManager:
     # -- open / close -----------------------------------------------------------------
     def open(self, host: str, *, owner: str | None = None, framing: str | None = None) -> SessionInfo:
         target = self.inventory.target(host)   # UnknownNameError with suggestions
+        created = time.time()
         self._reserve(target)
         hops: list[Hop] = []
         try:
@@ -79,7 +80,7 @@ class SessionManager:
             self.pool.release(hops)
             self._unreserve(target.name)
             raise
-        entry = _Entry(_new_id(), session, hops, time.time(), owner)
+        entry = _Entry(_new_id(), session, hops, created, owner)
         with self._lock:
             self._opening[target.name] -= 1
             self._entries[entry.id] = entry
@@ -234,4 +235,4 @@ class SessionManager:
 
 
 def _new_id() -> str:
-    return "s-" + secrets.token_hex(4)
+    return "s-" + secrets.token_hex(8)

@@ -174,7 +174,8 @@ class Session:
         self._chan = channel
         self.framer = framer
         self.cap = cap
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()    # one reader/command at a time
+        self._wlock = threading.Lock()    # writes; send() may answer while a command waits
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
         self._run: _Run | None = None
         self._secrets: set[str] = {s for s in secrets_ if s}
@@ -214,6 +215,7 @@ class Session:
                       secrets_=tuple(v for v in (creds["password"], creds["passphrase"]) if v))
         try:
             framer.setup(session)
+            session.last_activity = time.time()
         except Exception as exc:
             session.close()
             if isinstance(exc, SessionError):
@@ -227,7 +229,8 @@ class Session:
     # -- the wire ---------------------------------------------------------------------
     def _write(self, text: str) -> None:
         try:
-            self._chan.sendall(text.encode("utf-8"))
+            with self._wlock:
+                self._chan.sendall(text.encode("utf-8"))
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self._die("the connection closed while sending")
             raise self._dead_error() from exc
@@ -266,8 +269,11 @@ class Session:
             if not data:
                 if setup:
                     raise SessionError("the remote end closed the connection during setup")
-                if self._chan.exit_status_ready():      # the shell itself exited (`exit 3`)
-                    status = self._chan.recv_exit_status()
+                # The shell itself exited (`exit 3`): sshd sends the status around the EOF, so
+                # give it a moment; a dead hop closes the channel with no status (-1).
+                self._chan.status_event.wait(1.0)
+                status = self._chan.exit_status if self._chan.status_event.is_set() else -1
+                if status >= 0:
                     self._die(f"the remote shell exited with status {status}")
                     run.exit_status, run.cwd, run.done, run.ended = status, self.cwd, True, time.monotonic()
                     return False
@@ -331,24 +337,31 @@ class Session:
     def send(self, text: str = "", *, newline: bool = True, control: str | None = None,
              secret: bool = False) -> None:
         """Type raw text (answer a prompt, send Ctrl-C). ``secret`` text is masked in all output."""
-        with self._lock:
-            if self.dead:
-                raise self._dead_error()
-            if secret and text:
-                self._secrets.add(text)
-            payload = text + ("\n" if newline and text else "")
-            if control:
-                key = control.lower().removeprefix("ctrl-").removeprefix("^")
-                if key not in CONTROL:
-                    raise SessionError(f"unknown control key {control!r}", where=f"host {self.target.name!r}",
-                                       hint=f"use one of: {', '.join('ctrl-' + k for k in CONTROL)}")
-                payload += CONTROL[key]
-            if not payload and newline:
-                payload = "\n"
+        if self.dead:
+            raise self._dead_error()
+        if secret and text:
+            self._secrets.add(text)
+        payload = text + ("\n" if newline and text else "")
+        if control:
+            key = control.lower().removeprefix("ctrl-").removeprefix("^")
+            if key not in CONTROL:
+                raise SessionError(f"unknown control key {control!r}", where=f"host {self.target.name!r}",
+                                   hint=f"use one of: {', '.join('ctrl-' + k for k in CONTROL)}")
+            payload += CONTROL[key]
+        if not payload and newline:
+            payload = "\n"
+        self.last_activity = time.time()
+        if not self._lock.acquire(blocking=False):
+            # Another call is waiting on this session's output (a command or read): this is
+            # an answer or a Ctrl-C for it, so write now rather than after its wait.
+            self._write(payload)
+            return
+        try:
             if self._run is None or self._run.done:
                 self._run = _Run(None, time.monotonic())   # typed at the shell: frame it like a command
             self._write(payload)
-            self.last_activity = time.time()
+        finally:
+            self._lock.release()
 
     def read(self, *, wait: float = 0.0, until: str | None = None, offset: int | None = None) -> CommandResult:
         """Collect pending output (waiting up to ``wait`` for the prompt or ``until``), or page.
@@ -377,11 +390,12 @@ class Session:
         return "dead" if self.dead else "running" if self.running else "idle"
 
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._conn.disconnect()
-            except Exception:  # already gone; nothing to report to the caller
-                pass
+        """Close at once, even while another call waits on output (it then ends as dead)."""
+        self._die("the session was closed")
+        try:
+            self._conn.disconnect()
+        except Exception:  # already gone; nothing to report to the caller
+            pass
 
     # -- helpers ----------------------------------------------------------------------
     def _check_idle(self) -> None:

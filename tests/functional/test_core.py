@@ -335,3 +335,26 @@ def test_exit_ends_the_session_with_its_status(manager):
     assert info.state == "dead" and "exited with status 3" in info.dead_reason
     with pytest.raises(SessionDeadError, match="exited with status 3"):
         manager.command(sid, "echo")
+
+
+def test_ctrl_c_from_another_caller_reaches_a_waiting_command(manager):
+    """An MCP client may send Ctrl-C while its own command call is still waiting."""
+    import threading
+    sid = manager.open("lab-target1").id
+    box = {}
+    waiter = threading.Thread(target=lambda: box.setdefault("r", manager.command(sid, "sleep 30", wait=20)))
+    waiter.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    manager.send(sid, control="c", newline=False)
+    waiter.join(10)
+    assert not waiter.is_alive() and time.monotonic() - t0 < 5
+    assert (box["r"].running, box["r"].exit_status) == (False, 130)
+
+
+def test_close_does_not_wait_for_a_running_command(manager):
+    sid = manager.open("lab-target1").id
+    assert manager.command(sid, "sleep 30", wait=0.2).running
+    t0 = time.monotonic()
+    manager.close(sid)
+    assert time.monotonic() - t0 < 2 and manager.list() == []
