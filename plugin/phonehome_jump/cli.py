@@ -144,7 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scripted mode: per-command limit, then exit 124 "
                         f"(default {DEFAULT_TIMEOUT:g})")
     p.set_defaults(func=cmd_shell)
+
+    p = commands.add_parser(
+        "serve", parents=[common], help="serve the MCP tools (stdio, or HTTP)",
+        description="Serve the ssh_session_* and inventory MCP tools over stdio (for "
+                    "`claude mcp add`), or streamable HTTP with --http. Beyond loopback a "
+                    "bearer token is required.")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="serve streamable HTTP at http://HOST:PORT/mcp (HOST defaults to 127.0.0.1)")
+    p.add_argument("--token-file", metavar="FILE", help="file holding the bearer token")
+    p.add_argument("--token-env", metavar="NAME",
+                   help="environment variable holding the bearer token "
+                        "(default PHONEHOME_JUMP_MCP_TOKEN)")
+    p.set_defaults(func=cmd_serve)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .mcp_server import serve   # the MCP SDK is only imported by the command that needs it
+
+    return serve(args.inventory, http=args.http, token_file=args.token_file,
+                 token_env=args.token_env)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -173,7 +174,9 @@ async def test_progress_is_reported_while_opening_and_running(server):
 # ----------------------------------------------------------------------------- end to end
 
 def server_cmd(lab, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "phonehome_jump.mcp_server", "--inventory", str(lab.inventory), *extra]
+    """`phonehome-jump serve`, the console script users put in their MCP client config."""
+    cli = str(Path(sys.executable).parent / "phonehome-jump")
+    return [cli, "--inventory", str(lab.inventory), "serve", *extra]
 
 
 async def test_stdio_end_to_end(lab):

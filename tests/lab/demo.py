@@ -1,23 +1,26 @@
-"""`make demo`: bring up the sshd lab and work on a target through two jump hosts.
+"""`make demo`: the main job, end to end, on the bundled sshd lab.
 
-Shows the CLI (inventory, one-shot run) and a persistent session through the core API
-(cd/export persisting, an interactive prompt answered, a long command that keeps running),
-then tears the lab down.
+Brings up the lab (local → jump1 → jump2 → targets, real OpenSSH in network namespaces),
+starts `phonehome-jump serve` as an MCP server over stdio, and drives it with the MCP SDK's
+client the way Claude would: find a host, open a session through both jumps, keep state
+across commands, answer a prompt, follow a long command, page a large output, close. Prints
+the transcript, then tears the lab down.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import Client, StdioServerParameters
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sshlab import Lab  # noqa: E402
-
-from phonehome_jump.inventory import Inventory  # noqa: E402
-from phonehome_jump.manager import SessionManager  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "phonehome-jump")
 
@@ -26,9 +29,56 @@ def say(text: str) -> None:
     print(f"\n\033[1m## {text}\033[0m" if sys.stdout.isatty() else f"\n## {text}", flush=True)
 
 
-def cli(*args: str) -> None:
-    print("$ phonehome-jump " + " ".join(args), flush=True)
-    subprocess.run([CLI, *args], check=False)
+async def call(client: Client, tool: str, show: tuple[str, ...] = (), **args: Any) -> dict[str, Any]:
+    """Call a tool, print the call and the chosen result fields (the transcript)."""
+    print(f"→ {tool}({', '.join(f'{k}={v!r}' for k, v in args.items())})")
+    r = await client.call_tool(tool, args)
+    if r.is_error:
+        print(f"← error: {r.content[0].text}")
+        return {}
+    data = r.structured_content or {}
+    fields = {k: data[k] for k in show if k in data} if show else data
+    for key, value in fields.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        if key == "output" and "\n" in text.rstrip("\n"):
+            print("← output:\n" + "\n".join("    " + line for line in text.rstrip("\n").split("\n")))
+        else:
+            print(f"← {key}: {text!r}" if isinstance(value, str) else f"← {key}: {text}")
+    return data
+
+
+async def drive(lab: Lab) -> None:
+    params = StdioServerParameters(command=CLI, args=["--inventory", str(lab.inventory), "serve"],
+                                   env=dict(os.environ))
+    async with Client(params) as client:
+        tools = await client.list_tools()
+        print("tools:", ", ".join(t.name for t in tools.tools))
+        say("find the host and its chain")
+        await call(client, "inventory_show", ("name", "chain", "auth"), host="lab-target1")
+        say("a persistent session through jump1 → jump2")
+        s = await call(client, "ssh_session_open", ("session_id", "chain", "cwd"), host="lab-target1")
+        sid = s["session_id"]
+        out = ("output", "exit_status", "cwd", "running")
+        for command in ("cd /tmp", "pwd", "export GREETING=persisted", "echo $GREETING",
+                        "ls /nonexistent"):
+            await call(client, "ssh_session_command", out, session_id=sid, command=command)
+        say("an interactive prompt, answered")
+        await call(client, "ssh_session_command", out + ("awaiting_input",), session_id=sid,
+                   command="read -p 'Proceed? [y/n] ' a; echo answer=$a")
+        await call(client, "ssh_session_send", (), session_id=sid, text="y")
+        await call(client, "ssh_session_read", out, session_id=sid, wait=5)
+        say("a long command: returns running, then the rest")
+        await call(client, "ssh_session_command", out, session_id=sid,
+                   command="for i in 1 2 3; do echo tick $i; sleep 1; done", wait=1.5)
+        await call(client, "ssh_session_read", out, session_id=sid, wait=10)
+        say("a large output: head and tail, then paged")
+        r = await call(client, "ssh_session_command", ("total", "truncated", "omitted", "note"),
+                       session_id=sid, command="seq 1 20000")
+        if r.get("omitted"):
+            await call(client, "ssh_session_read", ("offset", "next_offset", "total"), session_id=sid,
+                       offset=r["omitted"][0])
+        await call(client, "ssh_session_list", ())
+        await call(client, "ssh_session_close", (), session_id=sid)
 
 
 def main() -> int:
@@ -38,32 +88,12 @@ def main() -> int:
     os.environ.update(lab.env)
     os.environ["PHONEHOME_JUMP_INVENTORY"] = str(lab.inventory)
     try:
-        say("the inventory, and the resolved chain of one host (secrets shown as references)")
-        cli("inventory", "list")
-        cli("inventory", "show", "lab-target1")
-        say("one-shot command through both jumps; the exit status comes back")
-        cli("run", "lab-target1", "--", "echo I am $(id -un) at $(hostname -I)")
-        say("a persistent session through the core API")
-        with SessionManager(Inventory.load(lab.inventory)) as manager:
-            t0 = time.perf_counter()
-            info = manager.open("lab-target1")
-            print(f"opened {info.id} to {info.host} via {' → '.join(info.chain)} "
-                  f"in {(time.perf_counter() - t0) * 1000:.0f} ms, cwd {info.cwd}")
-            for command in ("cd /tmp", "pwd", "export GREETING=persisted", "echo $GREETING",
-                            "ls /nonexistent"):
-                r = manager.command(info.id, command)
-                print(f"$ {command}\n{r.output}[exit {r.exit_status}, cwd {r.cwd}, "
-                      f"{r.duration * 1000:.1f} ms]")
-            r = manager.command(info.id, "read -p 'Proceed? [y/n] ' a; echo answer=$a")
-            print(f"$ read -p ...\n{r.output}   [running={r.running}, awaiting_input={r.awaiting_input}]")
-            manager.send(info.id, "y")
-            r = manager.read(info.id, wait=5)
-            print(f"> y\n{r.output}[exit {r.exit_status}]")
-            r = manager.command(info.id, "for i in 1 2 3; do echo tick $i; sleep 0.5; done", wait=0.6)
-            print(f"$ for ... sleep\n{r.output}[running={r.running} after the 0.6 s wait]")
-            r = manager.read(info.id, wait=5)
-            print(f"{r.output}[finished: exit {r.exit_status}]")
-            print(f"sessions: {[(s.id, s.host, s.state) for s in manager.list()]}")
+        say("the CLI: the inventory and a one-shot command through both jumps")
+        for args in (["inventory", "list"], ["run", "lab-target1", "--", "echo I am $(id -un) at $(hostname -I)"]):
+            print("$ phonehome-jump " + " ".join(args), flush=True)
+            subprocess.run([CLI, *args], check=False)
+        say("the MCP server (`phonehome-jump serve`, stdio) driven by an MCP client, as Claude would")
+        anyio.run(drive, lab)
     finally:
         say("tearing the lab down")
         lab.down()
