@@ -7,7 +7,8 @@ shell channel directly, and each command ends when its prompt appears.
 Two framings:
 
 * ``sentinel`` (POSIX shells: device types ``linux`` and friends). At start the session
-  turns terminal echo and CR/LF translation off, turns line editing off, and sets a unique
+  turns terminal echo and CR/LF translation off, turns line editing and job control off (no
+  "[1]+ Done" notices in the next command's output), and sets a unique
   prompt that carries the exit status and the cwd. Output is then exactly the bytes the
   command printed, and the prompt gives ``exit_status`` and ``cwd``.
 * ``native`` (network OSes whose prompt cannot be set): netmiko's own session preparation
@@ -126,7 +127,7 @@ class SentinelFramer(Framer):
         self.pattern = re.compile(r"<<phj:" + self.token + r":(\d+):([^\n]*?)>>")
 
     def setup(self, session: "Session") -> None:
-        line = ("stty -echo -onlcr -icanon 2>/dev/null; set +o emacs +o vi 2>/dev/null; "
+        line = ("stty -echo -onlcr -icanon 2>/dev/null; set +o emacs +o vi +m 2>/dev/null; "
                 "unset PROMPT_COMMAND HISTFILE LS_COLORS; export NO_COLOR=1 PAGER=cat SYSTEMD_PAGER= GIT_PAGER=cat "
                 "TERM=dumb; PS2=''; PS3=''; PS4='+ '; "
                 f"_phj={self.token}; PS1='<<phj:${{_phj}}:$?:${{PWD}}>>'\n")
@@ -293,6 +294,18 @@ class Session:
                     return True
         return False
 
+    def _drain(self) -> None:
+        """Give output that arrived after the last prompt to the run it belongs to.
+
+        Nothing should be pending between commands; if something is (a background job's
+        output), it must not be mistaken for the next command's output.
+        """
+        if self._run is not None and self._chan.recv_ready():
+            self._run.done = False   # reopen to collect; its exit status is already known
+            status, cwd = self._run.exit_status, self._run.cwd
+            self._pump(time.monotonic())
+            self._run.done, self._run.exit_status, self._run.cwd = True, status, cwd
+
     def _feed(self, run: _Run, text: str) -> None:
         if not text:
             return
@@ -329,6 +342,7 @@ class Session:
         """
         with self._lock:
             self._check_idle()
+            self._drain()
             self._run = _Run(command, time.monotonic())
             self._write(self.framer.wrap(command) if self.framer.name == "sentinel" else command.rstrip("\n") + "\n")
             stopped = self._pump(time.monotonic() + wait, until=_compile(until), stop_on_input=True)
@@ -352,10 +366,13 @@ class Session:
             payload = "\n"
         self.last_activity = time.time()
         if not self._lock.acquire(blocking=False):
-            # Another call is waiting on this session's output (a command or read): this is
-            # an answer or a Ctrl-C for it, so write now rather than after its wait.
-            self._write(payload)
-            return
+            run = self._run
+            if run is not None and not run.done:
+                # Another call is waiting on this command's output: this is an answer or a
+                # Ctrl-C for it, so write now rather than after that call's wait.
+                self._write(payload)
+                return
+            self._lock.acquire()    # a short holder (a read of finished output): wait for it
         try:
             if self._run is None or self._run.done:
                 self._run = _Run(None, time.monotonic())   # typed at the shell: frame it like a command

@@ -358,3 +358,11 @@ def test_close_does_not_wait_for_a_running_command(manager):
     t0 = time.monotonic()
     manager.close(sid)
     assert time.monotonic() - t0 < 2 and manager.list() == []
+
+
+def test_background_output_between_commands_is_not_the_next_commands(manager):
+    sid = manager.open("lab-target1").id
+    assert manager.command(sid, "(sleep 0.3; echo from-background) &").exit_status == 0
+    time.sleep(0.8)
+    r = manager.command(sid, "echo foreground")
+    assert (r.output, r.exit_status) == ("foreground\n", 0)
