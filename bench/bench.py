@@ -42,6 +42,7 @@ SSH = shutil.which("ssh") or "/usr/bin/ssh"
 SEQ_N = 5000
 SEQ_EXPECTED = "".join(f"{i}\n" for i in range(1, SEQ_N + 1))
 FANOUT = 50
+MCP_BLOCK = 50          # MCP and core `echo hi` alternate in blocks of this many rounds
 BIG_CAP = 1_000_000     # the bench returns whole outputs so it can check them (default cap 16,000)
 
 
@@ -305,6 +306,67 @@ class Bench:
             self.s("seq/fresh").add(dt)
         self.notes[complete] += f", OpenSSH fresh -J {ok}/{a.fresh}"
 
+    def mcp(self) -> None:
+        """`echo hi` through `phonehome-jump serve` over stdio, beside the core in-process.
+
+        Both sessions go to target1 through the same two jumps. MCP and core calls alternate in
+        blocks of MCP_BLOCK, so drift on the machine hits both alike, while the server's work after
+        each reply (on 2 CPUs) does not land in the core's timings as it would call by call.
+        """
+        import anyio
+        from mcp import Client, StdioServerParameters
+
+        a = self.args
+        n_list = min(a.rounds, 50)
+        log(f"MCP over stdio: {a.rounds} × echo hi via ssh_session_command, alternating with "
+            f"{a.rounds} × core, in blocks of {MCP_BLOCK}; {n_list} × ssh_session_list")
+        cli = Path(sys.executable).parent / "phonehome-jump"
+        params = StdioServerParameters(command=str(cli),
+                                       args=["--inventory", str(self.lab.inventory), "serve"],
+                                       env=dict(os.environ))    # carries the lab's secrets (lab.env)
+
+        async def call(client: Client, tool: str, **args: object) -> dict:
+            r = await client.call_tool(tool, args)
+            if r.is_error:
+                raise RuntimeError(f"MCP {tool}: {r.content[0].text}")
+            return r.structured_content   # type: ignore[return-value]
+
+        async def run() -> None:
+            with SessionManager(self.inv) as m:
+                core_sid = m.open(self.targets[0]).id
+                async with Client(params) as client:
+                    sid = (await call(client, "ssh_session_open", host=self.targets[0]))["session_id"]
+                    try:
+                        for _ in range(10):
+                            await call(client, "ssh_session_command", session_id=sid, command="echo hi")
+                            m.command(core_sid, "echo hi")
+                        done = 0
+                        while done < a.rounds:
+                            block = min(MCP_BLOCK, a.rounds - done)
+                            for _ in range(block):
+                                t0 = time.perf_counter()
+                                r = await call(client, "ssh_session_command", session_id=sid,
+                                               command="echo hi", wait=20)
+                                self.s("mcp/mcp").add(time.perf_counter() - t0)
+                                assert r["output"] == "hi\n" and r["exit_status"] == 0, r
+                            for _ in range(block):
+                                dt, res = timed(lambda: m.command(core_sid, "echo hi"))
+                                assert res.output == "hi\n" and res.exit_status == 0, res  # type: ignore[union-attr]
+                                self.s("mcp/core").add(dt)
+                            done += block
+                        # the MCP round trip with no SSH in it: stdio, JSON-RPC, a worker thread
+                        for _ in range(n_list):
+                            t0 = time.perf_counter()
+                            await call(client, "ssh_session_list")
+                            self.s("mcp/list").add(time.perf_counter() - t0)
+                    finally:
+                        await call(client, "ssh_session_close", session_id=sid)
+
+        anyio.run(run)
+        self.notes.append(f"MCP `echo hi` via ssh_session_command over stdio: {self.s('mcp/mcp').cell()}; "
+                          f"core `SessionManager.command`, alternating: {self.s('mcp/core').cell()}; "
+                          f"MCP `ssh_session_list` (no SSH): {self.s('mcp/list').cell()}")
+
     def opens(self) -> None:
         a = self.args
         log(f"session open: {a.opens} × cold, {a.opens} × chain up")
@@ -403,6 +465,7 @@ ROWS = [
     ("cold", "open session, cold (no hops up)", 0.400),
     ("warm", "open session, chain already up", None),
     ("fan", f"{FANOUT} sessions + 1 command each, concurrent", 5.0),
+    ("mcp", "MCP overhead of ssh_session_command (stdio)", 0.003),
     ("rss", "RSS per session (50 open)", None),
 ]
 
@@ -412,12 +475,19 @@ def table(b: Bench, markdown: bool) -> str:
     rows = []
     for key, label, target in ROWS:
         phj = b.r.get(f"{key}/phj", Sample())
+        value, cell = (phj.median, phj.cell()) if phj.values else (None, "—")
+        if key == "mcp":      # the difference of two medians measured side by side
+            via, core = b.r.get("mcp/mcp", Sample()), b.r.get("mcp/core", Sample())
+            if via.values and core.values:
+                value = via.median - core.median
+                cell = (f"{fmt_time(value)} (MCP {fmt_time(via.median)} vs core {fmt_time(core.median)}, "
+                        f"n={len(via.values)})")
         tgt = "—"
         if target is not None:
             tgt = f"≤ {fmt_time(target).replace('.00 ', ' ').replace('.0 ', ' ')}"
-            if phj.values:
-                tgt += " ✓" if phj.median <= target else " ✗ missed"
-        rows.append([label, phj.cell(), b.r.get(f"{key}/cm", Sample()).cell(),
+            if value is not None:
+                tgt += " ✓" if value <= target else " ✗ missed"
+        rows.append([label, cell, b.r.get(f"{key}/cm", Sample()).cell(),
                      b.r.get(f"{key}/fresh", Sample()).cell(), tgt])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -434,6 +504,8 @@ LEGEND = [
     "`ssh -J hop-jump2` through a master on jump2 (new target login, hops shared); fan-out includes starting that master.",
     "fresh -J column: `ssh -J jump1,jump2 target …`, nothing shared (three SSH logins per command).",
     "phonehome-jump fan-out starts from a fresh SessionManager (chain dialed once, shared by all 50).",
+    "MCP row: median of `echo hi` via an MCP client → `phonehome-jump serve` (stdio) minus median of "
+    "`SessionManager.command` in-process, alternating in blocks of 50, both to target1 through both jumps.",
 ]
 
 
@@ -485,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(lab, ossh, a)
         bench.warm_up()
         bench.commands()
+        bench.mcp()
         bench.opens()
         bench.fanout()
     except KeyboardInterrupt:
