@@ -12,7 +12,8 @@ Exit codes: the remote exit status for ``run`` (and the last command of a script
 0 ok; 1 other phonehome-jump errors (session, secrets, limits); 2 usage and inventory errors
 (including unknown host names); 124 a command still running after --timeout, or waiting for
 input that ``run`` cannot give; 130 interrupted; 141 stdout closed (broken pipe); 255 connecting
-failed (hop unreachable, authentication, host key), like ssh; 70 an internal error.
+failed (hop unreachable, authentication, host key), like ssh; 70 an internal error; 77 the
+inventory's command policy refused the command (see --confirm).
 
 No SSH logic lives here: every connection goes through :class:`SessionManager`. Errors are
 printed as ``phonehome-jump: <message>``; tracebacks only go to the log with ``-v``.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import getpass
 import json
 import logging
 import os
@@ -34,9 +36,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
-from .errors import ConnectError, InventoryError, PhonehomeJumpError
+from .audit import ENV_AUDIT
+from .errors import ConnectError, InventoryError, PhonehomeJumpError, PolicyError
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
+from .redact import RedactingFilter, mask
 from .session import CommandResult
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2          # argparse's own code, and inventory problems
 EXIT_SOFTWARE = 70      # sysexits EX_SOFTWARE: a bug in phonehome-jump
+EXIT_POLICY = 77        # sysexits EX_NOPERM: the inventory's policy refused the command
 EXIT_TIMEOUT = 124      # like timeout(1)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_PIPE = 141         # 128 + SIGPIPE
@@ -84,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                         default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     common.add_argument("-v", "--verbose", dest="sub_verbose", action="count",
                         default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--audit-log", dest="sub_audit_log", metavar="PATH",
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Persistent, prompt-framed SSH sessions through jump-host chains.",
@@ -93,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inventory", metavar="PATH",
                         help=f"inventory file or directory (default: ${ENV_VAR}, "
                              f"else ./{DEFAULT_INVENTORY}/)")
+    parser.add_argument("--audit-log", metavar="PATH",
+                        help=f"append JSON Lines audit records here (default: ${ENV_AUDIT}, "
+                             "else the inventory's audit.path, else none)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log to stderr: -v info, -vv debug (with tracebacks)")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -130,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("host", metavar="HOST")
     p.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
                    help=f"give up after S seconds and exit 124 (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--confirm", action="store_true",
+                   help="run it even if the host's policy asks for confirmation")
     p.add_argument("words", nargs="+", metavar="COMMAND",
                    help="the remote command; put it after -- when it has options")
     p.set_defaults(func=cmd_run)
@@ -143,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
                    help="scripted mode: per-command limit, then exit 124 "
                         f"(default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--confirm", action="store_true",
+                   help="let through commands the host's policy asks to confirm")
     p.set_defaults(func=cmd_shell)
 
     p = commands.add_parser(
@@ -164,7 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .mcp_server import serve   # the MCP SDK is only imported by the command that needs it
 
     return serve(args.inventory, http=args.http, token_file=args.token_file,
-                 token_env=args.token_env)
+                 token_env=args.token_env, audit_log=args.audit_log)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -225,8 +239,9 @@ def _last_line(text: str) -> str:
     return lines[-1].strip()[-80:] if lines else ""
 
 
-def _run_one(manager: SessionManager, info: SessionInfo, command: str, timeout: float) -> int:
-    result = manager.command(info.id, command, wait=timeout)
+def _run_one(manager: SessionManager, info: SessionInfo, command: str, timeout: float,
+             confirm: bool = False) -> int:
+    result = manager.command(info.id, command, wait=timeout, confirm=confirm)
     _write_remote(_full_output(manager, info.id, result))
     if result.running:
         if result.awaiting_input:
@@ -241,8 +256,16 @@ def _run_one(manager: SessionManager, info: SessionInfo, command: str, timeout: 
     return result.exit_status if result.exit_status is not None else 0
 
 
+def _manager(args: argparse.Namespace) -> SessionManager:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (bare containers): the audit still says "cli"
+        user = "?"
+    return SessionManager(_load(args), audit_path=args.audit_log, actor=f"cli:{user}")
+
+
 def _open(args: argparse.Namespace) -> tuple[SessionManager, SessionInfo]:
-    manager = SessionManager(_load(args))
+    manager = _manager(args)
     try:
         info = manager.open(args.host)
     except BaseException:
@@ -315,7 +338,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = " ".join(args.words)
     manager, info = _open(args)
     try:
-        return _run_one(manager, info, command, args.timeout)
+        return _run_one(manager, info, command, args.timeout, args.confirm)
     except _Timeout:
         return EXIT_TIMEOUT
     finally:
@@ -327,8 +350,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
     manager, info = _open(args)
     try:
         if interactive:
-            return _interactive(manager, info)
-        return _scripted(manager, info, sys.stdin, args.timeout)
+            return _interactive(manager, info, args.confirm)
+        return _scripted(manager, info, sys.stdin, args.timeout, args.confirm)
     except _Timeout:
         return EXIT_TIMEOUT
     finally:
@@ -342,14 +365,15 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-def _scripted(manager: SessionManager, info: SessionInfo, lines: Any, timeout: float) -> int:
+def _scripted(manager: SessionManager, info: SessionInfo, lines: Any, timeout: float,
+              confirm: bool = False) -> int:
     """Each stdin line is one command in the same shell (cwd and variables persist)."""
     status = EXIT_OK
     for line in lines:
         command = line.rstrip("\r\n")
         if not command.strip():
             continue
-        status = _run_one(manager, info, command, timeout)
+        status = _run_one(manager, info, command, timeout, confirm)
     return status
 
 
@@ -444,7 +468,7 @@ class _Terminal:
             self.column0 = text.endswith("\n")
 
 
-def _interactive(manager: SessionManager, info: SessionInfo) -> int:
+def _interactive(manager: SessionManager, info: SessionInfo, confirm: bool = False) -> int:
     import termios
     import tty
 
@@ -496,7 +520,12 @@ def _interactive(manager: SessionManager, info: SessionInfo) -> int:
 
     def send(**kwargs: Any) -> None:
         with io:
-            manager.send(info.id, **kwargs)
+            try:
+                manager.send(info.id, confirm=confirm, **kwargs)
+            except PolicyError as err:     # the line is not sent; the shell goes on
+                term.write(f"{PROG}: {err}\n".replace("\n", "\r\n"))
+                term.write(prompt(manager.session(info.id).cwd, None))
+                return
             sent[0] = True
 
     thread = threading.Thread(target=reader, name="phj-shell-reader", daemon=True)
@@ -543,6 +572,7 @@ def _setup_logging(verbosity: int) -> Callable[[], None]:
         "%(levelname)s %(name)s: %(message)s" if verbosity < 2
         else "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
     handler.setLevel(level)
+    handler.addFilter(RedactingFilter())
     saved_root = root.level
     root.addHandler(handler)
     root.setLevel(min(level, saved_root) if saved_root else level)
@@ -565,6 +595,8 @@ def exit_code(err: PhonehomeJumpError) -> int:
         return EXIT_USAGE
     if isinstance(err, ConnectError):
         return EXIT_CONNECT
+    if isinstance(err, PolicyError):
+        return EXIT_POLICY
     return EXIT_ERROR
 
 
@@ -576,12 +608,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.verbose += getattr(args, "sub_verbose", 0)
     args.inventory = getattr(args, "sub_inventory", None) or args.inventory
+    args.audit_log = (getattr(args, "sub_audit_log", None) or args.audit_log
+                      or os.environ.get(ENV_AUDIT) or None)
     undo = _setup_logging(args.verbose)
     try:
         return args.func(args)
     except PhonehomeJumpError as err:
         log.debug("%s", type(err).__name__, exc_info=True)
-        print(f"{PROG}: {err}", file=sys.stderr)
+        print(f"{PROG}: {mask(str(err))}", file=sys.stderr)
         return exit_code(err)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -102,3 +102,25 @@ class LimitError(SessionError):
     """A per-host or total session limit would be exceeded."""
 
     code = -32005
+
+
+class PolicyError(PhonehomeJumpError):
+    """The inventory's command policy refused a command or a typed line.
+
+    ``rule`` is the pattern (or ``read_only``) that decided; ``needs_confirm`` is True when the
+    same call with ``confirm`` set would pass.
+    """
+
+    code = -32006
+
+    def __init__(self, what: str, *, rule: str, needs_confirm: bool = False,
+                 where: str | None = None, hint: str | None = None) -> None:
+        self.rule = rule
+        self.needs_confirm = needs_confirm
+        super().__init__(what, where=where, hint=hint)
+
+
+class AuditError(PhonehomeJumpError):
+    """The audit log cannot be written, and the inventory says to fail closed."""
+
+    code = -32007

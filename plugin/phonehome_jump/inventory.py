@@ -45,7 +45,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic import model_validator
 from pydantic_core import core_schema
 
+from .audit import AuditSpec
 from .errors import InventoryError, SecretError, UnknownNameError
+from .policy import Policy, PolicySpec
+from .redact import add_secret
 
 __all__ = [
     "Auth", "Endpoint", "Inventory", "InventoryProblems", "SecretRef", "Target", "json_schema",
@@ -102,6 +105,7 @@ class SecretRef:
                                   where=context,
                                   hint=f"export {self.name}=... in the environment that starts "
                                        "phonehome-jump")
+            add_secret(value)   # masked wherever text leaves the plugin from now on
             return value
         path = Path(self.name).expanduser()
         hint = f"check that {path} exists, is readable by this user and has mode 0600"
@@ -117,6 +121,7 @@ class SecretRef:
         text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
         if not text:
             raise SecretError(f"secret file {path} is empty", where=context, hint=hint)
+        add_secret(text)
         return text
 
     # pydantic integration: validated by parse(), shown as a string in the JSON schema
@@ -171,6 +176,9 @@ class _TargetSettings(_Conn):
         None, description="netmiko device_type (linux, cisco_ios, juniper_junos, ...). "
                           "Default linux.")
     tags: Names | None = Field(None, description="Labels for filtering (merged from groups).")
+    policy: PolicySpec | None = Field(
+        None, description="Command rules: deny/confirm/allow patterns are merged from host, "
+                          "groups and defaults; read_only is taken from the first that sets it.")
 
 
 class DefaultsSpec(_TargetSettings):
@@ -229,10 +237,14 @@ class InventoryFile(BaseModel):
     groups: dict[str, GroupSpec] | None = Field(
         None, description="Named settings bundles, referenced by a host's `groups`.")
     hosts: dict[str, HostSpec] | None = Field(None, description="Targets you can open sessions on.")
+    audit: AuditSpec | None = Field(None, description="Audit log (JSON Lines) and transcripts; "
+                                                      "set in one file only.")
 
 
+_SINGLE = ("defaults", "audit")     # sections that are one mapping, not named entries
 _SECTIONS: dict[str, tuple[type[BaseModel], str]] = {
-    "defaults": (DefaultsSpec, "defaults"), "credentials": (CredentialsSpec, "credentials"),
+    "defaults": (DefaultsSpec, "defaults"), "audit": (AuditSpec, "audit"),
+    "credentials": (CredentialsSpec, "credentials"),
     "jump_hosts": (JumpHostSpec, "jump host"), "groups": (GroupSpec, "group"),
     "hosts": (HostSpec, "host"),
 }
@@ -297,6 +309,7 @@ class Target:
     tags: tuple[str, ...]
     description: str | None
     source: str
+    policy: Policy = Policy()
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe description without secret values."""
@@ -309,7 +322,7 @@ class Target:
                 "chain": [{"name": h.name, "host": h.host, "port": h.port,
                            "username": h.username, "known_hosts": str(h.known_hosts),
                            "host_key_policy": h.host_key_policy} for h in self.chain],
-                "source": self.source}
+                "policy": self.policy.summary(), "source": self.source}
 
 
 class InventoryProblems(InventoryError):
@@ -454,12 +467,12 @@ class _Entry:
 
     @property
     def label(self) -> str:
-        if self.section == "defaults":
-            return "defaults"
+        if self.section in _SINGLE:
+            return self.section
         return f"{_SECTIONS[self.section][1]} '{self.name}'"
 
     def line(self, *sub: str | int) -> int | None:
-        path: _KeyPath = (self.section, *(() if self.section == "defaults" else (self.name,)), *sub)
+        path: _KeyPath = (self.section, *(() if self.section in _SINGLE else (self.name,)), *sub)
         while path:  # longest recorded prefix: `via: x` has no line for via[0]
             if path in self.lines:
                 return self.lines[path]
@@ -480,7 +493,8 @@ class _Builder:
     def __init__(self) -> None:
         self.problems: list[tuple[str, int | None, str]] = []
         self.files: list[str] = []
-        self.entries: dict[str, dict[str, _Entry]] = {s: {} for s in _SECTIONS if s != "defaults"}
+        self.entries: dict[str, dict[str, _Entry]] = {s: {} for s in _SECTIONS if s not in _SINGLE}
+        self.audit: _Entry | None = None
         self.default_parts: list[_Entry] = []
         self.defaults = DefaultsSpec()
         self.default_owner: dict[str, _Entry] = {}
@@ -526,6 +540,14 @@ class _Builder:
                 entry = _Entry("defaults", "defaults", file, loader.lines)
                 entry.spec = self._validate(entry, body)
                 self.default_parts.append(entry)
+            elif section == "audit":
+                entry = _Entry("audit", "audit", file, loader.lines)
+                if self.audit is not None:
+                    self.add(at, f"audit is set twice: {_fmt(*self.audit.at())} and "
+                                 f"{_fmt(*entry.at())}; keep one")
+                else:
+                    entry.spec = self._validate(entry, body)
+                    self.audit = entry
             elif body is not None and not isinstance(body, dict):
                 self.add(at, f"section '{section}' must be a mapping of name: settings")
             else:
@@ -722,7 +744,11 @@ class _Builder:
             device_type=next((lay.device_type for lay in layers if lay.device_type), "linux"),
             groups=host.groups, tags=tuple(tags),
             description=next((lay.description for lay in layers if lay.description), None),
-            source=endpoint.source)
+            source=endpoint.source, policy=Policy.resolve([lay.policy for lay in layers]))
+
+    @property
+    def audit_spec(self) -> AuditSpec | None:
+        return self.audit.spec if self.audit is not None else None
 
     def finish(self) -> dict[str, Target]:
         self.check()
@@ -744,7 +770,8 @@ class Inventory:
     """Resolved, validated inventory. Build it with :meth:`load` or :meth:`from_text`."""
 
     def __init__(self, targets: Mapping[str, Target], groups: Iterable[str],
-                 sources: Iterable[Path] = ()) -> None:
+                 sources: Iterable[Path] = (), audit: AuditSpec | None = None) -> None:
+        self.audit = audit      # the `audit:` section, if a file sets one
         self._targets = dict(targets)
         self._groups = sorted(groups)
         self.sources: list[Path] = list(sources)
@@ -770,13 +797,13 @@ class Inventory:
                 raise InventoryError(f"cannot read inventory file: {exc}", where=str(file),
                                      hint="check the path and its permissions") from exc
             builder.parse(text, str(file))
-        return cls(builder.finish(), builder.entries["groups"], files)
+        return cls(builder.finish(), builder.entries["groups"], files, builder.audit_spec)
 
     @classmethod
     def from_text(cls, text: str, source: str = "<string>") -> Inventory:
         builder = _Builder()
         builder.parse(text, source)
-        return cls(builder.finish(), builder.entries["groups"])
+        return cls(builder.finish(), builder.entries["groups"], (), builder.audit_spec)
 
     def target(self, name: str) -> Target:
         try:

@@ -3,6 +3,11 @@
 It opens sessions by inventory name through shared hop connections, hands out ids, and
 owns their lifecycle: limits per host and in total, idle timeout, and dead detection
 (a hop that goes down marks every session that runs through it).
+
+Safety lives here too, so that every entry point (MCP, CLI, workflows, the agent) gets it
+the same way: the inventory's command policy is checked before a command or a line-ending
+send goes out, and every open, close, command, send and refusal is written to the audit log
+(fail closed: no audit, no command) when one is configured.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .audit import AuditLog, AuditSpec
 from .chain import Hop, HopPool, dial, open_tunnel
-from .errors import LimitError, SessionDeadError, UnknownSessionError
+from .errors import (LimitError, PhonehomeJumpError, PolicyError, SessionDeadError, SessionError,
+                     UnknownSessionError)
 from .inventory import Inventory, Target
+from .redact import add_secret
 from .session import DEFAULT_CAP, CommandResult, Session
 
 log = logging.getLogger(__name__)
@@ -46,14 +54,21 @@ class _Entry:
     hops: list[Hop]
     created: float
     owner: str | None
+    actor: str | None = None
+    pending: str | None = None    # a command still running: audited when it ends
 
 
 class SessionManager:
     """Owns sessions and the hop pool. Thread-safe."""
 
     def __init__(self, inventory: Inventory, *, max_sessions: int = 100, max_per_host: int = 25,
-                 idle_timeout: float = 1800.0, cap: int = DEFAULT_CAP) -> None:
+                 idle_timeout: float = 1800.0, cap: int = DEFAULT_CAP,
+                 audit_path: str | None = None, actor: str | None = None) -> None:
         self.inventory = inventory
+        # the inventory's `audit:` section; audit_path (CLI --audit-log) overrides its path
+        spec = inventory.audit or (AuditSpec(path=audit_path) if audit_path else None)
+        self.audit = AuditLog.from_spec(spec, audit_path) if spec else None
+        self.actor = actor          # who acts, for the audit log, unless open() names another
         self.pool = HopPool()
         self.max_sessions = max_sessions
         self.max_per_host = max_per_host
@@ -66,8 +81,13 @@ class SessionManager:
         self._stop = threading.Event()
 
     # -- open / close -----------------------------------------------------------------
-    def open(self, host: str, *, owner: str | None = None, framing: str | None = None) -> SessionInfo:
+    def open(self, host: str, *, owner: str | None = None, framing: str | None = None,
+             actor: str | None = None) -> SessionInfo:
         target = self.inventory.target(host)   # UnknownNameError with suggestions
+        actor = actor or self.actor
+        chain = [h.name for h in target.chain]
+        if self.audit:
+            self.audit.check()
         created = time.time()
         self._reserve(target)
         hops: list[Hop] = []
@@ -76,16 +96,24 @@ class SessionManager:
             sock = (open_tunnel(hops[-1].transport, target.endpoint, target.chain[-1]) if hops
                     else dial(target.endpoint))
             session = Session.start(target, sock, cap=self.cap, framing=framing)
-        except BaseException:
+        except BaseException as exc:
             self.pool.release(hops)
             self._unreserve(target.name)
+            self.record("open", actor=actor, host=target.name, chain=chain, outcome="error",
+                        error=str(exc) if isinstance(exc, PhonehomeJumpError) else type(exc).__name__,
+                        duration=round(time.time() - created, 4), strict=False)
             raise
-        entry = _Entry(_new_id(), session, hops, created, owner)
+        entry = _Entry(_new_id(), session, hops, created, owner, actor)
         with self._lock:
             self._opening[target.name] -= 1
             self._entries[entry.id] = entry
         log.info("session %s opened to %s via %s", entry.id, target.name,
-                 " → ".join(h.name for h in target.chain) or "direct")
+                 " → ".join(chain) or "direct")
+        self._record(entry, "open", outcome="ok", cwd=session.cwd,
+                     duration=round(time.time() - created, 4))
+        if self.audit:
+            self.audit.transcript(entry.id, f"# session {entry.id} to {target.name} via "
+                                  f"{' -> '.join(chain) or 'direct'}, actor {actor or '-'}\n")
         return self._info(entry)
 
     def _reserve(self, target: Target) -> None:
@@ -121,10 +149,13 @@ class SessionManager:
             self._teardown(entry)
         self.pool.close_all()
 
-    def _teardown(self, entry: _Entry) -> None:
+    def _teardown(self, entry: _Entry, why: str = "closed") -> None:
         entry.session.close()
         self.pool.release(entry.hops)
         log.info("session %s to %s closed", entry.id, entry.session.target.name)
+        if entry.pending is not None:
+            self._record(entry, "command", command=entry.pending, outcome="unfinished")
+        self._record(entry, "close", outcome=why)
 
     # -- operations -------------------------------------------------------------------
     def session(self, session_id: str, *, owner: str | None = None) -> Session:
@@ -136,20 +167,111 @@ class SessionManager:
         return entry.session
 
     def command(self, session_id: str, command: str, *, owner: str | None = None,
-                wait: float = 20.0, until: str | None = None) -> CommandResult:
-        return self._guard(session_id, owner, lambda s: s.command(command, wait=wait, until=until))
+                wait: float = 20.0, until: str | None = None, confirm: bool = False) -> CommandResult:
+        """Run ``command`` (policy-checked, audited); see :meth:`Session.command`."""
+        entry = self._entry(session_id, owner)
+        self._check_policy(entry, command, confirm=confirm, at_prompt=True)
+        if self.audit:
+            self.audit.check()
+        result = self._guard(session_id, owner, lambda s: s.command(command, wait=wait, until=until))
+        self._finished(entry, result, command)
+        return result
 
     def send(self, session_id: str, text: str = "", *, owner: str | None = None, newline: bool = True,
-             control: str | None = None, secret: bool = False) -> None:
+             control: str | None = None, secret: bool = False, confirm: bool = False,
+             sudo_password: bool = False) -> None:
+        """Type raw text; a line-ending send is policy-checked like a command.
+
+        ``sudo_password``: type the inventory's sudo password for this host (resolved now,
+        sent as a secret), so a caller can answer a sudo prompt without ever knowing it.
+        """
+        entry = self._entry(session_id, owner)
+        if sudo_password:
+            target = entry.session.target
+            ref = target.endpoint.auth.sudo_password
+            if ref is None:
+                raise SessionError("the inventory has no sudo_password for this host",
+                                   where=f"host {target.name!r}",
+                                   hint="add sudo_password: env:VAR (or file:PATH) to its "
+                                        "credentials, or answer the prompt with a secret send")
+            text, secret = ref.resolve(f"host {target.name!r} sudo_password"), True
+        if secret:
+            add_secret(text)    # before anything can echo it (a refusal message included)
+        ends_line = (newline and bool(text)) or "\n" in text or "\r" in text
+        if ends_line:
+            self._check_policy(entry, text, confirm=confirm, at_prompt=not entry.session.running,
+                               secret=secret)
+        if self.audit:
+            self.audit.check()
+        at_prompt = not entry.session.running
         self._guard(session_id, owner, lambda s: s.send(text, newline=newline, control=control,
                                                           secret=secret))
+        if at_prompt and ends_line and entry.pending is None:
+            entry.pending = text.strip()     # a command typed at the prompt: audit its end too
+        shown = "********" if secret else text
+        self._record(entry, "send", command=shown if text else None,
+                     control=control, outcome="sent")
+        if self.audit:
+            self.audit.transcript(entry.id, f"» {shown}{' ^' + control if control else ''}\n")
 
     def read(self, session_id: str, *, owner: str | None = None, wait: float = 0.0,
              until: str | None = None, offset: int | None = None) -> CommandResult:
         entry = self._entry(session_id, owner)
         if offset is not None:      # paging a finished output works even on a dead session
             return entry.session.read(offset=offset)
-        return self._guard(session_id, owner, lambda s: s.read(wait=wait, until=until))
+        result = self._guard(session_id, owner, lambda s: s.read(wait=wait, until=until))
+        self._finished(entry, result, None)
+        return result
+
+    # -- policy and audit ---------------------------------------------------------------
+    def _check_policy(self, entry: _Entry, text: str, *, confirm: bool, at_prompt: bool,
+                      secret: bool = False) -> None:
+        target = entry.session.target
+        try:
+            target.policy.check(text, host=target.name, confirm=confirm, at_prompt=at_prompt,
+                                secret=secret)
+        except PolicyError as err:
+            self._record(entry, "policy_refusal", command=text, rule=err.rule,
+                         outcome="needs_confirm" if err.needs_confirm else "refused")
+            raise
+
+    def _finished(self, entry: _Entry, result: CommandResult, command: str | None) -> None:
+        """Audit a command once it has ended (now, or on the read that saw its prompt)."""
+        if command is not None:
+            entry.pending = command
+        if result.running or entry.pending is None:
+            return
+        command, entry.pending = entry.pending, None
+        self._record(entry, "command", command=command, exit_status=result.exit_status,
+                     bytes=result.total, duration=result.duration, cwd=result.cwd,
+                     outcome="ok" if result.exit_status in (0, None) else "failed")
+        if self.audit and self.audit.transcripts is not None:
+            text = entry.session.output_text()
+            self.audit.transcript(entry.id, f"$ {command}\n{text}"
+                                  f"{'' if text.endswith(chr(10)) or not text else chr(10)}"
+                                  f"# exit {result.exit_status}, cwd {result.cwd}, "
+                                  f"{result.duration:.3f}s\n")
+
+    def record(self, event: str, *, strict: bool = True, **fields: Any) -> None:
+        """Write an audit record (no-op without an audit log); used by workflows too.
+
+        ``strict``: raise AuditError if it cannot be written (failing closed); records of
+        things that already happened (a close, a failure) pass strict=False and only warn.
+        """
+        if self.audit is None:
+            return
+        try:
+            self.audit.record(event, **fields)
+        except PhonehomeJumpError:
+            if strict:
+                raise
+            log.warning("audit record %r not written", event)
+
+    def _record(self, entry: _Entry, event: str, *, strict: bool = False, **fields: Any) -> None:
+        # strict=False: the action already happened; audit.check() before it is the gate
+        self.record(event, strict=strict, actor=entry.actor, host=entry.session.target.name,
+                    chain=[h.name for h in entry.session.target.chain], session_id=entry.id,
+                    **fields)
 
     def _guard(self, session_id: str, owner: str | None, op: Any) -> Any:
         session = self.session(session_id, owner=owner)
@@ -190,7 +312,7 @@ class SessionManager:
                 log.info("session %s idle for %.0fs: closing", e.id, now - e.session.last_activity)
                 with self._lock:
                     self._entries.pop(e.id, None)
-                self._teardown(e)
+                self._teardown(e, "idle timeout")
                 closed.append(e.id)
         return closed
 
@@ -208,6 +330,8 @@ class SessionManager:
     def shutdown(self) -> None:
         self._stop.set()
         self.close_all()
+        if self.audit:
+            self.audit.close()
 
     def __enter__(self) -> "SessionManager":
         return self

@@ -41,6 +41,7 @@ from . import __version__
 from .errors import PhonehomeJumpError, UnknownSessionError
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
+from .redact import RedactingFilter
 from .session import CommandResult
 
 log = logging.getLogger(__name__)
@@ -324,6 +325,9 @@ def _annotations(title: str, *, read_only: bool = False, destructive: bool = Fal
 
 HostName = Annotated[str, Field(description="Inventory host name (see inventory_list).")]
 SessionId = Annotated[str, Field(description="Session id from ssh_session_open (or ssh_run).")]
+Confirm = Annotated[bool, Field(description="Confirm a command that the host's policy marks as "
+                                            "needing confirmation (the refusal names the rule). "
+                                            "Set it only when the user intends that command.")]
 Wait = Annotated[float, Field(ge=0, description=f"Seconds to wait for the command to finish "
                                                 f"(at most {MAX_WAIT:g}; larger values are capped). "
                                                 "If it is still running then, running=true is "
@@ -374,7 +378,8 @@ def build_server(inventory: Inventory | str | Path, **manager_kwargs: Any) -> MC
             owner = rt.owner(ctx)
             chain = " → ".join(h.name for h in inv.target(host).chain) or "directly"
             info = await rt.call_with_progress(
-                ctx, lambda: rt.manager.open(host, owner=owner), f"connecting to {host} via {chain}")
+                ctx, lambda: rt.manager.open(host, owner=owner, actor=_actor(ctx, owner)),
+                f"connecting to {host} via {chain}")
             return _session_out(info)
 
     @mcp.tool(annotations=_annotations("Run a command in a session", destructive=True))
@@ -385,6 +390,7 @@ def build_server(inventory: Inventory | str | Path, **manager_kwargs: Any) -> MC
         ctx: Context,
         wait: Wait = 20.0,
         until: Until = None,
+        confirm: Confirm = False,
     ) -> Output:
         """Run a command in the session's shell and return its output, exit status and cwd.
 
@@ -394,7 +400,8 @@ def build_server(inventory: Inventory | str | Path, **manager_kwargs: Any) -> MC
         with _errors("ssh_session_command"):
             owner, w = rt.owner(ctx), _wait(wait)
             r = await rt.call_with_progress(
-                ctx, lambda: rt.manager.command(session_id, command, owner=owner, wait=w, until=until),
+                ctx, lambda: rt.manager.command(session_id, command, owner=owner, wait=w,
+                                                until=until, confirm=confirm),
                 f"running on {session_id}", total=w)
             return Output(**_output(session_id, r, waited=w))
 
@@ -409,12 +416,18 @@ def build_server(inventory: Inventory | str | Path, **manager_kwargs: Any) -> MC
                                                          "l, u; also 'ctrl-c' or '^C'.")] = None,
         secret: Annotated[bool, Field(description="The text is a secret (a password): it is "
                                                   "masked in all later output.")] = False,
+        confirm: Confirm = False,
+        sudo_password: Annotated[bool, Field(description="Type the host's sudo password from the "
+                                                         "inventory instead of text (you never "
+                                                         "see it); for a [sudo] password prompt.")
+                                 ] = False,
     ) -> Sent:
         """Type raw text or a control key into the session; then collect output with ssh_session_read."""
         with _errors("ssh_session_send"):
             owner = rt.owner(ctx)
             await rt.call(lambda: rt.manager.send(session_id, text, owner=owner, newline=newline,
-                                                  control=control, secret=secret))
+                                                  control=control, secret=secret,
+                                                  confirm=confirm, sudo_password=sudo_password))
             return Sent(session_id=session_id, sent=True)
 
     @mcp.tool(annotations=_annotations("Read session output", read_only=True))
@@ -462,6 +475,7 @@ def build_server(inventory: Inventory | str | Path, **manager_kwargs: Any) -> MC
         command: Annotated[str, Field(description="Shell command line.")],
         ctx: Context,
         wait: Wait = 20.0,
+        confirm: Confirm = False,
     ) -> RunOutput:
         """Open a session, run one command, close the session.
 
@@ -471,11 +485,12 @@ def build_server(inventory: Inventory | str | Path, **manager_kwargs: Any) -> MC
         with _errors("ssh_run"):
             owner, w = rt.owner(ctx), _wait(wait)
             m = rt.manager
-            info = await rt.call_with_progress(ctx, lambda: m.open(host, owner=owner),
-                                               f"connecting to {host}")
+            info = await rt.call_with_progress(
+                ctx, lambda: m.open(host, owner=owner, actor=_actor(ctx, owner)),
+                f"connecting to {host}")
             try:
                 r = await rt.call_with_progress(
-                    ctx, lambda: m.command(info.id, command, owner=owner, wait=w),
+                    ctx, lambda: m.command(info.id, command, owner=owner, wait=w, confirm=confirm),
                     f"running on {host}", total=w)
             except BaseException:
                 with anyio.CancelScope(shield=True):
@@ -486,6 +501,15 @@ def build_server(inventory: Inventory | str | Path, **manager_kwargs: Any) -> MC
             return RunOutput(host=host, session_open=r.running, **_output(info.id, r, waited=w))
 
     return mcp
+
+
+def _actor(ctx: Context, owner: str) -> str:
+    """Who acts, for the audit log: the client's self-declared name and its connection id."""
+    try:
+        name = ctx.session.client_params.client_info.name  # type: ignore[union-attr]
+    except AttributeError:
+        name = None
+    return f"mcp:{name or 'client'}/{owner}"
 
 
 def _close_quietly(manager: SessionManager, session_id: str, owner: str) -> None:
@@ -582,7 +606,7 @@ def _read_token(token_file: str | None, token_env: str | None) -> str | None:
 
 
 def serve(inventory_path: str | None, *, http: str | None = None, token_file: str | None = None,
-          token_env: str | None = None) -> int:
+          token_env: str | None = None, audit_log: str | None = None) -> int:
     """Run the MCP server: stdio, or streamable HTTP on ``http`` = HOST:PORT. Returns an exit code.
 
     Beyond loopback a bearer token is required: from ``token_file``, else the environment
@@ -592,9 +616,11 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                             format="phonehome-jump mcp: %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     path = inventory_path or os.environ.get(ENV_VAR) or str(Path.cwd() / "inventory")
     try:
-        server = build_server(path)
+        server = build_server(path, audit_path=audit_log)
     except PhonehomeJumpError as err:
         print(f"phonehome-jump: {err}", file=sys.stderr)
         return 2

@@ -30,13 +30,13 @@ import paramiko
 
 from .errors import SessionDeadError, SessionError
 from .inventory import Target
+from .redact import add_secret, mask
 
 #: Device types whose shell is POSIX enough for the sentinel prompt.
 SENTINEL_DEVICE_TYPES = frozenset({"linux", "generic", "ovs_linux", "terminal_server"})
 
 DEFAULT_CAP = 16_000          # characters returned per result before head/tail capping
 PTY_WIDTH = 4096              # wide, so programs do not wrap or truncate output
-MASK = "********"
 
 #: Ends the wait of a command early (it keeps running): the program asks for input.
 INPUT_PROMPT = re.compile(
@@ -169,7 +169,7 @@ class Session:
     """A persistent shell on one target. Thread-safe: one operation at a time."""
 
     def __init__(self, target: Target, conn: Any, channel: paramiko.Channel, framer: Framer,
-                 *, cap: int = DEFAULT_CAP, secrets_: tuple[str, ...] = ()) -> None:
+                 *, cap: int = DEFAULT_CAP) -> None:
         self.target = target
         self._conn = conn                 # netmiko connection; never leaves this module
         self._chan = channel
@@ -179,7 +179,6 @@ class Session:
         self._wlock = threading.Lock()    # writes; send() may answer while a command waits
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
         self._run: _Run | None = None
-        self._secrets: set[str] = {s for s in secrets_ if s}
         self.cwd: str | None = None
         self.dead: str | None = None      # why, once the shell or a hop went away
         self.last_activity = time.time()
@@ -212,8 +211,7 @@ class Session:
         chan = conn.remote_conn
         chan.settimeout(None)
         framer: Framer = SentinelFramer() if framing == "sentinel" else NativeFramer()
-        session = cls(target, conn, chan, framer, cap=cap,
-                      secrets_=tuple(v for v in (creds["password"], creds["passphrase"]) if v))
+        session = cls(target, conn, chan, framer, cap=cap)   # its secrets: registered by resolve()
         try:
             framer.setup(session)
             session.last_activity = time.time()
@@ -354,7 +352,7 @@ class Session:
         if self.dead:
             raise self._dead_error()
         if secret and text:
-            self._secrets.add(text)
+            add_secret(text)
         payload = text + ("\n" if newline and text else "")
         if control:
             key = control.lower().removeprefix("ctrl-").removeprefix("^")
@@ -398,6 +396,11 @@ class Session:
         self.send(control="c", newline=False)
         return self.read(wait=wait)
 
+    def output_text(self) -> str:
+        """The whole (masked) output of the current or last command."""
+        with self._lock:
+            return self._masked_text(self._run) if self._run is not None else ""
+
     @property
     def running(self) -> bool:
         return self._run is not None and not self._run.done
@@ -426,10 +429,7 @@ class Session:
                 hint="read its output with read(), answer it with send(), or interrupt it (Ctrl-C)")
 
     def _mask(self, text: str) -> str:
-        for s in self._secrets:
-            if s in text:
-                text = text.replace(s, MASK)
-        return text
+        return mask(text)
 
     def _masked_text(self, run: _Run) -> str:
         """The run's whole output with every secret starred out, same length so offsets hold.
@@ -437,11 +437,7 @@ class Session:
         Masking the whole text (not each returned piece) also catches a secret that a page
         boundary or the head/tail cut would split.
         """
-        text = run.text()
-        for s in self._secrets:
-            if s in text:
-                text = text.replace(s, "*" * len(s))
-        return text
+        return mask(run.text(), keep_length=True)
 
     def _result(self, *, offset: int | None = None, awaiting: bool = False) -> CommandResult:
         run = self._run

@@ -319,7 +319,7 @@ class FakeManager:
         self.results = list(results)
         self.commands: list[str] = []
 
-    def command(self, sid, command, wait):
+    def command(self, sid, command, wait, confirm=False):
         self.commands.append(command)
         return self.results.pop(0)
 

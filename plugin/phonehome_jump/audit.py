@@ -1,0 +1,155 @@
+"""Audit log: one JSON line per session open/close, command, send, workflow step and refusal.
+
+Written through the standard logging machinery (a private logger and a
+``RotatingFileHandler``), so rotation is logging's own. Every record is masked with the
+process-wide secret set before it is written. Files are created mode 0600.
+
+Fail closed: when a record cannot be written (unwritable path, full disk), the next command,
+send or open is refused with :class:`AuditError` until the log can be written again — unless
+the inventory says ``on_error: continue``, in which case a warning goes to the ordinary log.
+
+Optional per-session transcripts (``transcripts: DIR``): ``DIR/<session id>.log`` holds each
+command with its whole output, and each typed line, masked the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import AuditError
+from .redact import REDACTOR
+
+log = logging.getLogger(__name__)
+
+ENV_AUDIT = "PHONEHOME_JUMP_AUDIT_LOG"
+
+
+class AuditSpec(BaseModel):
+    """Where and how the audit log is written (top-level ``audit:`` in the inventory)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    path: str = Field(min_length=1, description="JSON Lines audit file ('~' expanded). "
+                                                "The CLI's --audit-log overrides it.")
+    max_bytes: int = Field(10_000_000, ge=0, description="Rotate when the file reaches this "
+                                                         "size; 0 never rotates.")
+    backups: int = Field(5, ge=0, description="Rotated files to keep (path.1 … path.N).")
+    on_error: Literal["refuse", "continue"] = Field(
+        "refuse", description="refuse: refuse commands while the log cannot be written "
+                              "(fail closed); continue: warn and go on.")
+    transcripts: str | None = Field(None, description="Directory for per-session transcripts "
+                                                      "(masked); unset: none.")
+
+
+def _open_private(path: Path, mode: str, encoding: str | None) -> Any:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC),
+                 0o600)
+    return os.fdopen(fd, mode, encoding=encoding)
+
+
+class _Handler(logging.handlers.RotatingFileHandler):
+    """Rotating, 0600, and it remembers a failed write instead of printing a traceback."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.failure: str | None = None
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8",
+                         delay=True)
+
+    def _open(self) -> Any:
+        return _open_private(Path(self.baseFilename), self.mode, self.encoding)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        import sys
+        exc = sys.exc_info()[1]
+        self.failure = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        if self.stream is not None:     # reopen on the next write: the file may come back
+            try:
+                self.stream.close()
+            except OSError:
+                pass
+            self.stream = None  # type: ignore[assignment]
+
+
+class AuditLog:
+    """The audit log of one process (shared by every session of a manager). Thread-safe."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = 10_000_000,
+                 backups: int = 5, on_error: str = "refuse",
+                 transcripts: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path).expanduser()
+        self.fail_closed = on_error == "refuse"
+        self.transcripts = Path(transcripts).expanduser() if transcripts else None
+        self._lock = threading.Lock()
+        self._logger = logging.Logger(f"phonehome_jump.audit[{self.path}]")  # outside the tree
+        self._logger.propagate = False
+        self._handler = _Handler(self.path, max_bytes, backups)
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger.addHandler(self._handler)
+
+    @classmethod
+    def from_spec(cls, spec: AuditSpec, path: str | None = None) -> AuditLog:
+        return cls(path or spec.path, max_bytes=spec.max_bytes, backups=spec.backups,
+                   on_error=spec.on_error, transcripts=spec.transcripts)
+
+    # -- records ----------------------------------------------------------------------
+    def record(self, event: str, **fields: Any) -> None:
+        """Write one record; raises AuditError (fail closed) if it could not be written."""
+        now = time.time()
+        data = {"time": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds"),
+                "event": event, **{k: v for k, v in fields.items() if v is not None}}
+        line = json.dumps(REDACTOR.mask_data(data), ensure_ascii=False, default=str)
+        with self._lock:
+            self._handler.failure = None
+            self._logger.info(line)
+            failure = self._handler.failure
+        if failure:
+            self._failed(failure)
+
+    def check(self) -> None:
+        """Before an action: refuse it if the log cannot be written (when failing closed)."""
+        with self._lock:
+            try:
+                if self._handler.stream is None:     # first use, or closed after a failure
+                    self._handler.stream = self._handler._open()
+                failure = None
+            except OSError as exc:
+                failure = exc.strerror or str(exc)
+        if failure:
+            self._failed(failure)
+
+    def _failed(self, why: str) -> None:
+        if self.fail_closed:
+            raise AuditError(f"cannot write the audit log {self.path}: {why}",
+                             where="audit log",
+                             hint="fix the path or its permissions (or free disk space); "
+                                  "commands are refused until it can be written "
+                                  "(audit.on_error: continue would only warn)")
+        log.warning("cannot write the audit log %s: %s (continuing: audit.on_error is "
+                    "continue)", self.path, why)
+
+    # -- transcripts ------------------------------------------------------------------
+    def transcript(self, session_id: str, text: str) -> None:
+        """Append masked ``text`` to the session's transcript (if transcripts are on)."""
+        if self.transcripts is None:
+            return
+        try:
+            self.transcripts.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with _open_private(self.transcripts / f"{session_id}.log", "a", "utf-8") as fh:
+                fh.write(REDACTOR.mask(text))
+        except OSError as exc:
+            self._failed(f"transcript {self.transcripts / session_id}.log: "
+                         f"{exc.strerror or exc}")
+
+    def close(self) -> None:
+        """Close the file; a later record reopens it (the MCP lifespan may start again)."""
+        with self._lock:
+            self._handler.close()

@@ -1,0 +1,131 @@
+"""Command policy: deny, confirm and read-only rules from the inventory, checked in the core.
+
+The policy is a guardrail against mistakes (a model or a tired engineer typing ``reboot`` on
+the wrong box), not a sandbox: anyone who can reach the account can do what the account may
+do. The SSH account's own permissions are the real boundary.
+
+Resolution (host → its groups → ``defaults``): ``deny``, ``confirm`` and ``allow`` are the
+union of every layer, so a rule set on ``defaults`` cannot be dropped by a host; ``read_only``
+is taken from the first layer that sets it.
+
+What is checked: every command, and every raw send that ends a line. A line typed at the idle
+shell prompt is a command and gets every rule. A line typed while a command runs is input to
+that (already checked) command: deny and confirm still apply, ``read_only`` does not, and a
+send marked secret (a password answer) is not matched at all.
+
+Matching: each rule is a Python regular expression searched in each part of the command line,
+the parts being split at ``;``, ``&&``, ``||``, ``|``, ``&`` and newlines (so ``ls; reboot``
+is refused by ``\\breboot\\b`` and ``^reboot`` alike). With ``read_only``, every part must
+match an ``allow`` rule, and command substitution (``$(``, backticks) and output redirection
+(``>``) are refused outright.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from .errors import PolicyError
+from .redact import mask
+
+
+def _as_tuple(value: object) -> object:
+    return (value,) if isinstance(value, str) else value
+
+
+def _compiles(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"has an invalid regular expression {pattern!r}: {exc}") from None
+    return patterns
+
+
+Patterns = Annotated[tuple[str, ...], BeforeValidator(_as_tuple), AfterValidator(_compiles),
+                     WithJsonSchema({"anyOf": [{"type": "string"},
+                                               {"type": "array", "items": {"type": "string"}}]})]
+
+
+class PolicySpec(BaseModel):
+    """Command rules (Python regular expressions, searched in each part of a command line)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    deny: Patterns = Field((), description="Refused, naming the rule that matched.")
+    confirm: Patterns = Field((), description="Refused unless the call confirms (MCP confirm=true, "
+                                              "CLI --confirm, workflow step confirm: true).")
+    read_only: bool | None = Field(None, description="true: only commands matching `allow` pass.")
+    allow: Patterns = Field((), description="With read_only: the commands that pass.")
+
+
+# A command line's parts: split at ; && || | & and newlines (quotes are not parsed: a
+# guardrail errs towards checking more parts, never fewer).
+_SPLIT = re.compile(r"\|\||&&|[;|&\n\r]")
+_READ_ONLY_FORBIDDEN = re.compile(r"\$\(|`|>")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The resolved rules of one target."""
+
+    deny: tuple[str, ...] = ()
+    confirm: tuple[str, ...] = ()
+    read_only: bool = False
+    allow: tuple[str, ...] = ()
+
+    @classmethod
+    def resolve(cls, layers: list[PolicySpec | None]) -> Policy:
+        """``layers`` first wins: host, its groups in order, defaults."""
+        specs = [s for s in layers if s is not None]
+
+        def union(name: str) -> tuple[str, ...]:
+            return tuple(dict.fromkeys(p for s in specs for p in getattr(s, name)))
+        read_only = next((s.read_only for s in specs if s.read_only is not None), False)
+        return cls(union("deny"), union("confirm"), read_only, union("allow"))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.deny or self.confirm or self.read_only)
+
+    def summary(self) -> dict[str, object]:
+        return {"deny": list(self.deny), "confirm": list(self.confirm),
+                "read_only": self.read_only, "allow": list(self.allow)}
+
+    def check(self, command: str, *, host: str, confirm: bool = False, at_prompt: bool = True,
+              secret: bool = False) -> None:
+        """Raise :class:`PolicyError` if ``command`` may not be sent to ``host``.
+
+        ``at_prompt``: the text starts a command at the shell (False: it is input to a running
+        command). ``secret``: the text is a secret answer (never matched, never shown).
+        """
+        if self.empty or (secret and not at_prompt):
+            return
+        where = f"host {host!r}"
+        parts = [p.strip() for p in _SPLIT.split(command)]
+        parts = [p for p in parts if p] or [command.strip()]
+        for rule in self.deny:
+            if any(re.search(rule, part) for part in parts):
+                raise PolicyError(f"command refused by the deny rule {rule!r}", rule=rule,
+                                  where=where, hint="this command is not allowed on this host by "
+                                  "the inventory's policy; ask its owner if it must run")
+        if self.read_only and at_prompt:
+            if _READ_ONLY_FORBIDDEN.search(command):
+                raise PolicyError("command refused: the host is read-only and the command uses "
+                                  "$(...), backticks or > redirection", rule="read_only",
+                                  where=where, hint="run a plain read-only command")
+            for part in parts:
+                if not any(re.search(rule, part) for rule in self.allow):
+                    allowed = ", ".join(repr(r) for r in self.allow) or "none"
+                    raise PolicyError(f"command refused: the host is read-only and {mask(part)!r} "
+                                      "matches no allow rule", rule="read_only", where=where,
+                                      hint=f"allowed commands match: {allowed}")
+        if not confirm:
+            for rule in self.confirm:
+                if any(re.search(rule, part) for part in parts):
+                    raise PolicyError(f"command needs confirmation (rule {rule!r})", rule=rule,
+                                      needs_confirm=True, where=where,
+                                      hint="if it is intended, repeat the call with confirm=true "
+                                           "(CLI: --confirm; workflow step: confirm: true)")

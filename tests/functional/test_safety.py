@@ -1,0 +1,257 @@
+"""Policy, audit and secret masking against the real sshd lab, through every entry point."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from phonehome_jump.errors import AuditError, PolicyError
+from phonehome_jump.inventory import Inventory, SecretRef
+from phonehome_jump.manager import SessionManager
+from phonehome_jump.mcp_server import build_server
+
+SCRIPT = Path(sys.executable).parent / "phonehome-jump"
+
+POLICY = r"""
+  policy:
+    deny: ['\bshutdown\b', 'rm\s+-rf\s+/(\s|$)']
+    confirm: ['^touch\s+/tmp/phj-confirmed\b']
+"""
+
+
+def safety_inventory(lab, tmp_path: Path, audit: str = "") -> Path:
+    """The lab inventory plus a policy on defaults, a read-only host and, optionally, audit."""
+    text = lab.inventory.read_text()
+    assert "  keepalive: 15\n" in text
+    text = text.replace("  keepalive: 15\n", "  keepalive: 15\n" + POLICY.lstrip("\n"))
+    folder = tmp_path / "inventory"
+    folder.mkdir(exist_ok=True)
+    (folder / "lab.yaml").write_text(text)
+    (folder / "safety.yaml").write_text(
+        "hosts:\n"
+        f"  lab-readonly:\n    host: {lab.addr('target2')}\n    via: jump2\n"
+        "    credentials: lab-key\n"
+        "    policy: {read_only: true, allow: ['^ls\\b', '^cat\\b', '^pwd$']}\n" + audit)
+    return folder
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- policy
+
+def test_policy_refuses_in_the_core_and_audits_the_refusal(lab, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    inv = Inventory.load(safety_inventory(lab, tmp_path))
+    with SessionManager(inv, audit_path=str(audit), actor="test") as m:
+        sid = m.open("lab-target1").id
+        with pytest.raises(PolicyError) as info:
+            m.command(sid, "cd /tmp; shutdown -h now")
+        assert info.value.rule == r"\bshutdown\b" and "host 'lab-target1'" in str(info.value)
+        with pytest.raises(PolicyError) as info:
+            m.send(sid, "shutdown -r now")              # a raw line at the prompt
+        with pytest.raises(PolicyError) as info:
+            m.command(sid, "touch /tmp/phj-confirmed")
+        assert info.value.needs_confirm
+        r = m.command(sid, "touch /tmp/phj-confirmed && echo done", confirm=True)
+        assert r.output == "done\n"
+        # the shell was never sent the refused lines: the session is idle and usable
+        assert m.command(sid, "pwd").exit_status == 0
+
+        ro = m.open("lab-readonly").id
+        assert m.command(ro, "ls /").exit_status == 0
+        with pytest.raises(PolicyError, match="read-only"):
+            m.command(ro, "touch /tmp/x")
+        # input typed into a running (allowed) command is not a new command
+        r = m.command(ro, "cat", wait=0.5)
+        assert r.running
+        m.send(ro, "typed into cat")
+        m.read(ro, wait=10, until="typed into cat")   # before Ctrl-C, which flushes the tty
+        m.send(ro, control="c", newline=False)
+        r = m.read(ro, wait=10)
+        assert not r.running and r.exit_status == 130
+    refusals = [r for r in records(audit) if r["event"] == "policy_refusal"]
+    assert [(r["host"], r["rule"], r["outcome"]) for r in refusals] == [
+        ("lab-target1", r"\bshutdown\b", "refused"), ("lab-target1", r"\bshutdown\b", "refused"),
+        ("lab-target1", r"^touch\s+/tmp/phj-confirmed\b", "needs_confirm"),
+        ("lab-readonly", "read_only", "refused")]
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_policy_through_mcp(lab, tmp_path):
+    server = build_server(safety_inventory(lab, tmp_path))
+    async with Client(server) as client:
+        sid = (await client.call_tool("ssh_session_open", {"host": "lab-target1"})).structured_content["session_id"]
+        r = await client.call_tool("ssh_session_command", {"session_id": sid, "command": "shutdown now"})
+        assert r.is_error and "deny rule" in r.content[0].text and "lab-target1" in r.content[0].text
+        r = await client.call_tool("ssh_session_command",
+                                   {"session_id": sid, "command": "touch /tmp/phj-confirmed"})
+        assert r.is_error and "confirm=true" in r.content[0].text
+        r = await client.call_tool("ssh_session_command", {"session_id": sid, "confirm": True,
+                                                           "command": "touch /tmp/phj-confirmed"})
+        assert not r.is_error and r.structured_content["exit_status"] == 0
+        r = await client.call_tool("ssh_session_send", {"session_id": sid, "text": "shutdown"})
+        assert r.is_error and "deny rule" in r.content[0].text
+        r = await client.call_tool("ssh_run", {"host": "lab-readonly", "command": "touch /x"})
+        assert r.is_error and "read-only" in r.content[0].text
+
+
+def test_policy_through_the_cli(lab, tmp_path):
+    inv = safety_inventory(lab, tmp_path)
+    env = dict(os.environ, PHONEHOME_JUMP_INVENTORY=str(inv))
+    denied = subprocess.run([str(SCRIPT), "run", "lab-target1", "--", "rm -rf /"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert denied.returncode == 77 and "deny rule" in denied.stderr and "Traceback" not in denied.stderr
+    unconfirmed = subprocess.run([str(SCRIPT), "run", "lab-target1", "--", "touch /tmp/phj-confirmed"],
+                                 env=env, capture_output=True, text=True, timeout=120)
+    assert unconfirmed.returncode == 77 and "--confirm" in unconfirmed.stderr
+    confirmed = subprocess.run([str(SCRIPT), "run", "--confirm", "lab-target1", "--",
+                                "touch /tmp/phj-confirmed && echo ok"],
+                               env=env, capture_output=True, text=True, timeout=120)
+    assert (confirmed.returncode, confirmed.stdout) == (0, "ok\n")
+    scripted = subprocess.run([str(SCRIPT), "shell", "lab-readonly"], input="pwd\ntouch /tmp/y\n",
+                              env=env, capture_output=True, text=True, timeout=120)
+    assert scripted.returncode == 77 and "read-only" in scripted.stderr
+
+
+# ----------------------------------------------------------------------------- audit
+
+def test_audit_records_a_scripted_session_completely(lab, tmp_path):
+    path = tmp_path / "audit.jsonl"
+    transcripts = tmp_path / "transcripts"
+    inv = Inventory.load(safety_inventory(
+        lab, tmp_path, f"audit: {{path: {path}, transcripts: {transcripts}}}\n"))
+    with SessionManager(inv, actor="cli:tester") as m:
+        sid = m.open("lab-target1").id
+        m.command(sid, "cd /tmp")
+        m.command(sid, "(exit 3)")
+        assert m.command(sid, "sleep 1; echo late", wait=0.2).running
+        assert m.read(sid, wait=10).output.endswith("late\n")
+        m.send(sid, "echo typed")
+        m.read(sid, wait=10)
+        m.close(sid)
+    recs = records(path)
+    assert [r["event"] for r in recs] == ["open", "command", "command", "command", "send",
+                                          "command", "close"]
+    for r in recs:
+        assert r["actor"] == "cli:tester" and r["host"] == "lab-target1"
+        assert r["chain"] == ["jump1", "jump2"] and r["session_id"] == sid
+        assert r["time"].endswith("+00:00")
+    cd, status, late, send, typed, close = recs[1:]
+    assert (cd["command"], cd["exit_status"], cd["cwd"], cd["outcome"]) == ("cd /tmp", 0, "/tmp", "ok")
+    assert (status["exit_status"], status["outcome"]) == (3, "failed")
+    assert late["command"] == "sleep 1; echo late" and late["bytes"] == len("late\n")
+    assert late["duration"] >= 1.0
+    assert (send["command"], typed["command"], typed["exit_status"]) == ("echo typed", "echo typed", 0)
+    assert close["outcome"] == "closed"
+    transcript = (transcripts / f"{sid}.log").read_text()
+    assert "$ sleep 1; echo late\nlate\n# exit 0, cwd /tmp" in transcript
+    assert "» echo typed" in transcript
+
+
+def test_an_unwritable_audit_log_refuses_commands(lab, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    inv = Inventory.load(lab.inventory)
+    with SessionManager(inv, audit_path=str(blocker / "audit.jsonl")) as m:
+        with pytest.raises(AuditError, match="cannot write the audit log"):
+            m.open("lab-target1")
+        assert m.list() == []
+    # and a log that breaks while a session is open refuses its next command
+    path = tmp_path / "dir" / "audit.jsonl"
+    path.parent.mkdir()
+    with SessionManager(inv, audit_path=str(path)) as m:
+        sid = m.open("lab-target1").id
+        assert m.command(sid, "true").exit_status == 0
+        m.audit.close()
+        path.unlink()
+        path.parent.rmdir()
+        path.parent.write_text("")           # the directory is now a file
+        with pytest.raises(AuditError):
+            m.command(sid, "echo never")
+    cli = subprocess.run([str(SCRIPT), "--audit-log", str(blocker / "a.jsonl"), "run",
+                          "lab-target1", "--", "true"],
+                         env=dict(os.environ, PHONEHOME_JUMP_INVENTORY=str(lab.inventory)),
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and "cannot write the audit log" in cli.stderr
+
+
+# ----------------------------------------------------------------------------- canaries
+
+@pytest.mark.anyio
+async def test_canary_secrets_never_leave_the_plugin(lab, tmp_path, caplog, monkeypatch):
+    """A login password, a sudo answer and an env secret run through every path; then every
+    output, log, audit record and transcript is scanned for them."""
+    caplog.set_level(logging.DEBUG)
+    env_canary = "canary-env-" + os.urandom(6).hex()
+    monkeypatch.setenv("PHJ_CANARY_SECRET", env_canary)
+    password = os.environ["PHJ_LAB_PASSWORD"]
+    sudo = os.environ["PHJ_LAB_SUDO_PASSWORD"]
+    canaries = [password, sudo, env_canary]
+    audit, transcripts = tmp_path / "audit.jsonl", tmp_path / "transcripts"
+    inv_dir = safety_inventory(lab, tmp_path, f"audit: {{path: {audit}, transcripts: {transcripts}}}\n")
+    seen: list[str] = []
+
+    # the core: the login password echoed back, a sudo prompt answered with a secret send
+    with SessionManager(Inventory.load(inv_dir), actor="test") as m:
+        sid = m.open("lab-password").id
+        # an env: reference resolved at run time (as a workflow answer is), typed as a secret
+        m.command(sid, "read -r -p 'token: ' TOKEN", wait=2)
+        m.send(sid, SecretRef.parse("env:PHJ_CANARY_SECRET").resolve("test"), secret=True)
+        m.read(sid, wait=10)
+        r = m.command(sid, f"echo '{password}'; echo \"$TOKEN\"")
+        seen += [r.output, r.command or ""]
+        assert r.output == "*" * len(password) + "\n" + "*" * len(env_canary) + "\n"
+        sudo_sid = m.open("lab-sudo").id
+        r = m.command(sudo_sid, "sudo -k; sudo -p '[sudo] password: ' id -u")
+        assert r.awaiting_input
+        m.send(sudo_sid, sudo_password=True)      # the inventory's sudo_password, never seen
+        r = m.read(sudo_sid, wait=15)
+        seen.append(r.output)
+        assert r.output.strip().endswith("0")
+        r = m.command(sudo_sid, f"echo {sudo}")
+        seen += [r.output, r.command or ""]
+        assert r.output == "*" * len(sudo) + "\n"
+
+    # MCP: a secret send and command results
+    async with Client(build_server(inv_dir)) as client:
+        s = (await client.call_tool("ssh_session_open", {"host": "lab-password"})).structured_content
+        for call in (("ssh_session_command", {"session_id": s["session_id"],
+                                              "command": f"echo {password} {env_canary}"}),
+                     ("ssh_session_send", {"session_id": s["session_id"], "text": sudo,
+                                           "secret": True, "newline": False}),
+                     ("ssh_session_list", {})):
+            r = await client.call_tool(*call)
+            seen += [c.text for c in r.content if hasattr(c, "text")]
+            seen.append(json.dumps(r.structured_content))
+
+    # the CLI, verbose, with its own audit flag (its process only knows the login password)
+    cli_audit = tmp_path / "cli-audit.jsonl"
+    proc = subprocess.run([str(SCRIPT), "-vv", "--audit-log", str(cli_audit), "run", "lab-password",
+                           "--", f"echo {password}"],
+                          env=dict(os.environ, PHONEHOME_JUMP_INVENTORY=str(inv_dir)),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    seen += [proc.stdout, proc.stderr]
+
+    seen.append(caplog.text)
+    files = [audit, cli_audit, *transcripts.iterdir()]
+    assert len(files) >= 4
+    seen += [f.read_text() for f in files]
+    for canary in canaries:
+        leaks = [text for text in seen if canary in text]
+        assert not leaks, f"a secret leaked: {leaks[0][:200]!r}"
+    assert "********" in (audit.read_text() + cli_audit.read_text())
