@@ -325,11 +325,19 @@ def cmd_inventory_show(args: argparse.Namespace) -> int:
         ("groups", ", ".join(summary["groups"]) or "-"),
         ("tags", ", ".join(summary["tags"]) or "-"),
         ("description", summary["description"] or "-"),
+        ("policy", _policy_text(summary["policy"])),
         ("source", summary["source"]),
     ]
     for key, value in fields:
         print(f"{key + ':':<13}{value}")
     return EXIT_OK
+
+
+def _policy_text(policy: dict[str, Any]) -> str:
+    parts = [f"{k}: {', '.join(policy[k])}" for k in ("deny", "confirm") if policy[k]]
+    if policy["read_only"]:
+        parts.append(f"read-only, allow: {', '.join(policy['allow']) or 'nothing'}")
+    return "; ".join(parts) or "-"
 
 
 # --------------------------------------------------------------------------- run / shell

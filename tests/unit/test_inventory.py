@@ -389,7 +389,9 @@ def test_summary_has_references_not_values(monkeypatch: pytest.MonkeyPatch) -> N
         {"name": "bastion", "host": "bastion.example.net", "port": 22, "username": "ops"},
         {"name": "dmz-gw", "host": "203.0.113.5", "port": 22, "username": "ops"}]
     assert [hop["host_key_policy"] for hop in summary["chain"]] == ["strict", "accept-new"]
-    assert summary["source"].endswith("example.yaml:55")
+    line = (ROOT / "inventory" / "example.yaml").read_text().splitlines().index("  sl1-prod:") + 1
+    assert summary["source"].endswith(f"example.yaml:{line}")
+    assert summary["policy"]["confirm"] == [r"\bsystemctl\s+(restart|stop)\b"]
     assert {"name", "host", "port", "username", "device_type", "groups", "tags",
             "description"} <= summary.keys()
 
