@@ -102,3 +102,10 @@ class LimitError(SessionError):
     """A per-host or total session limit would be exceeded."""
 
     code = -32005
+
+
+class AgentError(PhonehomeJumpError):
+    """The phonehome-jump agent of an ET Phone Home client site could not be reached, or the
+    connection to it dropped during a request (the message names the site and the address)."""
+
+    code = -32006
