@@ -236,3 +236,17 @@ def test_the_agent_refuses_a_non_loopback_listen_address(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "refusing to listen on 0.0.0.0" in err and "no authentication" in err
     assert not os.path.exists(tmp_path / "s.json")
+
+
+@pytest.mark.parametrize("agent,text", [
+    ("site-c=127.0.0.1:7022", "--agent site-c: no inventory host names client 'site-c'"),
+    ("site-a=192.0.2.1:7022", "must be a loopback HOST:PORT"),
+    ("site-a", "--agent wants SITE=HOST:PORT"),
+])
+def test_serve_checks_its_agents_before_serving(tmp_path, capsys, agent, text):
+    from phonehome_jump.cli import main
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(INVENTORY)
+    assert main(["--inventory", str(inv), "serve", "--agent", "site-b=127.0.0.1:7023",
+                 "--agent", agent]) == 2
+    assert text in capsys.readouterr().err
