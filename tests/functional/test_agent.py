@@ -203,11 +203,13 @@ def test_pipelined_requests_are_answered_in_order(agent):
 
 
 def test_concurrent_connections_do_not_wait_for_each_other(agent):
+    go = f"/tmp/phj-go-{os.getpid()}-{time.monotonic_ns()}"
     slow = agent.connect()
     sid = slow.ok("ssh_session_open", host="lab-target1")["session_id"]
+    # runs until the workers below have been served (a file they cannot create if they wait)
     slow.send_raw(Wire.frame({"method": "ssh_session_command", "id": "slow",
-                              "params": {"session_id": sid, "command": "sleep 3; echo slow",
-                                         "timeout": 20}}))
+                              "params": {"session_id": sid, "timeout": 25,
+                                         "command": f"until [ -e {go} ]; do sleep 0.1; done; echo slow"}}))
     results: dict[int, str] = {}
 
     def worker(i: int) -> None:
@@ -218,17 +220,19 @@ def test_concurrent_connections_do_not_wait_for_each_other(agent):
         w.close()
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    start = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
     assert results == {i: f"worker{i}\n" for i in range(4)}
+    last = agent.connect()                    # the go signal, on the slow command's host
+    other = last.ok("ssh_session_open", host="lab-target1")["session_id"]
+    last.ok("ssh_session_command", session_id=other, command=f"touch {go}")
     reply = slow.recv()
-    assert reply["id"] == "slow" and reply["result"]["stdout"] == "slow\n"
-    # the slow command was running the whole time the workers were served
-    assert time.monotonic() - start >= 2.5
-    slow.ok("ssh_session_close", session_id=sid)
+    assert reply["id"] == "slow" and reply["result"]["stdout"] == "slow\n", reply
+    last.ok("ssh_session_command", session_id=other, command=f"rm -f {go}")
+    for w, s in ((slow, sid), (last, other)):
+        w.ok("ssh_session_close", session_id=s)
 
 
 # ----------------------------------------------------------------------------- bad frames
