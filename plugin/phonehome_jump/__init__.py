@@ -2,7 +2,8 @@
 
 Layers, in order of dependency: :mod:`inventory` (YAML → resolved targets) → :mod:`chain`
 (shared hop transports) → :mod:`session` (one framed shell) → :mod:`manager` (owns sessions).
-Adapters (:mod:`cli`, later MCP and the ET Phone Home agent) call only the manager.
+Adapters (:mod:`cli`, :mod:`mcp_server`, the ET Phone Home agent :mod:`rpc`) call only the
+manager; :mod:`routing` sends the MCP server's sessions to per-site agents.
 """
 
 from .errors import PhonehomeJumpError

@@ -7,6 +7,8 @@
     inventory show HOST [--json]                   resolved target: chain, auth references, source
     run HOST [--timeout S] -- COMMAND...           one command, its output and its exit status
     shell HOST [--timeout S]                       interactive (stdin is a tty) or scripted
+    serve [--http HOST:PORT] [--agent SITE=HOST:PORT]...   the MCP server
+    agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol
 
 Exit codes: the remote exit status for ``run`` (and the last command of a scripted ``shell``);
 0 ok; 1 other phonehome-jump errors (session, secrets, limits); 2 usage and inventory errors
@@ -170,7 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-env", metavar="NAME",
                    help="environment variable holding the bearer token "
                         "(default PHONEHOME_JUMP_MCP_TOKEN)")
+    p.add_argument("--agent", action="append", metavar="SITE=HOST:PORT",
+                   help="run the sessions of hosts with `client: SITE` at that site's agent "
+                        "(loopback HOST:PORT, e.g. the ET Phone Home tunnel port); repeatable")
     p.set_defaults(func=cmd_serve)
+
+    # ET Phone Home: the agent protocol (length-prefixed JSON) beside the client (rpc.py)
+    p = commands.add_parser(
+        "agent", parents=[common], help="serve the ET Phone Home agent protocol on loopback",
+        description="Serve ssh_session_* and inventory_* over the ET Phone Home agent protocol "
+                    "(4-byte length + JSON) for the server behind the client's tunnel, or for "
+                    "`serve --agent`. No authentication: loopback addresses only.")
+    p.add_argument("--listen", default="127.0.0.1:7022", metavar="HOST:PORT",
+                   help="loopback address (default 127.0.0.1:7022; port 0 picks a free one)")
+    p.add_argument("--state", metavar="FILE",
+                   help="non-secret session records for ssh_session_restore (default "
+                        "$XDG_STATE_HOME/phonehome-jump/agent-sessions.json)")
+    p.add_argument("--max-wait", type=_timeout, default=25.0, metavar="S",
+                   help="cap on a request's wait (default 25: the ET Phone Home server gives "
+                        "up after 30 s)")
+    p.set_defaults(func=cmd_agent)
     return parser
 
 
@@ -178,7 +199,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .mcp_server import serve   # the MCP SDK is only imported by the command that needs it
 
     return serve(args.inventory, http=args.http, token_file=args.token_file,
-                 token_env=args.token_env, audit_log=args.audit_log)
+                 token_env=args.token_env, agents=args.agent,
+                 audit_log=args.audit_log)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from .rpc import serve_agent
+
+    return serve_agent(args.inventory, args.listen, state_file=args.state,
+                       max_wait=args.max_wait, audit_log=args.audit_log)
 
 
 # --------------------------------------------------------------------------- helpers

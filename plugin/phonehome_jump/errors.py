@@ -111,7 +111,7 @@ class PolicyError(PhonehomeJumpError):
     same call with ``confirm`` set would pass.
     """
 
-    code = -32006
+    code = -32007
 
     def __init__(self, what: str, *, rule: str, needs_confirm: bool = False,
                  where: str | None = None, hint: str | None = None) -> None:
@@ -123,4 +123,11 @@ class PolicyError(PhonehomeJumpError):
 class AuditError(PhonehomeJumpError):
     """The audit log cannot be written, and the inventory says to fail closed."""
 
-    code = -32007
+    code = -32008
+
+
+class AgentError(PhonehomeJumpError):
+    """The phonehome-jump agent of an ET Phone Home client site could not be reached, or the
+    connection to it dropped during a request (the message names the site and the address)."""
+
+    code = -32006

@@ -7,7 +7,7 @@ half-way through a connect. All problems of one load are reported together, one
 Precedence (first value that is set wins):
 
 * ``port``, ``known_hosts``, ``host_key_policy``, ``keepalive``, ``connect_timeout``,
-  ``device_type``, ``credentials``, ``description``: host -> its groups in the order listed ->
+  ``device_type``, ``credentials``, ``description``, ``client``: host -> its groups in the order listed ->
   ``defaults`` -> built-in default (22, ``~/.ssh/known_hosts``, strict, 30, 10.0, linux).
 * ``username``: host.username > credentials.username > groups' username (in order) >
   defaults.username > local user (``getpass.getuser()``). A credential's username belongs to
@@ -179,6 +179,10 @@ class _TargetSettings(_Conn):
     policy: PolicySpec | None = Field(
         None, description="Command rules: deny/confirm/allow patterns are merged from host, "
                           "groups and defaults; read_only is taken from the first that sets it.")
+    client: str | None = Field(
+        None, min_length=1,
+        description="ET Phone Home client site that reaches this host. `phonehome-jump serve "
+                    "--agent SITE=HOST:PORT` routes its sessions to that site's agent.")
 
 
 class DefaultsSpec(_TargetSettings):
@@ -309,6 +313,7 @@ class Target:
     tags: tuple[str, ...]
     description: str | None
     source: str
+    client: str | None = None    # ET Phone Home client site that reaches the host
     policy: Policy = Policy()
 
     def summary(self) -> dict[str, Any]:
@@ -316,7 +321,7 @@ class Target:
         ep = self.endpoint
         return {"name": self.name, "host": ep.host, "port": ep.port, "username": ep.username,
                 "device_type": self.device_type, "groups": list(self.groups),
-                "tags": list(self.tags), "description": self.description,
+                "tags": list(self.tags), "description": self.description, "client": self.client,
                 "auth": ep.auth.summary(), "known_hosts": str(ep.known_hosts),
                 "host_key_policy": ep.host_key_policy,
                 "chain": [{"name": h.name, "host": h.host, "port": h.port,
@@ -744,7 +749,8 @@ class _Builder:
             device_type=next((lay.device_type for lay in layers if lay.device_type), "linux"),
             groups=host.groups, tags=tuple(tags),
             description=next((lay.description for lay in layers if lay.description), None),
-            source=endpoint.source, policy=Policy.resolve([lay.policy for lay in layers]))
+            source=endpoint.source, policy=Policy.resolve([lay.policy for lay in layers]),
+            client=next((lay.client for lay in layers if lay.client), None))
 
     @property
     def audit_spec(self) -> AuditSpec | None:

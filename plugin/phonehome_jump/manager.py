@@ -77,19 +77,32 @@ class SessionManager:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._opening: dict[str, int] = {}       # host -> opens in flight (count toward limits)
+        self._claimed: set[str] = set()          # caller-chosen ids of opens in flight
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
 
     # -- open / close -----------------------------------------------------------------
     def open(self, host: str, *, owner: str | None = None, framing: str | None = None,
-             actor: str | None = None) -> SessionInfo:
+             session_id: str | None = None, actor: str | None = None) -> SessionInfo:
+        """Open a session to inventory host ``host``.
+
+        ``session_id`` is a caller-chosen id (the agent's restore reopens a session under its
+        old id); it is refused with SessionError while a session (or an open) already has it.
+        ``actor`` names who acts in the audit log (default: the manager's actor).
+        """
         target = self.inventory.target(host)   # UnknownNameError with suggestions
         actor = actor or self.actor
         chain = [h.name for h in target.chain]
         if self.audit:
             self.audit.check()
         created = time.time()
-        self._reserve(target)
+        if session_id is not None:
+            self._claim(session_id, target)
+        try:
+            self._reserve(target)
+        except BaseException:
+            self._unclaim(session_id)
+            raise
         hops: list[Hop] = []
         try:
             hops = self.pool.acquire(target.chain)
@@ -99,13 +112,15 @@ class SessionManager:
         except BaseException as exc:
             self.pool.release(hops)
             self._unreserve(target.name)
+            self._unclaim(session_id)
             self.record("open", actor=actor, host=target.name, chain=chain, outcome="error",
                         error=str(exc) if isinstance(exc, PhonehomeJumpError) else type(exc).__name__,
                         duration=round(time.time() - created, 4), strict=False)
             raise
-        entry = _Entry(_new_id(), session, hops, created, owner, actor)
+        entry = _Entry(session_id or _new_id(), session, hops, created, owner, actor)
         with self._lock:
             self._opening[target.name] -= 1
+            self._claimed.discard(entry.id)
             self._entries[entry.id] = entry
         log.info("session %s opened to %s via %s", entry.id, target.name,
                  " → ".join(chain) or "direct")
@@ -130,6 +145,22 @@ class SessionManager:
                                  f"{self.max_per_host}", where=f"host {target.name!r}",
                                  hint="reuse or close an open session to this host")
             self._opening[target.name] = self._opening.get(target.name, 0) + 1
+
+    def _claim(self, session_id: str, target: Target) -> None:
+        if not isinstance(session_id, str) or not session_id.strip():
+            raise SessionError("a session id must be a non-empty string",
+                               where=f"host {target.name!r}")
+        with self._lock:
+            if session_id in self._entries or session_id in self._claimed:
+                raise SessionError(f"session id {session_id!r} is already in use",
+                                   where=f"host {target.name!r}",
+                                   hint="use that session, close it first, or open without an id")
+            self._claimed.add(session_id)
+
+    def _unclaim(self, session_id: str | None) -> None:
+        if session_id is not None:
+            with self._lock:
+                self._claimed.discard(session_id)
 
     def _unreserve(self, name: str) -> None:
         with self._lock:

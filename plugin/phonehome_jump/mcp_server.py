@@ -1,7 +1,11 @@
 """The MCP server: a thin adapter that exposes :class:`SessionManager` as MCP tools.
 
-    build_server(inventory, **manager_kwargs) -> MCPServer      (tests and the CLI)
-    serve(inventory_path, http="HOST:PORT", token_file=..., token_env=...)   (stdio by default)
+    build_server(inventory, agents=None, **manager_kwargs) -> MCPServer      (tests and the CLI)
+    serve(inventory_path, http="HOST:PORT", token_file=..., token_env=..., agents=[...])
+
+With ``agents`` ({site: (host, port)}, ``serve --agent SITE=HOST:PORT``) the tools run the
+sessions of hosts with ``client: SITE`` at that site's agent (:mod:`.routing`); the tools and
+their results are the same either way.
 
 No SSH logic lives here. Every blocking core call runs in a worker thread; long ones report
 progress once a second. Every :class:`PhonehomeJumpError` reaches the model as its own text;
@@ -24,7 +28,7 @@ import os
 import secrets
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -42,6 +46,7 @@ from .errors import PhonehomeJumpError, UnknownSessionError
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
 from .redact import RedactingFilter
+from .routing import Router, check_sites, parse_agents
 from .session import CommandResult
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,7 @@ class HostSummary(BaseModel):
     tags: list[str]
     description: str | None
     chain: list[str] = Field(description="Jump hosts, first hop first; empty when dialed directly.")
+    client: str | None = Field(None, description="ET Phone Home client site that reaches the host.")
 
 
 class HostList(BaseModel):
@@ -99,6 +105,7 @@ class HostDetail(BaseModel):
     tags: list[str]
     description: str | None
     chain: list[Hop] = Field(description="Jump hosts, first hop first.")
+    client: str | None = Field(None, description="ET Phone Home client site that reaches the host.")
     auth: dict[str, str | bool] = Field(description="Secret references and key paths; never values.")
     source: str = Field(description="Where the host is defined (file:line).")
 
@@ -197,16 +204,18 @@ class _Runtime:
     enter it once each, and share the manager (ownership keeps them apart).
     """
 
-    def __init__(self, inventory: Inventory, manager_kwargs: dict[str, Any]) -> None:
+    def __init__(self, inventory: Inventory, manager_kwargs: dict[str, Any],
+                 agents: Mapping[str, tuple[str, int]] | None = None) -> None:
         self.inventory = inventory
         self.manager_kwargs = manager_kwargs
-        self._manager: SessionManager | None = None
+        self.agents = dict(agents or {})
+        self._manager: SessionManager | Router | None = None
         self._users = 0
         self._lock = threading.Lock()
         self.limiter: anyio.CapacityLimiter | None = None
 
     @property
-    def manager(self) -> SessionManager:
+    def manager(self) -> SessionManager | Router:
         if self._manager is None:
             raise RuntimeError("the MCP server is not running (lifespan not entered)")
         return self._manager
@@ -215,7 +224,9 @@ class _Runtime:
     async def lifespan(self, _server: MCPServer) -> AsyncIterator["_Runtime"]:
         with self._lock:
             if self._users == 0:
-                self._manager = SessionManager(self.inventory, **self.manager_kwargs)
+                local = SessionManager(self.inventory, **self.manager_kwargs)
+                self._manager = (Router.from_addresses(local, self.agents) if self.agents
+                                 else local)
                 self._manager.start_reaper()
                 # each session may hold a worker thread for up to MAX_WAIT seconds
                 self.limiter = anyio.CapacityLimiter(self._manager.max_sessions + 16)
@@ -336,13 +347,18 @@ Until = Annotated[str | None, Field(description="Python regular expression: stop
                                                 "when new output matches it (e.g. a prompt).")]
 
 
-def build_server(inventory: Inventory | str | Path, **manager_kwargs: Any) -> MCPServer:
+def build_server(inventory: Inventory | str | Path, *,
+                 agents: Mapping[str, tuple[str, int]] | None = None,
+                 **manager_kwargs: Any) -> MCPServer:
     """The MCP server over ``inventory`` (an Inventory, or a file/directory to load).
 
-    ``manager_kwargs`` go to :class:`SessionManager` (max_sessions, idle_timeout, cap, ...).
+    ``agents`` maps ET Phone Home client sites to their agents' (host, port): sessions of
+    hosts with that ``client`` run there. ``manager_kwargs`` go to :class:`SessionManager`
+    (max_sessions, idle_timeout, cap, ...).
     """
     inv = inventory if isinstance(inventory, Inventory) else Inventory.load(inventory)
-    rt = _Runtime(inv, manager_kwargs)
+    check_sites(inv, agents or {})
+    rt = _Runtime(inv, manager_kwargs, agents)
     mcp: MCPServer = MCPServer("phonehome-jump", version=__version__, instructions=INSTRUCTIONS,
                                lifespan=rt.lifespan, log_level="WARNING")
     mcp.phonehome_jump = rt          # type: ignore[attr-defined]  # for tests and embedding
@@ -512,7 +528,7 @@ def _actor(ctx: Context, owner: str) -> str:
     return f"mcp:{name or 'client'}/{owner}"
 
 
-def _close_quietly(manager: SessionManager, session_id: str, owner: str) -> None:
+def _close_quietly(manager: SessionManager | Router, session_id: str, owner: str) -> None:
     try:
         manager.close(session_id, owner=owner)
     except UnknownSessionError:
@@ -606,8 +622,12 @@ def _read_token(token_file: str | None, token_env: str | None) -> str | None:
 
 
 def serve(inventory_path: str | None, *, http: str | None = None, token_file: str | None = None,
-          token_env: str | None = None, audit_log: str | None = None) -> int:
+          token_env: str | None = None, agents: list[str] | None = None,
+          audit_log: str | None = None) -> int:
     """Run the MCP server: stdio, or streamable HTTP on ``http`` = HOST:PORT. Returns an exit code.
+
+    ``agents`` are ``SITE=HOST:PORT`` strings (``--agent``): route the sessions of hosts with
+    ``client: SITE`` to that site's agent (loopback addresses only: the protocol has no auth).
 
     Beyond loopback a bearer token is required: from ``token_file``, else the environment
     variable ``token_env`` (default ``PHONEHOME_JUMP_MCP_TOKEN``). A token given on loopback
@@ -620,7 +640,12 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
         handler.addFilter(RedactingFilter())
     path = inventory_path or os.environ.get(ENV_VAR) or str(Path.cwd() / "inventory")
     try:
-        server = build_server(path, audit_path=audit_log)
+        routes = parse_agents(agents)
+    except ValueError as exc:
+        print(f"phonehome-jump: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = build_server(path, agents=routes, audit_path=audit_log)
     except PhonehomeJumpError as err:
         print(f"phonehome-jump: {err}", file=sys.stderr)
         return 2
@@ -666,9 +691,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token-file", help="file holding the bearer token HTTP clients must send")
     p.add_argument("--token-env", help=f"environment variable holding the token "
                                        f"(default {DEFAULT_TOKEN_ENV})")
+    p.add_argument("--agent", action="append", metavar="SITE=HOST:PORT",
+                   help="route hosts with `client: SITE` to the agent at HOST:PORT (repeatable)")
     args = p.parse_args(argv)
     return serve(args.inventory, http=args.http, token_file=args.token_file,
-                 token_env=args.token_env)
+                 token_env=args.token_env, agents=args.agent)
 
 
 if __name__ == "__main__":
