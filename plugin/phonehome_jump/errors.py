@@ -102,3 +102,13 @@ class LimitError(SessionError):
     """A per-host or total session limit would be exceeded."""
 
     code = -32005
+
+
+class WorkflowError(InventoryError):
+    """A workflow file is malformed, or names hosts, groups or variables that do not exist."""
+
+
+class WorkflowLockedError(PhonehomeJumpError):
+    """Another run of the same workflow holds its lock (or the lock cannot be taken)."""
+
+    code = -32006

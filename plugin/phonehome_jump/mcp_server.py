@@ -332,10 +332,13 @@ Until = Annotated[str | None, Field(description="Python regular expression: stop
                                                 "when new output matches it (e.g. a prompt).")]
 
 
-def build_server(inventory: Inventory | str | Path, **manager_kwargs: Any) -> MCPServer:
+def build_server(inventory: Inventory | str | Path, *, workflows: str | Path | None = None,
+                 **manager_kwargs: Any) -> MCPServer:
     """The MCP server over ``inventory`` (an Inventory, or a file/directory to load).
 
-    ``manager_kwargs`` go to :class:`SessionManager` (max_sessions, idle_timeout, cap, ...).
+    ``workflows``: a directory of workflow files for workflow_list/run/status (default
+    ./workflows when it exists). ``manager_kwargs`` go to :class:`SessionManager`
+    (max_sessions, idle_timeout, cap, ...).
     """
     inv = inventory if isinstance(inventory, Inventory) else Inventory.load(inventory)
     rt = _Runtime(inv, manager_kwargs)
@@ -485,6 +488,10 @@ def build_server(inventory: Inventory | str | Path, **manager_kwargs: Any) -> MC
                 await rt.call(lambda: _close_quietly(m, info.id, owner))
             return RunOutput(host=host, session_open=r.running, **_output(info.id, r, waited=w))
 
+    wf_dir = Path(workflows) if workflows is not None else Path.cwd() / "workflows"
+    if workflows is not None or wf_dir.is_dir():
+        from .workflow_mcp import register
+        register(mcp, rt, wf_dir, errors=_errors, wait_cap=MAX_WAIT, annotations=_annotations)
     return mcp
 
 
@@ -582,7 +589,7 @@ def _read_token(token_file: str | None, token_env: str | None) -> str | None:
 
 
 def serve(inventory_path: str | None, *, http: str | None = None, token_file: str | None = None,
-          token_env: str | None = None) -> int:
+          token_env: str | None = None, workflows: str | None = None) -> int:
     """Run the MCP server: stdio, or streamable HTTP on ``http`` = HOST:PORT. Returns an exit code.
 
     Beyond loopback a bearer token is required: from ``token_file``, else the environment
@@ -594,7 +601,7 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
                             format="phonehome-jump mcp: %(levelname)s %(name)s: %(message)s")
     path = inventory_path or os.environ.get(ENV_VAR) or str(Path.cwd() / "inventory")
     try:
-        server = build_server(path)
+        server = build_server(path, workflows=workflows)
     except PhonehomeJumpError as err:
         print(f"phonehome-jump: {err}", file=sys.stderr)
         return 2
