@@ -10,9 +10,10 @@ hosts run in parallel up to ``concurrency``. Substitution is :class:`string.Temp
 only the braced form ``${name}`` recognised, so shell syntax (``$HOME``, ``$?``, ``$(cmd)``,
 ``$1``) passes through untouched; ``$${name}`` writes a literal ``${name}`` for the shell.
 
-Names available to ``${...}``: ``vars``, ``--var`` overrides, captures of *earlier* steps,
-and the built-ins ``host`` (inventory name) and ``workflow``. A name that is none of these
-is an error at load/check time, with its file:line.
+Names available to ``${...}``: ``vars``, ``--var`` values, captures of *earlier* steps,
+and the built-ins ``host`` (inventory name) and ``workflow``. :meth:`Workflow.check` (which
+knows the ``--var`` values) reports a name that is none of these with its file:line; a
+variable without a default in ``vars`` must then come from ``--var``.
 
 Secrets are never in the file: an ``answer`` sends ``env:NAME`` / ``file:PATH`` (or the
 host's own ``inventory:sudo_password`` / ``inventory:password``), resolved when the prompt
@@ -378,8 +379,6 @@ class Workflow:
                 wf = cls(spec, source, lines)
             except ValidationError as exc:
                 problems += _validation_problems(exc, lines)
-        if wf is not None:
-            problems += [(line, what) for line, what in wf._variable_problems({})]
         if problems:
             problems.sort(key=lambda p: p[0] or 0)
             raise WorkflowProblems([(_fmt(source, line), what) for line, what in problems])
@@ -887,7 +886,7 @@ class WorkflowLock:
             self._fd = None
 
     def __enter__(self) -> WorkflowLock:
-        return self.acquire()
+        return self if self._fd is not None else self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()

@@ -119,10 +119,15 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
                     continue
                 wf = Workflow.load(entry)
                 s = wf.spec
+                try:                      # targets and variables against this inventory
+                    wf.check(rt.inventory)
+                    problem = None
+                except WorkflowError as err:
+                    problem = str(err)
                 out.append(WorkflowInfo(
                     name=wf.name, file=str(entry), description=s.description,
                     targets=s.targets.model_dump(exclude_none=True),
-                    steps=[st.label for st in s.steps], vars=dict(s.vars)))
+                    steps=[st.label for st in s.steps], vars=dict(s.vars), problem=problem))
             return WorkflowListOut(directory=str(directory), workflows=out)
 
     @mcp.tool(annotations=annotations("Run a workflow", destructive=True))
