@@ -336,8 +336,8 @@ def build_server(inventory: Inventory | str | Path, *, workflows: str | Path | N
                  **manager_kwargs: Any) -> MCPServer:
     """The MCP server over ``inventory`` (an Inventory, or a file/directory to load).
 
-    ``workflows``: a directory of workflow files for workflow_list/run/status (default
-    ./workflows when it exists). ``manager_kwargs`` go to :class:`SessionManager`
+    ``workflows``: a directory of workflow files for workflow_list/run/status (none: no
+    workflow tools; ``serve`` defaults it to ./workflows when that exists). ``manager_kwargs`` go to :class:`SessionManager`
     (max_sessions, idle_timeout, cap, ...).
     """
     inv = inventory if isinstance(inventory, Inventory) else Inventory.load(inventory)
@@ -488,10 +488,10 @@ def build_server(inventory: Inventory | str | Path, *, workflows: str | Path | N
                 await rt.call(lambda: _close_quietly(m, info.id, owner))
             return RunOutput(host=host, session_open=r.running, **_output(info.id, r, waited=w))
 
-    wf_dir = Path(workflows) if workflows is not None else Path.cwd() / "workflows"
-    if workflows is not None or wf_dir.is_dir():
+    if workflows is not None:
         from .workflow_mcp import register
-        register(mcp, rt, wf_dir, errors=_errors, wait_cap=MAX_WAIT, annotations=_annotations)
+        register(mcp, rt, Path(workflows), errors=_errors, wait_cap=MAX_WAIT,
+                 annotations=_annotations)
     return mcp
 
 
@@ -601,6 +601,8 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
                             format="phonehome-jump mcp: %(levelname)s %(name)s: %(message)s")
     path = inventory_path or os.environ.get(ENV_VAR) or str(Path.cwd() / "inventory")
     try:
+        if workflows is None and (Path.cwd() / "workflows").is_dir():
+            workflows = str(Path.cwd() / "workflows")
         server = build_server(path, workflows=workflows)
     except PhonehomeJumpError as err:
         print(f"phonehome-jump: {err}", file=sys.stderr)

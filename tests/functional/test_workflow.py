@@ -244,18 +244,17 @@ def test_overlapping_runs_are_blocked_by_the_lock(lab, tmp_path):
 
 def test_a_running_workflow_blocks_a_second_one(lab, tmp_path):
     path = wf_file(tmp_path, PARALLEL.replace("sleep 1.5", "sleep 4"))
+    lock_file = WorkflowLock(Workflow.load(path)).path
     env = dict(os.environ, PHONEHOME_JUMP_INVENTORY=str(lab.inventory))
     first = subprocess.Popen([str(SCRIPT), "workflow", "run", str(path)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        second = None
-        while time.monotonic() < deadline:       # until the first holds the lock
-            second = cli(lab, "workflow", "run", str(path))
-            if second.returncode == 3:
-                break
-            time.sleep(0.2)
-        assert second is not None and second.returncode == 3, second.stderr if second else None
+        deadline = time.monotonic() + 30       # until the first run has written itself in
+        while time.monotonic() < deadline and f'"pid": {first.pid}' not in (
+                lock_file.read_text() if lock_file.exists() else ""):
+            time.sleep(0.05)
+        second = cli(lab, "workflow", "run", str(path))
+        assert second.returncode == 3, second.stderr
         assert f"pid {first.pid}" in second.stderr
     finally:
         out, err = first.communicate(timeout=60)

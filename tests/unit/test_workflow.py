@@ -212,3 +212,26 @@ def test_junit_matches_the_result_and_survives_control_characters():
     assert suites["b"].get("skipped") == "1"
     assert suites["a"].find("testcase/system-out").text == "hi\\x01\n"
     assert suites["c"].find("testcase/error") is not None
+
+
+def test_mcp_workflow_tools_are_typed_annotated_and_only_with_a_directory():
+    import anyio
+    from mcp import Client
+
+    from phonehome_jump.mcp_server import build_server
+
+    async def tools(server):
+        async with Client(server) as client:
+            return {t.name: t for t in (await client.list_tools()).tools}
+
+    assert "workflow_run" not in anyio.run(tools, build_server(INV))
+    got = anyio.run(tools, build_server(INV, workflows=REPO / "workflows"))
+    expect = {"workflow_list": (True, False, True, False), "workflow_run": (False, True, False, True),
+              "workflow_status": (True, False, False, False)}
+    for name, hints in expect.items():
+        t, a = got[name], got[name].annotations
+        assert (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint) == hints
+        assert t.description and t.output_schema["type"] == "object"
+        props = t.input_schema.get("properties", {})
+        assert "ctx" not in props and all(p.get("description") for p in props.values()), name
+    assert got["workflow_run"].input_schema["required"] == ["name"]
