@@ -655,6 +655,10 @@ class _HostRun:
                 self.emit(Event("step", self.host, step=sr, total_steps=len(self.wf.spec.steps)))
         except PhonehomeJumpError as err:
             r.error = str(err)
+            if sid is not None and len(r.steps) < len(self.wf.spec.steps):  # failed mid-step
+                step = self.wf.spec.steps[len(r.steps)]
+                r.steps.append(StepResult(len(r.steps) + 1, step.label, step.run, "failed",
+                                          message=err.what))
             for i, step in enumerate(self.wf.spec.steps[len(r.steps):], len(r.steps) + 1):
                 r.steps.append(StepResult(i, step.label, step.run, "skipped",
                                           message="not run: " + err.what))

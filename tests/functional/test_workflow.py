@@ -327,3 +327,19 @@ def test_example_lab_workflows_pass_on_the_lab(lab, lab_inventory):
     for name in ("lab-health.yaml", "lab-sudo.yaml"):
         r = run_workflow(Workflow.load(REPO / "workflows" / name), lab_inventory)
         assert r.ok, r.to_dict()
+
+
+def test_a_missing_secret_fails_its_step_and_names_the_variable(lab, lab_inventory, monkeypatch):
+    monkeypatch.delenv("PHJ_WF_UNSET", raising=False)
+    wf = Workflow.from_text("""\
+name: unset
+targets: {hosts: [lab-sudo]}
+steps:
+  - run: sudo -k; sudo id -un
+    answer: [{prompt: 'password', send: env:PHJ_WF_UNSET}]
+  - run: echo never
+""", "unset.yaml")
+    r = run_workflow(wf, lab_inventory)
+    hr = r.hosts["lab-sudo"]
+    assert r.failed_hosts == ["lab-sudo"] and "PHJ_WF_UNSET is not set" in hr.error
+    assert [s.status for s in hr.steps] == ["failed", "skipped"]
