@@ -37,11 +37,27 @@ from sshlab import PREFIX, Lab  # noqa: E402
 
 from phonehome_jump.inventory import Inventory  # noqa: E402
 from phonehome_jump.manager import SessionManager  # noqa: E402
+from phonehome_jump.workflow import Workflow, run_workflow  # noqa: E402
 
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
 SEQ_N = 5000
 SEQ_EXPECTED = "".join(f"{i}\n" for i in range(1, SEQ_N + 1))
 FANOUT = 50
+WF_HOSTS = 20           # inventory entries behind one shared two-hop chain (spread over targets)
+WF_TEXT = """\
+name: bench
+targets: {hosts: [%s]}
+concurrency: %d
+steps:
+  - run: cd /tmp
+  - run: pwd
+    capture: cwd
+  - run: echo "${host} ${cwd}"
+    assert: {regex: '^wf-\\d+ /tmp$'}
+  - run: uname -s
+    assert: {regex: '^Linux$'}
+  - run: test -d ${cwd}
+"""
 MCP_BLOCK = 50          # MCP and core `echo hi` alternate in blocks of this many rounds
 BIG_CAP = 1_000_000     # the bench returns whole outputs so it can check them (default cap 16,000)
 
@@ -456,6 +472,29 @@ class Bench:
                 self.raw_targets[i % n_t], f"echo {i}", check_out=f"{i}\n"))
 
 
+    def workflow(self) -> None:
+        """A 5-step workflow over WF_HOSTS hosts through jump1 → jump2, from a cold start."""
+        a = self.args
+        names = [f"wf-{i:02d}" for i in range(1, WF_HOSTS + 1)]
+        text = self.lab.inventory.read_text().rstrip("\n") + "\n" + "".join(
+            f"  {n}: {{host: {self.lab.addr(self.raw_targets[i % len(self.raw_targets)])}, "
+            f"groups: [lab]}}\n" for i, n in enumerate(names))
+        inv = Inventory.from_text(text, "bench-workflow-inventory")
+        wf = Workflow.from_text(WF_TEXT % (", ".join(names), WF_HOSTS), "bench-workflow.yaml")
+        log(f"workflow: {a.workflows} × 5 steps on {WF_HOSTS} hosts over {len(self.raw_targets)} "
+            "targets, one chain, each run from a new manager (cold)")
+        for _ in range(a.workflows):
+            t0 = time.perf_counter()
+            r = run_workflow(wf, inv)
+            self.s("wf/phj").add(time.perf_counter() - t0)
+            assert r.ok and len(r.hosts) == WF_HOSTS, r.to_dict()
+            for hr in r.hosts.values():
+                steps = sum(st.duration for st in hr.steps)
+                self.s("wf/host").add(hr.duration)
+                self.s("wf/overhead").add(hr.duration - steps)
+                self.s("wf/steps").add(steps)
+
+
 # ----------------------------------------------------------------------------- report
 
 ROWS = [
@@ -466,6 +505,7 @@ ROWS = [
     ("warm", "open session, chain already up", None),
     ("fan", f"{FANOUT} sessions + 1 command each, concurrent", 5.0),
     ("mcp", "MCP overhead of ssh_session_command (stdio)", 0.003),
+    ("wf", f"5-step workflow, {WF_HOSTS} hosts, one shared two-hop chain (wall)", 3.0),
     ("rss", "RSS per session (50 open)", None),
 ]
 
@@ -506,6 +546,9 @@ LEGEND = [
     "phonehome-jump fan-out starts from a fresh SessionManager (chain dialed once, shared by all 50).",
     "MCP row: median of `echo hi` via an MCP client → `phonehome-jump serve` (stdio) minus median of "
     "`SessionManager.command` in-process, alternating in blocks of 50, both to target1 through both jumps.",
+    f"workflow row: `run_workflow` of a 5-step workflow (cd, pwd + capture, echo + assert, uname + assert, "
+    f"test) on {WF_HOSTS} inventory hosts spread over the targets, all behind jump1 → jump2, concurrency "
+    f"{WF_HOSTS}, each run from a new SessionManager (chain dialed once per run, shared by all hosts).",
 ]
 
 
@@ -525,6 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", type=int, help="fresh ssh -J rounds for echo/seq")
     ap.add_argument("--fanouts", type=int, help="phonehome-jump fan-out rounds")
     ap.add_argument("--ssh-fanouts", type=int, help="OpenSSH fan-out rounds (each: master + fresh)")
+    ap.add_argument("--workflows", type=int, default=5, help="workflow runs (default 5)")
+    ap.add_argument("--only", metavar="LIST",
+                    help="comma-separated sections to run: commands,mcp,opens,fanout,workflow "
+                         "(default all)")
     ap.add_argument("--targets", type=int, default=5, help="lab targets (default 5)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--wait", type=float, default=900, help="seconds to wait for another lab to go away")
@@ -556,10 +603,10 @@ def main(argv: list[str] | None = None) -> int:
         ossh = OpenSSH(lab, tmp)
         bench = Bench(lab, ossh, a)
         bench.warm_up()
-        bench.commands()
-        bench.mcp()
-        bench.opens()
-        bench.fanout()
+        only = set(a.only.split(",")) if a.only else None
+        for section in ("commands", "mcp", "opens", "fanout", "workflow"):
+            if only is None or section in only:
+                getattr(bench, section)()
     except KeyboardInterrupt:
         log("interrupted: tearing down")
         return 130
@@ -580,6 +627,12 @@ def main(argv: list[str] | None = None) -> int:
            f"run took {elapsed:.0f} s; load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end", ""]
     out.append(table(bench, a.markdown))
     out.append("")
+    if "wf/phj" in bench.r:
+        r = bench.r
+        bench.notes.append(
+            f"workflow per host ({WF_HOSTS} hosts × {a.workflows} runs): {r['wf/host'].cell()} "
+            f"from open to close; of which session open and bookkeeping (host time minus its "
+            f"steps' command times) {r['wf/overhead'].cell()}, the 5 commands {r['wf/steps'].cell()}")
     out += [("- " if a.markdown else "") + n for n in LEGEND + bench.notes]
     print("\n".join(out))
     return 0

@@ -42,7 +42,7 @@ from .audit import ENV_AUDIT
 from .errors import ConnectError, InventoryError, PhonehomeJumpError, PolicyError
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
-from .redact import RedactingFilter, mask
+from .redact import REDACTOR, RedactingFilter, mask
 from .session import CommandResult
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on a request's wait (default 25: the ET Phone Home server gives "
                         "up after 30 s)")
     p.set_defaults(func=cmd_agent)
+    _add_workflow_commands(commands, common)
     return parser
 
 
@@ -200,7 +201,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     return serve(args.inventory, http=args.http, token_file=args.token_file,
                  token_env=args.token_env, agents=args.agent,
-                 audit_log=args.audit_log)
+                 audit_log=args.audit_log, workflows=getattr(args, "workflows", None))
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -597,6 +598,155 @@ def _interactive(manager: SessionManager, info: SessionInfo, confirm: bool = Fal
         raise failure[0]
     return EXIT_OK
 
+
+
+# --------------------------------------------------------------------------- workflow
+
+EXIT_WF_FAILED = 1      # some host failed a step
+EXIT_WF_INVALID = 2     # the workflow or the inventory is invalid
+EXIT_WF_LOCKED = 3      # could not run: another run holds the lock
+
+
+def _add_workflow_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    wf = commands.add_parser(
+        "workflow", parents=[common], help="check and run multi-step YAML workflows",
+        description="Multi-step runbooks (workflows/*.yaml) on inventory hosts, one persistent "
+                    "session per host. Exit codes: 0 all hosts passed, 1 some host failed a "
+                    "step, 2 invalid workflow or inventory, 3 could not run (lock held).")
+    wf_cmds = wf.add_subparsers(dest="workflow_command", metavar="ACTION", required=True)
+    p = wf_cmds.add_parser("check", parents=[common], help="validate a workflow",
+                           description="Validate FILE and its targets against the inventory.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                   help="a variable, as for run (repeatable)")
+    p.set_defaults(func=cmd_workflow_check)
+    p = wf_cmds.add_parser("run", parents=[common], help="run a workflow",
+                           description="Run FILE's steps on its target hosts.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--hosts", nargs="+", metavar="HOST", help="only these of its targets")
+    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                   help="set or override a variable (repeatable)")
+    p.add_argument("--concurrency", type=int, metavar="N", help="hosts in parallel "
+                                                                "(default: the workflow's)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would run on which host; connect to nothing")
+    p.add_argument("--report", metavar="OUT.json", help="write the JSON report here")
+    p.add_argument("--junit", metavar="OUT.xml", help="write JUnit XML here")
+    p.set_defaults(func=cmd_workflow_run)
+    serve_p = commands.choices["serve"]
+    serve_p.add_argument("--workflows", metavar="DIR",
+                         help="directory of workflows for workflow_list/workflow_run "
+                              "(default ./workflows if it exists)")
+
+
+def _workflow_prepare(args: argparse.Namespace) -> tuple[Any, Inventory, list[str], dict[str, str]]:
+    from .workflow import Workflow, parse_vars
+
+    values = parse_vars(args.var)
+    wf = Workflow.load(args.file)
+    inv = _load(args)
+    names = wf.check(inv, hosts=getattr(args, "hosts", None), vars=values)
+    return wf, inv, names, values
+
+
+def cmd_workflow_check(args: argparse.Namespace) -> int:
+    try:
+        wf, _, names, _ = _workflow_prepare(args)
+    except InventoryError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_WF_INVALID
+    n = len(wf.spec.steps)
+    print(f"ok: workflow '{wf.name}': {n} step{'s' * (n != 1)} on {len(names)} "
+          f"host{'s' * (len(names) != 1)}: {', '.join(names)}")
+    return EXIT_OK
+
+
+class _WorkflowProgress:
+    """Per-host status: redrawn lines on a terminal, timestamped lines otherwise (cron, systemd)."""
+
+    def __init__(self, hosts: list[str], stream: TextIO) -> None:
+        import time as _time
+
+        self.time = _time
+        self.stream, self.hosts = stream, hosts
+        self.tty = _isatty(stream) and os.environ.get("TERM") != "dumb"
+        self.state = {h: "waiting" for h in hosts}
+        self.width = max(map(len, hosts), default=0)
+        self.drawn = False
+
+    def __call__(self, e: Any) -> None:
+        if e.kind == "host_start":
+            line = f"started ({e.total_steps} steps)"
+        elif e.kind == "step":
+            s = e.step
+            line = (f"step {s.index}/{e.total_steps} {s.status}: {s.name}"
+                    + (f" ({s.message})" if s.message else "") + f" {s.duration:.2f}s")
+        else:
+            r = e.result
+            failed = [s.index for s in r.steps if s.status == "failed"]
+            line = (f"{r.status.upper()} in {r.duration:.2f}s"
+                    + (f", failed step {', '.join(map(str, failed))}" if failed else "")
+                    + (f": {r.error.splitlines()[0]}" if r.error else ""))
+        if self.tty:
+            self.state[e.host] = line
+            self.draw()
+        else:
+            stamp = self.time.strftime("%Y-%m-%dT%H:%M:%S")
+            print(f"{stamp} {e.host}: {line}", file=self.stream, flush=True)
+
+    def draw(self) -> None:
+        out = "\x1b[%dA" % len(self.hosts) if self.drawn else ""
+        for h in self.hosts:
+            out += f"\r\x1b[2K{h:<{self.width}}  {self.state[h]}"[:400] + "\n"
+        self.stream.write(out)
+        self.stream.flush()
+        self.drawn = True
+
+
+def cmd_workflow_run(args: argparse.Namespace) -> int:
+    from .errors import WorkflowLockedError
+    from .workflow import WorkflowLock, junit_xml, plan, run_workflow
+
+    try:
+        wf, inv, names, values = _workflow_prepare(args)
+    except InventoryError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_WF_INVALID
+    if args.concurrency is not None and args.concurrency < 1:
+        print(f"{PROG}: --concurrency must be at least 1", file=sys.stderr)
+        return EXIT_WF_INVALID
+    if args.dry_run:
+        result = plan(wf, names, values)
+        for host, hr in result.hosts.items():
+            for s in hr.steps:
+                print(f"{host}: step {s.index}: {s.command}")
+        print(f"dry run: {len(wf.spec.steps)} steps on {len(names)} hosts; nothing was run")
+    else:
+        try:
+            lock = WorkflowLock(wf).acquire(f"{PROG} workflow run {args.file}")
+        except WorkflowLockedError as err:
+            print(f"{PROG}: {err}", file=sys.stderr)
+            return EXIT_WF_LOCKED
+        try:
+            progress = _WorkflowProgress(names, sys.stderr)
+            result = run_workflow(wf, inv, hosts=names, vars=values, audit_path=args.audit_log,
+                                  concurrency=args.concurrency, on_event=progress)
+        finally:
+            lock.release()
+        failed = result.failed_hosts
+        print(f"workflow '{wf.name}': {len(names) - len(failed)}/{len(names)} hosts passed in "
+              f"{result.duration:.2f}s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    # reports are masked whole (outputs already are): nothing secret reaches the disk
+    for path, text in ((args.report, lambda: json.dumps(REDACTOR.mask_data(result.to_dict()),
+                                                        indent=2) + "\n"),
+                       (args.junit, lambda: mask(junit_xml(result)))):
+        if path:
+            try:
+                Path(path).write_text(text(), encoding="utf-8")
+            except OSError as exc:
+                print(f"{PROG}: cannot write {path}: {exc.strerror}", file=sys.stderr)
+                return EXIT_ERROR
+    return EXIT_OK if result.ok else EXIT_WF_FAILED
 
 # --------------------------------------------------------------------------- main
 

@@ -131,3 +131,13 @@ class AgentError(PhonehomeJumpError):
     connection to it dropped during a request (the message names the site and the address)."""
 
     code = -32006
+
+
+class WorkflowError(InventoryError):
+    """A workflow file is malformed, or names hosts, groups or variables that do not exist."""
+
+
+class WorkflowLockedError(PhonehomeJumpError):
+    """Another run of the same workflow holds its lock (or the lock cannot be taken)."""
+
+    code = -32009

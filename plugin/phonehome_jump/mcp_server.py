@@ -349,11 +349,14 @@ Until = Annotated[str | None, Field(description="Python regular expression: stop
 
 def build_server(inventory: Inventory | str | Path, *,
                  agents: Mapping[str, tuple[str, int]] | None = None,
+                 workflows: str | Path | None = None,
                  **manager_kwargs: Any) -> MCPServer:
     """The MCP server over ``inventory`` (an Inventory, or a file/directory to load).
 
     ``agents`` maps ET Phone Home client sites to their agents' (host, port): sessions of
-    hosts with that ``client`` run there. ``manager_kwargs`` go to :class:`SessionManager`
+    hosts with that ``client`` run there. ``workflows``: a directory of workflow files for
+    workflow_list/run/status (none: no workflow tools; ``serve`` defaults it to ./workflows
+    when that exists). ``manager_kwargs`` go to :class:`SessionManager`
     (max_sessions, idle_timeout, cap, ...).
     """
     inv = inventory if isinstance(inventory, Inventory) else Inventory.load(inventory)
@@ -516,6 +519,10 @@ def build_server(inventory: Inventory | str | Path, *,
                 await rt.call(lambda: _close_quietly(m, info.id, owner))
             return RunOutput(host=host, session_open=r.running, **_output(info.id, r, waited=w))
 
+    if workflows is not None:
+        from .workflow_mcp import register
+        register(mcp, rt, Path(workflows), errors=_errors, wait_cap=MAX_WAIT,
+                 annotations=_annotations)
     return mcp
 
 
@@ -623,7 +630,7 @@ def _read_token(token_file: str | None, token_env: str | None) -> str | None:
 
 def serve(inventory_path: str | None, *, http: str | None = None, token_file: str | None = None,
           token_env: str | None = None, agents: list[str] | None = None,
-          audit_log: str | None = None) -> int:
+          audit_log: str | None = None, workflows: str | None = None) -> int:
     """Run the MCP server: stdio, or streamable HTTP on ``http`` = HOST:PORT. Returns an exit code.
 
     ``agents`` are ``SITE=HOST:PORT`` strings (``--agent``): route the sessions of hosts with
@@ -645,7 +652,9 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
         print(f"phonehome-jump: {exc}", file=sys.stderr)
         return 2
     try:
-        server = build_server(path, agents=routes, audit_path=audit_log)
+        if workflows is None and (Path.cwd() / "workflows").is_dir():
+            workflows = str(Path.cwd() / "workflows")
+        server = build_server(path, agents=routes, workflows=workflows, audit_path=audit_log)
     except PhonehomeJumpError as err:
         print(f"phonehome-jump: {err}", file=sys.stderr)
         return 2

@@ -141,6 +141,10 @@ class Router:
             agent.shutdown()
         self.manager.shutdown()
 
+    def record(self, event: str, *, strict: bool = True, **fields: object) -> None:
+        """Audit records of this server (workflow steps) go to its own audit log."""
+        self.manager.record(event, strict=strict, **fields)
+
     def start_reaper(self, interval: float = 5.0) -> None:
         self.manager.start_reaper(interval)   # each agent reaps its own sessions
 

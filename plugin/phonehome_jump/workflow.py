@@ -1,0 +1,949 @@
+"""Workflows: multi-step YAML runbooks run the same way by schedulers, engineers and Claude.
+
+    wf = Workflow.load("workflows/sl1-health.yaml")
+    wf.check(inventory)                       # file:line problems: unknown hosts, undefined vars
+    result = run_workflow(wf, inventory)      # RunResult: per host, per step; result.failed_hosts
+
+A workflow names its targets (a group, hosts or tags), variables and steps. On each host
+the steps run in order in **one** persistent session (cwd and shell state carry over);
+hosts run in parallel up to ``concurrency``. Substitution is :class:`string.Template` with
+only the braced form ``${name}`` recognised, so shell syntax (``$HOME``, ``$?``, ``$(cmd)``,
+``$1``) passes through untouched; ``$${name}`` writes a literal ``${name}`` for the shell.
+
+Names available to ``${...}``: ``vars``, ``--var`` values, captures of *earlier* steps,
+and the built-ins ``host`` (inventory name) and ``workflow``. :meth:`Workflow.check` (which
+knows the ``--var`` values) reports a name that is none of these with its file:line; a
+variable without a default in ``vars`` must then come from ``--var``.
+
+Secrets are never in the file: an ``answer`` sends ``env:NAME`` / ``file:PATH`` (or the
+host's own ``inventory:sudo_password`` / ``inventory:password``), resolved when the prompt
+appears, sent with ``secret=True`` so the session masks it in every output, and never
+logged, returned or written to a report.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import string
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import field_validator, model_validator
+
+from .errors import PhonehomeJumpError, SecretError, WorkflowError, WorkflowLockedError
+from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _LineLoader, _suggest
+from .manager import SessionManager
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Workflow", "WorkflowFile", "StepSpec", "AnswerSpec", "AssertSpec", "CaptureSpec",
+    "TargetsSpec", "WorkflowProblems", "StepResult", "HostResult", "RunResult", "Event",
+    "WorkflowLock", "run_workflow", "plan", "junit_xml", "parse_vars", "discover",
+]
+
+BUILTIN_VARS = ("host", "workflow")
+STATE_ENV = "PHONEHOME_JUMP_STATE"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+# --------------------------------------------------------------------------- substitution
+
+class BracedTemplate(string.Template):
+    """``${name}`` only. ``$HOME``, ``$?``, ``$(...)`` are the shell's; ``$${x}`` is ``${x}``."""
+
+    pattern = r"""
+        \$(?:
+          (?P<escaped>\$)(?=\{)                        |  # $${x} -> ${x}
+          \{(?P<braced>[_a-zA-Z][_a-zA-Z0-9]*)\}       |
+          (?P<named>(?!))                              |  # never: $name is the shell's
+          (?P<invalid>(?!))
+        )"""
+
+
+def names_in(text: str) -> list[str]:
+    return BracedTemplate(text).get_identifiers()
+
+
+def substitute(text: str, values: Mapping[str, str]) -> str:
+    return BracedTemplate(text).substitute(values)
+
+
+# --------------------------------------------------------------------------- file models
+
+_CFG = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, populate_by_name=True)
+
+
+def _as_tuple(value: Any) -> Any:
+    return (value,) if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression ({exc})") from None
+    return value
+
+
+Regex = Annotated[str, Field(min_length=1), AfterValidator(_regex)]
+_INVENTORY_SECRETS = ("sudo_password", "password")
+
+
+class AnswerSpec(BaseModel):
+    """One interactive prompt and what to type at it (answers are used in order)."""
+
+    model_config = _CFG
+    prompt: Regex = Field(description="Regular expression matched against the command's output "
+                                      r"so far, e.g. '\[sudo\] password'.")
+    send: str | None = Field(None, description="A secret reference: env:NAME, file:PATH, or "
+                                               "inventory:sudo_password / inventory:password "
+                                               "(the host's own credentials). Masked in output.")
+    text: str | None = Field(None, description="A literal, non-secret answer (e.g. 'y').")
+
+    @field_validator("send")
+    @classmethod
+    def _ref(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if value.startswith("inventory:"):
+            if value.removeprefix("inventory:") not in _INVENTORY_SECRETS:
+                raise ValueError("inventory: reference must be inventory:sudo_password or "
+                                 "inventory:password")
+            return value
+        SecretRef.parse(value)     # ValueError never echoes the value (it may be a password)
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> AnswerSpec:
+        if (self.send is None) == (self.text is None):
+            raise ValueError("give exactly one of send (a secret reference) or text (a literal)")
+        return self
+
+
+class AssertSpec(BaseModel):
+    """Checks on a step's output (searched line by line: ^ and $ match at each line)."""
+
+    model_config = _CFG
+    regex: Regex | None = Field(None, description="Must match somewhere in the output.")
+    not_regex: Regex | None = Field(None, description="Must not match anywhere in the output.")
+
+    @model_validator(mode="after")
+    def _some(self) -> AssertSpec:
+        if self.regex is None and self.not_regex is None:
+            raise ValueError("give regex and/or not_regex")
+        return self
+
+
+class CaptureSpec(BaseModel):
+    """Store part of the output in a variable for later steps."""
+
+    model_config = _CFG
+    name: str = Field(description="Variable name; later steps use ${name}.")
+    regex: Regex | None = Field(None, description="Capture the first group (or the whole match) "
+                                                  "instead of the whole output; no match fails "
+                                                  "the step.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError("must be a variable name: letters, digits and _, not starting "
+                             "with a digit")
+        if value in BUILTIN_VARS:
+            raise ValueError(f"'{value}' is a built-in variable; pick another name")
+        return value
+
+
+def _capture(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+ExitCodes = Annotated[tuple[int, ...], BeforeValidator(_as_tuple)]
+
+
+class StepSpec(BaseModel):
+    """One command on every target host, in the host's persistent session."""
+
+    model_config = _CFG
+    name: str | None = Field(None, description="Label for progress and reports (default: run).")
+    run: str = Field(min_length=1, description="Shell command line; ${var} is substituted.")
+    expect_exit: ExitCodes | Literal["any"] = Field(
+        (0,), description="Exit status(es) that pass; 'any' to ignore it. Default 0. Not checked "
+                          "on devices without exit statuses (native framing).")
+    capture: Annotated[CaptureSpec | None, BeforeValidator(_capture)] = Field(
+        None, description="NAME (the whole output, trailing newline stripped) or "
+                          "{name, regex}.")
+    answer: tuple[AnswerSpec, ...] = Field((), description="Prompts answered in order.")
+    assert_: AssertSpec | None = Field(None, alias="assert", description="Output checks.")
+    on_fail: Literal["stop", "continue"] = Field(
+        "stop", description="stop: skip this host's remaining steps (default); continue: go on.")
+    timeout: float | None = Field(None, gt=0, description="Seconds for this step (default: "
+                                                          "the workflow's step_timeout).")
+    confirm: bool = Field(False, description="Confirm a command the host's policy asks to "
+                                             "confirm (the runbook's author confirms in writing).")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.run.strip().splitlines()[0][:60]
+
+
+class TargetsSpec(BaseModel):
+    """Which inventory hosts the workflow runs on: exactly one of group, hosts or tags."""
+
+    model_config = _CFG
+    group: str | None = Field(None, description="Every host of this inventory group.")
+    hosts: Annotated[tuple[str, ...], BeforeValidator(_as_tuple)] | None = Field(
+        None, description="These inventory hosts.")
+    tags: Annotated[tuple[str, ...], BeforeValidator(_as_tuple)] | None = Field(
+        None, description="Hosts carrying every one of these tags.")
+
+    @model_validator(mode="after")
+    def _one(self) -> TargetsSpec:
+        given = [k for k in ("group", "hosts", "tags") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of group, hosts or tags"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
+class WorkflowFile(BaseModel):
+    """A phonehome-jump workflow file (workflows/*.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True,
+                              title="phonehome-jump workflow")
+    name: str = Field(min_length=1, description="Workflow name (MCP workflow_run uses it).")
+    description: str | None = Field(None, description="What the workflow is for.")
+    targets: TargetsSpec
+    concurrency: int = Field(10, ge=1, le=100, description="Hosts in parallel. Default 10.")
+    step_timeout: float = Field(60.0, gt=0, description="Default seconds per step. Default 60.")
+    vars: dict[str, str] = Field({}, description="Variables for ${name}; --var overrides.")
+    steps: tuple[StepSpec, ...] = Field(min_length=1, description="Run in order on each host.")
+
+    @field_validator("vars")
+    @classmethod
+    def _var_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _NAME.fullmatch(key):
+                raise ValueError(f"variable name {key!r} must be letters, digits and _")
+            if key in BUILTIN_VARS:
+                raise ValueError(f"'{key}' is a built-in variable; pick another name")
+        return value
+
+
+# --------------------------------------------------------------------------- loading
+
+class WorkflowProblems(InventoryProblems, WorkflowError):
+    """All problems of one workflow file (and its targets), each ``file:line: what``."""
+
+    @property
+    def message(self) -> str:
+        if len(self.problems) == 1:
+            where, what = self.problems[0]
+            return f"{where}: {what}"
+        return "\n".join([f"{len(self.problems)} problems in the workflow (fix all, then rerun):"]
+                         + [f"  {where}: {what}" for where, what in self.problems])
+
+
+def _explain_wf(err: Any, model: type[BaseModel]) -> str:
+    if err["type"] == "extra_forbidden":
+        key = str(err["loc"][-1])
+        fields = _fields_at(model, tuple(err["loc"][:-1]))
+        where = _path_text(tuple(err["loc"][:-1]))
+        return f"unknown key '{key}'" + (f" in {where}" if where else "") + _suggest(key, fields)
+    return _explain(err, model)
+
+
+_UNION_HELP = {"expect_exit": "must be a whole number, a list of whole numbers, or 'any'",
+               "capture": "must be a variable name or a mapping {name, regex}"}
+
+
+def _validation_problems(exc: ValidationError,
+                         lines: Mapping[tuple[str | int, ...], int]) -> list[tuple[int | None, str]]:
+    """pydantic errors -> (line, message); a union's alternatives collapse into one message."""
+    out: list[tuple[int | None, str]] = []
+    seen: set[tuple[Any, ...]] = set()
+    errors = exc.errors()
+    for err in errors:
+        if err["type"] == "too_short" and any(
+                len(e["loc"]) > len(err["loc"]) and e["loc"][:len(err["loc"])] == err["loc"]
+                for e in errors):
+            continue   # pydantic also calls a tuple with a bad item too short: noise
+        # a union's members show up in loc as 'function-before[...]' / "literal['any']"
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        union = next((k for k in _UNION_HELP if k in loc), None)
+        if union is not None and err["type"] != "extra_forbidden":
+            key = loc[:loc.index(union) + 1]
+            if key not in seen:
+                seen.add(key)
+                out.append((_line(lines, key), f"{_path_text(key)} {_UNION_HELP[union]}"))
+            continue
+        out.append((_line(lines, loc), _explain_wf({**err, "loc": loc}, WorkflowFile)))
+    return out
+
+
+def _path_text(loc: tuple[Any, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at ``loc`` (for 'did you mean'), following nested models and lists."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = getattr(current, "model_fields", {}).get(part) or next(
+            (f for f in getattr(current, "model_fields", {}).values() if f.alias == part), None)
+        if info is None:
+            return []
+        current = _model_in(info.annotation)
+        if current is None:
+            return []
+    return [f.alias or n for n, f in current.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if (m := _model_in(arg)) is not None:
+            return m
+    meta = getattr(annotation, "__origin__", None)
+    return _model_in(meta) if meta not in (None, annotation) else None
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A validated workflow file plus where each of its keys is (for file:line messages)."""
+
+    spec: WorkflowFile
+    file: str
+    lines: Mapping[tuple[str | int, ...], int] = field(repr=False, default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def at(self, *path: str | int) -> str:
+        key: tuple[str | int, ...] = path
+        while key:                      # longest recorded prefix
+            if key in self.lines:
+                return _fmt(self.file, self.lines[key])
+            key = key[:-1]
+        return _fmt(self.file, 1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Workflow:
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise WorkflowError(f"cannot read workflow file: {getattr(exc, 'strerror', None) or exc}",
+                                where=str(file), hint="check the path and its permissions") from exc
+        return cls.from_text(text, str(file))
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<string>") -> Workflow:
+        problems: list[tuple[int | None, str]] = []
+        try:
+            loader = _LineLoader(text)
+            data = loader.build()
+            loader.dispose()
+        except yaml.reader.ReaderError as exc:
+            raise WorkflowProblems([(_fmt(source, text[:exc.position].count("\n") + 1),
+                                     f"invalid YAML: character #x{exc.character:04x} is not "
+                                     "allowed")]) from None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            raise WorkflowProblems([(_fmt(source, mark.line + 1 if mark else None),
+                                     f"invalid YAML: {exc.problem or exc.context}")]) from None
+        problems += loader.problems
+        lines = loader.lines
+        wf = None
+        if not isinstance(data, dict):
+            problems.append((1, "a workflow must be a mapping with name, targets and steps"))
+        else:
+            try:
+                spec = WorkflowFile.model_validate(data)
+                wf = cls(spec, source, lines)
+            except ValidationError as exc:
+                problems += _validation_problems(exc, lines)
+        if problems:
+            problems.sort(key=lambda p: p[0] or 0)
+            raise WorkflowProblems([(_fmt(source, line), what) for line, what in problems])
+        assert wf is not None
+        return wf
+
+    # -- checks that need the command line or the inventory
+    def _variable_problems(self, extra: Mapping[str, str]) -> list[tuple[int | None, str]]:
+        known = set(self.spec.vars) | set(extra) | set(BUILTIN_VARS)
+        out = []
+        for i, step in enumerate(self.spec.steps):
+            texts = [("run", step.run)]
+            if step.assert_ is not None:
+                texts += [(("assert", k), getattr(step.assert_, k)) for k in ("regex", "not_regex")
+                          if getattr(step.assert_, k)]
+            for key, text in texts:
+                path = ("steps", i) + (key if isinstance(key, tuple) else (key,))
+                for name in names_in(text):
+                    if name in known:
+                        continue
+                    later = [j for j, s in enumerate(self.spec.steps)
+                             if s.capture and s.capture.name == name and j >= i]
+                    why = (f"it is captured only by step {later[0] + 1}, later" if later
+                           else "define it under vars, pass --var " + name + "=VALUE, or capture it"
+                           " in an earlier step; for a shell variable write $" + name
+                           + " or $${" + name + "}")
+                    out.append((_line(self.lines, path),
+                                f"step {i + 1}: undefined variable '{name}' ({why})"
+                                + _suggest_known(name, known)))
+            if step.capture is not None:
+                known.add(step.capture.name)
+        return out
+
+    def check(self, inventory: Inventory, *, hosts: Sequence[str] | None = None,
+              vars: Mapping[str, str] | None = None) -> list[str]:
+        """Validate against the inventory and the command line; returns the target host names.
+
+        Raises :class:`WorkflowProblems` naming file:line for unknown hosts/groups, tags no
+        host carries, --hosts outside the targets, and undefined variables.
+        """
+        problems: list[tuple[str, str]] = []
+        t = self.spec.targets
+        names: list[str] = []
+        if t.group is not None:
+            if t.group not in inventory.groups():
+                problems.append((self.at("targets", "group"),
+                                 f"targets.group: unknown group '{t.group}' in the inventory"
+                                 + _suggest(t.group, inventory.groups())))
+            else:
+                names = [x.name for x in inventory.targets(group=t.group)]
+                if not names:
+                    problems.append((self.at("targets", "group"),
+                                     f"targets.group: group '{t.group}' has no hosts"))
+        elif t.hosts is not None:
+            for i, h in enumerate(t.hosts):
+                if h not in inventory:
+                    problems.append((self.at("targets", "hosts", i),
+                                     f"targets.hosts: unknown host '{h}' in the inventory"
+                                     + _suggest(h, inventory.names())))
+                elif h not in names:
+                    names.append(h)
+        else:
+            assert t.tags is not None
+            names = [x.name for x in inventory.targets() if set(t.tags) <= set(x.tags)]
+            if not names:
+                problems.append((self.at("targets", "tags"),
+                                 f"targets.tags: no inventory host has every tag of "
+                                 f"{', '.join(t.tags)}"))
+        if hosts:
+            for h in hosts:
+                if h not in names:
+                    where = "--hosts"
+                    problems.append((where, f"host '{h}' is not a target of workflow "
+                                            f"'{self.name}' ({self.at('targets')})"
+                                     + _suggest(h, names)))
+            names = [n for n in names if n in hosts]
+        bad_vars = [k for k in (vars or {}) if not _NAME.fullmatch(k) or k in BUILTIN_VARS]
+        problems += [("--var", f"'{k}' is not a usable variable name") for k in bad_vars]
+        problems += [(_fmt(self.file, line), what)
+                     for line, what in self._variable_problems(vars or {})]
+        if problems:
+            raise WorkflowProblems(problems)
+        return names
+
+
+def _line(lines: Mapping[tuple[str | int, ...], int], loc: tuple[Any, ...]) -> int | None:
+    key = tuple(loc)
+    while key:
+        if key in lines:
+            return lines[key]
+        key = key[:-1]
+    return None
+
+
+def _suggest_known(name: str, known: Iterable[str]) -> str:
+    s = _suggest(name, known)
+    return s if s.startswith(" (did you mean") else ""
+
+
+def parse_vars(items: Iterable[str]) -> dict[str, str]:
+    """``["k=v", ...]`` from --var; raises WorkflowError on a malformed item."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _NAME.fullmatch(key):
+            raise WorkflowError(f"--var wants NAME=VALUE, got {item.split('=')[0]!r}...",
+                                where="--var", hint="e.g. --var service=em7")
+        out[key] = value
+    return out
+
+
+def discover(directory: str | os.PathLike[str]) -> dict[str, Path | WorkflowError]:
+    """Workflow name -> file (or its load error, keyed by file stem) for a directory."""
+    out: dict[str, Path | WorkflowError] = {}
+    root = Path(directory)
+    if not root.is_dir():
+        return out
+    for file in sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml")
+                       and not p.name.startswith(".")):
+        try:
+            out.setdefault(Workflow.load(file).name, file)
+        except WorkflowError as exc:
+            out.setdefault(file.stem, exc)
+    return out
+
+
+# --------------------------------------------------------------------------- results
+
+Status = Literal["passed", "failed", "skipped"]
+
+
+@dataclass
+class StepResult:
+    index: int                       # 1-based
+    name: str
+    command: str                     # after substitution (variables only; never a secret)
+    status: Status
+    output: str = ""                 # secrets masked by the session
+    exit_status: int | None = None
+    duration: float = 0.0
+    captured: dict[str, str] = field(default_factory=dict)
+    message: str | None = None       # why it failed or was skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class HostResult:
+    host: str
+    status: Literal["passed", "failed", "running", "pending"]
+    steps: list[StepResult] = field(default_factory=list)
+    duration: float = 0.0
+    error: str | None = None         # the host could not be run (connect, dead session)
+    vars: dict[str, str] = field(default_factory=dict)   # captures at the end
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["steps"] = [s.to_dict() for s in self.steps]
+        return d
+
+
+@dataclass
+class RunResult:
+    workflow: str
+    file: str
+    started: float                   # Unix time
+    hosts: dict[str, HostResult]
+    duration: float = 0.0
+    dry_run: bool = False
+    finished: bool = False
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return [h for h, r in self.hosts.items() if r.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return self.finished and not self.failed_hosts
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"workflow": self.workflow, "file": self.file, "started": self.started,
+                "duration": round(self.duration, 4), "dry_run": self.dry_run,
+                "finished": self.finished, "ok": self.ok, "failed_hosts": self.failed_hosts,
+                "hosts": {h: r.to_dict() for h, r in self.hosts.items()}}
+
+
+@dataclass(frozen=True)
+class Event:
+    """Progress: a host started, a step ended, a host ended."""
+
+    kind: Literal["host_start", "step", "host_end"]
+    host: str
+    step: StepResult | None = None
+    result: HostResult | None = None
+    total_steps: int = 0
+
+
+# --------------------------------------------------------------------------- running
+
+def plan(wf: Workflow, hosts: Sequence[str], vars: Mapping[str, str] | None = None) -> RunResult:
+    """What a run would do (dry run): commands with variables substituted, no host touched.
+
+    Captures are unknown until the run, so they stay as ``${name}``.
+    """
+    result = RunResult(wf.name, wf.file, time.time(), {}, dry_run=True, finished=True)
+    for host in hosts:
+        values = {**wf.spec.vars, **(vars or {}), "host": host, "workflow": wf.name}
+        steps = []
+        for i, step in enumerate(wf.spec.steps, 1):
+            steps.append(StepResult(i, step.label, BracedTemplate(step.run).safe_substitute(values),
+                                    "skipped", message="dry run"))
+        result.hosts[host] = HostResult(host, "passed", steps)
+    return result
+
+
+def _resolve_answer(answer: AnswerSpec, inventory: Inventory, host: str) -> tuple[str, bool]:
+    """(text, secret) for an answer, read now; SecretError never carries the value."""
+    if answer.text is not None:
+        return answer.text, False
+    assert answer.send is not None
+    where = f"host {host!r} answer to {answer.prompt!r}"
+    if answer.send.startswith("inventory:"):
+        key = answer.send.removeprefix("inventory:")
+        ref = getattr(inventory.target(host).endpoint.auth, key)
+        if ref is None:
+            raise SecretError(f"the host's credentials have no {key}", where=where,
+                              hint=f"set {key}: env:NAME in the host's credentials entry, or "
+                                   "send env:NAME / file:PATH")
+        return ref.resolve(where), True
+    return SecretRef.parse(answer.send).resolve(where), True
+
+
+def _expected(step: StepSpec, status: int | None) -> str | None:
+    if step.expect_exit == "any" or status is None or status in step.expect_exit:
+        return None
+    want = " or ".join(str(c) for c in step.expect_exit)
+    return f"exit status {status}, expected {want}"
+
+
+class _HostRun:
+    """One host: one session, the steps in order."""
+
+    def __init__(self, wf: Workflow, manager: SessionManager, host: str, values: dict[str, str],
+                 emit: Callable[[Event], None], cancel: threading.Event, owner: str | None,
+                 result: HostResult) -> None:
+        self.wf, self.m, self.host, self.values = wf, manager, host, values
+        self.emit, self.cancel, self.owner, self.result = emit, cancel, owner, result
+
+    def run(self) -> HostResult:
+        r = self.result
+        r.status = "running"
+        t0 = time.monotonic()
+        self.emit(Event("host_start", self.host, total_steps=len(self.wf.spec.steps)))
+        sid = None
+        try:
+            sid = self.m.open(self.host, owner=self.owner, actor=f"workflow:{self.wf.name}").id
+            stopped: str | None = None
+            for i, step in enumerate(self.wf.spec.steps, 1):
+                if stopped is None and self.cancel.is_set():
+                    stopped = "the run was cancelled"
+                if stopped is not None:
+                    sr = StepResult(i, step.label, step.run, "skipped", message=stopped)
+                else:
+                    sr = self.step(sid, i, step)
+                    self.m.record("workflow_step", strict=False, actor=f"workflow:{self.wf.name}",
+                                  host=self.host, session_id=sid, step=i, command=sr.command,
+                                  exit_status=sr.exit_status, duration=sr.duration,
+                                  outcome=sr.status, message=sr.message)
+                    if sr.status == "failed" and (step.on_fail == "stop" or self.m.read(
+                            sid, owner=self.owner).running):
+                        stopped = f"step {i} failed"
+                r.steps.append(sr)
+                self.emit(Event("step", self.host, step=sr, total_steps=len(self.wf.spec.steps)))
+        except PhonehomeJumpError as err:
+            r.error = str(err)
+            if sid is not None and len(r.steps) < len(self.wf.spec.steps):  # failed mid-step
+                step = self.wf.spec.steps[len(r.steps)]
+                r.steps.append(StepResult(len(r.steps) + 1, step.label, step.run, "failed",
+                                          message=err.what))
+            for i, step in enumerate(self.wf.spec.steps[len(r.steps):], len(r.steps) + 1):
+                r.steps.append(StepResult(i, step.label, step.run, "skipped",
+                                          message="not run: " + err.what))
+        finally:
+            if sid is not None:
+                try:
+                    self.m.close(sid, owner=self.owner)
+                except PhonehomeJumpError:
+                    pass
+        r.vars = {k: v for k, v in self.values.items()
+                  if k not in self.wf.spec.vars and k not in BUILTIN_VARS}
+        r.duration = round(time.monotonic() - t0, 4)
+        r.status = "failed" if r.error or any(s.status == "failed" for s in r.steps) else "passed"
+        self.emit(Event("host_end", self.host, result=r, total_steps=len(self.wf.spec.steps)))
+        return r
+
+    def step(self, sid: str, index: int, step: StepSpec) -> StepResult:
+        command = substitute(step.run, self.values)
+        sr = StepResult(index, step.label, command, "failed")
+        timeout = step.timeout or self.wf.spec.step_timeout
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        answers = list(step.answer)
+        pieces: list[str] = []
+        truncated = False
+        seen = 0                                  # output already matched against an answer
+
+        def until() -> str | None:
+            return answers[0].prompt if answers else None
+
+        res = self.m.command(sid, command, owner=self.owner, wait=timeout, until=until(),
+                             confirm=step.confirm)
+        while True:
+            pieces.append(res.output)
+            truncated |= res.truncated
+            if not res.running:
+                break
+            text = "".join(pieces)
+            if answers and re.search(answers[0].prompt, text[seen:], re.MULTILINE):
+                ans = answers.pop(0)
+                value, secret = _resolve_answer(ans, self.m.inventory, self.host)
+                self.m.send(sid, value, owner=self.owner, secret=secret)
+                seen = len(text)
+            elif res.awaiting_input or time.monotonic() >= deadline or self.cancel.is_set():
+                why = ("was cancelled" if self.cancel.is_set() else
+                       f"waits for input no answer matches: {_last_line(text)!r}"
+                       if res.awaiting_input else f"was still running after {timeout:g}s")
+                sr.message = f"the command {why}; interrupted it (Ctrl-C)"
+                res = self.m.read(sid, owner=self.owner, wait=0)
+                pieces.append(res.output)
+                self.m.send(sid, control="c", newline=False, owner=self.owner)
+                res = self.m.read(sid, owner=self.owner, wait=5)
+                pieces.append(res.output)
+                sr.output, sr.duration = _join(pieces), round(time.monotonic() - t0, 4)
+                sr.exit_status = res.exit_status
+                return sr
+            res = self.m.read(sid, owner=self.owner, wait=max(0.0, deadline - time.monotonic()),
+                              until=until())
+        if truncated:                             # the whole output, not head + tail
+            pieces = [_all_output(self.m, sid, self.owner)]
+        output = "".join(pieces)
+        sr.output, sr.exit_status = output, res.exit_status
+        sr.duration = round(time.monotonic() - t0, 4)
+        if answers:
+            sr.message = f"prompt {answers[0].prompt!r} never appeared"
+        elif (why := _expected(step, res.exit_status)) is not None:
+            sr.message = why
+        elif (why := self._asserts(step, output)) is not None:
+            sr.message = why
+        elif step.capture is not None:
+            if step.capture.regex is None:
+                value: str | None = output.rstrip("\n")
+            else:
+                m = re.search(substitute(step.capture.regex, self.values), output, re.MULTILINE)
+                value = None if m is None else (m.group(1) if m.re.groups else m.group(0))
+            if value is None:
+                sr.message = f"capture {step.capture.name}: {step.capture.regex!r} did not match"
+            else:
+                self.values[step.capture.name] = sr.captured[step.capture.name] = value
+        if sr.message is None:
+            sr.status = "passed"
+        return sr
+
+    def _asserts(self, step: StepSpec, output: str) -> str | None:
+        a = step.assert_
+        if a is None:
+            return None
+        if a.regex and not re.search(substitute(a.regex, self.values), output, re.MULTILINE):
+            return f"assert: {a.regex!r} does not match the output"
+        if a.not_regex and (m := re.search(substitute(a.not_regex, self.values), output,
+                                           re.MULTILINE)):
+            return f"assert: not_regex {a.not_regex!r} matches {m.group(0)[:80]!r}"
+        return None
+
+
+def _join(pieces: list[str]) -> str:
+    return "".join(pieces)
+
+
+def _last_line(text: str) -> str:
+    lines = text.rstrip().splitlines()
+    return lines[-1].strip()[-80:] if lines else ""
+
+
+def _all_output(m: SessionManager, sid: str, owner: str | None) -> str:
+    parts, offset = [], 0
+    while True:
+        page = m.read(sid, owner=owner, offset=offset)
+        parts.append(page.output)
+        if page.next_offset >= page.total or page.next_offset <= offset:
+            return "".join(parts)
+        offset = page.next_offset
+
+
+def run_workflow(wf: Workflow, inventory: Inventory | None = None, *,
+                 manager: SessionManager | None = None, hosts: Sequence[str] | None = None,
+                 vars: Mapping[str, str] | None = None, concurrency: int | None = None,
+                 on_event: Callable[[Event], None] | None = None,
+                 cancel: threading.Event | None = None, owner: str | None = None,
+                 result: RunResult | None = None, audit_path: str | None = None) -> RunResult:
+    """Run ``wf`` on its targets (or ``hosts`` of them); returns when every host is done.
+
+    Give an ``inventory`` (a manager is made and shut down here) or a running ``manager``
+    (its sessions are opened with ``owner`` and closed per host). ``result`` lets a caller
+    watch the run fill in from another thread (the MCP server does).
+    """
+    if manager is None and inventory is None:
+        raise ValueError("give an inventory or a manager")
+    inv = manager.inventory if manager is not None else inventory
+    assert inv is not None
+    names = wf.check(inv, hosts=hosts, vars=vars)
+    cancel = cancel or threading.Event()
+    emit = on_event or (lambda e: None)
+    width = min(concurrency or wf.spec.concurrency, len(names)) or 1
+    own = manager is None
+    m = manager or SessionManager(inv, max_sessions=max(100, width), audit_path=audit_path,
+                                  actor=f"workflow:{wf.name}")
+    result = result or RunResult(wf.name, wf.file, time.time(), {})
+    for n in names:
+        result.hosts.setdefault(n, HostResult(n, "pending"))
+    t0 = time.monotonic()
+    lock = threading.Lock()
+
+    def safe_emit(e: Event) -> None:
+        with lock:                    # progress displays need not be thread-safe
+            try:
+                emit(e)
+            except Exception:         # a broken display must not fail the run
+                log.exception("workflow progress callback")
+
+    def one(name: str) -> HostResult:
+        values = {**wf.spec.vars, **(vars or {}), "host": name, "workflow": wf.name}
+        return _HostRun(wf, m, name, values, safe_emit, cancel, owner, result.hosts[name]).run()
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(width, thread_name_prefix="phj-wf") as pool:
+            futures = [pool.submit(one, n) for n in names]
+            try:
+                for f in futures:
+                    f.result()
+            except BaseException:     # Ctrl-C: let the hosts stop between steps
+                cancel.set()
+                raise
+    finally:
+        if own:
+            m.shutdown()
+        result.duration = round(time.monotonic() - t0, 4)
+        result.finished = True
+    return result
+
+
+# --------------------------------------------------------------------------- lock
+
+def state_dir() -> Path:
+    base = os.environ.get(STATE_ENV) or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "phonehome-jump")
+    return Path(base)
+
+
+class WorkflowLock:
+    """An flock(2) lock per workflow file, so a scheduled run never overlaps the previous one.
+
+    The lock file is ``<state dir>/locks/<name>-<hash of the file's path>.lock`` (state dir:
+    $PHONEHOME_JUMP_STATE, else $XDG_STATE_HOME/phonehome-jump, else
+    ~/.local/state/phonehome-jump). The kernel drops the lock when the process ends, so a
+    crashed run never leaves a stale lock; the file keeps the holder's pid, host and start
+    time for the message others get.
+    """
+
+    def __init__(self, wf: Workflow, directory: Path | None = None) -> None:
+        digest = hashlib.sha256(str(Path(wf.file).resolve()).encode()).hexdigest()[:12]
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", wf.name)[:60]
+        self.path = (directory or state_dir() / "locks") / f"{safe}-{digest}.lock"
+        self.wf = wf
+        self._fd: int | None = None
+
+    def acquire(self, what: str = "workflow run") -> WorkflowLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise WorkflowLockedError(f"cannot create the lock file {self.path}: {exc.strerror}",
+                                      where=f"workflow {self.wf.name!r}",
+                                      hint=f"set {STATE_ENV} to a writable directory") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:
+                holder = {}
+            os.close(fd)
+            since = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"]))
+                     if "since" in holder else "?")
+            raise WorkflowLockedError(
+                f"another run holds the lock: pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')} ({holder.get('what', 'a run')}) since {since}",
+                where=f"workflow {self.wf.name!r} ({self.wf.file})",
+                hint=f"wait for it to finish; the lock is {self.path}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": time.time(), "what": what}).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> WorkflowLock:
+        return self if self._fd is not None else self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------- reports
+
+def junit_xml(result: RunResult) -> str:
+    """JUnit XML: one testsuite per host, one testcase per step (for CI dashboards)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("testsuites", name=result.workflow,
+                      tests=str(sum(len(h.steps) for h in result.hosts.values())),
+                      failures=str(sum(s.status == "failed" for h in result.hosts.values()
+                                       for s in h.steps)),
+                      errors=str(sum(1 for h in result.hosts.values() if h.error)),
+                      time=f"{result.duration:.3f}")
+    for host, hr in result.hosts.items():
+        suite = ET.SubElement(
+            root, "testsuite", name=f"{result.workflow}.{host}", hostname=host,
+            tests=str(len(hr.steps)), failures=str(sum(s.status == "failed" for s in hr.steps)),
+            errors=str(int(hr.error is not None)),
+            skipped=str(sum(s.status == "skipped" for s in hr.steps)), time=f"{hr.duration:.3f}",
+            timestamp=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(result.started)))
+        if hr.error:
+            case = ET.SubElement(suite, "testcase", classname=f"{result.workflow}.{host}",
+                                 name="connect", time="0")
+            ET.SubElement(case, "error", message=hr.error.splitlines()[0]).text = hr.error
+        for s in hr.steps:
+            case = ET.SubElement(suite, "testcase", classname=f"{result.workflow}.{host}",
+                                 name=f"{s.index:02d} {s.name}", time=f"{s.duration:.3f}")
+            if s.status == "failed":
+                ET.SubElement(case, "failure", message=_xml_text(s.message or "failed")).text = \
+                    _xml_text(s.output)
+            elif s.status == "skipped":
+                ET.SubElement(case, "skipped", message=s.message or "skipped")
+            if s.output and s.status != "failed":
+                ET.SubElement(case, "system-out").text = _xml_text(s.output)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+_XML_BAD = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(text: str) -> str:
+    """XML 1.0 cannot carry most control characters (a terminal's output can): show them."""
+    return _XML_BAD.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

@@ -1,0 +1,237 @@
+"""Workflow files: loading, validation with file:line, substitution, lock, reports (pure logic)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from phonehome_jump.errors import InventoryError, WorkflowLockedError
+from phonehome_jump.inventory import Inventory
+from phonehome_jump.workflow import (HostResult, RunResult, StepResult, Workflow, WorkflowLock,
+                                     WorkflowProblems, junit_xml, names_in, parse_vars, plan,
+                                     substitute)
+
+REPO = Path(__file__).resolve().parents[2]
+
+INV = Inventory.from_text("""
+jump_hosts:
+  hop: {host: 10.0.0.1}
+groups:
+  web: {via: hop, tags: [prod]}
+hosts:
+  web1: {host: 10.0.1.1, groups: [web]}
+  web2: {host: 10.0.1.2, groups: [web], tags: [eu]}
+  db1: {host: 10.0.2.1}
+""", "inv.yaml")
+
+GOOD = """\
+name: demo
+targets: {group: web}
+vars: {service: em7}
+steps:
+  - run: cd /opt/${service}
+  - run: systemctl is-active ${service}
+    capture: state
+  - run: echo "${state} on ${host}"
+    assert: {regex: '^active'}
+    on_fail: continue
+"""
+
+
+def problems(text: str, **check) -> list[tuple[str, str]]:
+    with pytest.raises(WorkflowProblems) as info:
+        wf = Workflow.from_text(text, "wf.yaml")
+        wf.check(INV, **check)
+    return info.value.problems
+
+
+def test_good_file_loads_with_defaults():
+    wf = Workflow.from_text(GOOD, "wf.yaml")
+    assert wf.name == "demo" and wf.spec.concurrency == 10
+    s = wf.spec.steps
+    assert s[0].expect_exit == (0,) and s[0].on_fail == "stop" and s[0].answer == ()
+    assert s[1].capture.name == "state" and s[2].assert_.regex == "^active"
+    assert wf.check(INV) == ["web1", "web2"]
+    assert wf.check(INV, hosts=["web2"]) == ["web2"]
+
+
+def test_models_are_frozen():
+    wf = Workflow.from_text(GOOD, "wf.yaml")
+    with pytest.raises(Exception):
+        wf.spec.steps[0].run = "rm -rf /"  # type: ignore[misc]
+
+
+def test_substitution_is_braced_only_and_leaves_the_shell_alone():
+    text = 'echo ${x} $HOME $? $(date) $1 $$ $${y} "${x}"'
+    assert substitute(text, {"x": "X"}) == 'echo X $HOME $? $(date) $1 $$ ${y} "X"'
+    assert names_in(text) == ["x"]
+
+
+def test_unknown_key_names_line_and_suggests():
+    [(where, what)] = problems(GOOD.replace("    on_fail: continue", "    on_fial: continue"))
+    assert where == "wf.yaml:10" and "unknown key 'on_fial'" in what and "'on_fail'" in what
+
+
+def test_all_problems_at_once_each_with_its_line():
+    text = """\
+name: x
+targets: {group: web}
+concurrency: 0
+steps:
+  - run: echo ${nope}
+  - run: y
+    expect_exit: [0, x]
+  - run: z
+    assert: {regex: '('}
+"""
+    got = problems(text)
+    wheres = [w for w, _ in got]
+    assert wheres == ["wf.yaml:3", "wf.yaml:7", "wf.yaml:9"], got
+    assert "at least 1" in got[0][1]
+    assert "expect_exit must be a whole number, a list of whole numbers, or 'any'" in got[1][1]
+    assert "not a valid regular expression" in got[2][1]
+
+
+def test_undefined_variables_name_line_and_how_to_fix():
+    text = GOOD.replace('echo "${state} on ${host}"', 'echo "${stat} ${late}"') + \
+        "  - run: echo\n    capture: late\n"
+    got = problems(text)
+    assert [w for w, _ in got] == ["wf.yaml:8", "wf.yaml:8"]
+    assert "undefined variable 'stat'" in got[0][1] and "did you mean 'state'" in got[0][1]
+    assert "'late'" in got[1][1] and "captured only by step 4, later" in got[1][1]
+
+
+def test_var_on_the_command_line_defines_a_variable():
+    wf = Workflow.from_text(GOOD.replace("cd /opt/${service}", "cd ${base}"), "wf.yaml")
+    assert "undefined variable 'base'" in str(problems(wf_text := GOOD.replace(
+        "cd /opt/${service}", "cd ${base}")))
+    assert wf.check(INV, vars={"base": "/srv"}) == ["web1", "web2"]
+    assert plan(wf, ["web1"], {"base": "/srv"}).hosts["web1"].steps[0].command == "cd /srv"
+    assert "${base}" in wf_text
+    assert parse_vars(["base=/srv", "x=a=b"]) == {"base": "/srv", "x": "a=b"}
+    with pytest.raises(InventoryError, match="NAME=VALUE"):
+        parse_vars(["novalue"])
+
+
+def test_unknown_hosts_groups_and_tags_against_the_inventory():
+    got = problems(GOOD.replace("{group: web}", "{hosts: [web1, wbe2]}"))
+    assert got == [("wf.yaml:2", "targets.hosts: unknown host 'wbe2' in the inventory "
+                                 "(did you mean 'web2'?)")]
+    got = problems(GOOD.replace("{group: web}", "{group: wbe}"))
+    assert got[0][0] == "wf.yaml:2" and "unknown group 'wbe'" in got[0][1]
+    got = problems(GOOD.replace("{group: web}", "{tags: [prod, us]}"))
+    assert "no inventory host has every tag" in got[0][1]
+    assert Workflow.from_text(GOOD.replace("{group: web}", "{tags: [prod, eu]}"),
+                              "w").check(INV) == ["web2"]
+    got = problems(GOOD, hosts=["db1"])
+    assert got[0][0] == "--hosts" and "not a target" in got[0][1]
+
+
+def test_targets_need_exactly_one_selector():
+    got = problems(GOOD.replace("{group: web}", "{group: web, hosts: [db1]}"))
+    assert "exactly one of group, hosts or tags" in got[0][1]
+
+
+def test_literal_secret_is_refused_without_echoing_it():
+    text = GOOD + "  - run: sudo true\n    answer: [{prompt: 'password', send: hunter2}]\n"
+    got = problems(text)
+    assert got[0][0] == "wf.yaml:12" and "reference" in got[0][1]
+    assert "hunter2" not in str(got)
+
+
+def test_answer_needs_send_or_text_and_a_valid_ref():
+    base = GOOD + "  - run: x\n    answer: [{prompt: 'p'%s}]\n"
+    assert "exactly one of send" in problems(base % "")[0][1]
+    assert "exactly one of send" in problems(base % ", send: 'env:A', text: y")[0][1]
+    assert "inventory:sudo_password" in problems(base % ", send: 'inventory:key'")[0][1]
+    Workflow.from_text(base % ", send: 'inventory:sudo_password'", "w")
+    Workflow.from_text(base % ", text: 'y'", "w")
+
+
+def test_yaml_errors_and_duplicate_keys_have_lines():
+    assert problems("name: [x\n")[0][1].startswith("invalid YAML")
+    got = problems(GOOD.replace("vars: {service: em7}", "vars: {service: em7}\nname: again"))
+    assert got[0][0] == "wf.yaml:4" and "duplicate key 'name'" in got[0][1]
+    assert "must be a mapping" in problems("- a\n")[0][1]
+
+
+def test_problems_are_inventory_errors_for_exit_2():
+    with pytest.raises(InventoryError):
+        Workflow.from_text("name: x\n", "wf.yaml")
+
+
+def test_example_workflows_load():
+    for f in sorted((REPO / "workflows").glob("*.yaml")):
+        assert Workflow.load(f).spec.steps
+    sl1 = Workflow.load(REPO / "workflows" / "sl1-health.yaml")
+    assert sl1.check(Inventory.load(REPO / "inventory" / "example.yaml")) == ["sl1-prod"]
+
+
+def test_plan_substitutes_and_keeps_captures_open():
+    wf = Workflow.from_text(GOOD, "wf.yaml")
+    r = plan(wf, ["web1"], {"service": "nginx"})
+    cmds = [s.command for s in r.hosts["web1"].steps]
+    assert cmds == ["cd /opt/nginx", "systemctl is-active nginx", 'echo "${state} on web1"']
+    assert r.dry_run and all(s.status == "skipped" for s in r.hosts["web1"].steps)
+
+
+def test_lock_blocks_a_second_holder_and_names_the_first(tmp_path):
+    wf = Workflow.from_text(GOOD, str(tmp_path / "wf.yaml"))
+    with WorkflowLock(wf, tmp_path).acquire("first run"):
+        with pytest.raises(WorkflowLockedError) as info:
+            WorkflowLock(wf, tmp_path).acquire("second")
+        assert "first run" in str(info.value) and "pid" in str(info.value)
+    WorkflowLock(wf, tmp_path).acquire().release()   # free again
+
+
+def _result() -> RunResult:
+    ok = HostResult("a", "passed", [StepResult(1, "one", "true", "passed", "hi\x01\n", 0, 0.01)])
+    bad = HostResult("b", "failed", [
+        StepResult(1, "one", "true", "failed", "boom\n", 1, 0.02, message="exit status 1"),
+        StepResult(2, "two", "x", "skipped", message="step 1 failed")], 0.5)
+    down = HostResult("c", "failed", [StepResult(1, "one", "true", "skipped")],
+                      error="hop 'j': refused")
+    return RunResult("wf", "wf.yaml", 0.0, {"a": ok, "b": bad, "c": down}, 1.0, finished=True)
+
+
+def test_run_result_aggregates_failed_hosts_and_serialises():
+    r = _result()
+    assert r.failed_hosts == ["b", "c"] and not r.ok and r.exit_code == 1
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["hosts"]["b"]["steps"][0]["message"] == "exit status 1"
+
+
+def test_junit_matches_the_result_and_survives_control_characters():
+    root = ET.fromstring(junit_xml(_result()))
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("4", "1", "1")
+    suites = {s.get("hostname"): s for s in root.iter("testsuite")}
+    assert suites["b"].find("testcase/failure").get("message") == "exit status 1"
+    assert suites["b"].get("skipped") == "1"
+    assert suites["a"].find("testcase/system-out").text == "hi\\x01\n"
+    assert suites["c"].find("testcase/error") is not None
+
+
+def test_mcp_workflow_tools_are_typed_annotated_and_only_with_a_directory():
+    import anyio
+    from mcp import Client
+
+    from phonehome_jump.mcp_server import build_server
+
+    async def tools(server):
+        async with Client(server) as client:
+            return {t.name: t for t in (await client.list_tools()).tools}
+
+    assert "workflow_run" not in anyio.run(tools, build_server(INV))
+    got = anyio.run(tools, build_server(INV, workflows=REPO / "workflows"))
+    expect = {"workflow_list": (True, False, True, False), "workflow_run": (False, True, False, True),
+              "workflow_status": (True, False, False, False)}
+    for name, hints in expect.items():
+        t, a = got[name], got[name].annotations
+        assert (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint) == hints
+        assert t.description and t.output_schema["type"] == "object"
+        props = t.input_schema.get("properties", {})
+        assert "ctx" not in props and all(p.get("description") for p in props.values()), name
+    assert got["workflow_run"].input_schema["required"] == ["name"]
