@@ -650,10 +650,7 @@ class _HostRun:
                     sr = StepResult(i, step.label, step.run, "skipped", message=stopped)
                 else:
                     sr = self.step(sid, i, step)
-                    self.m.record("workflow_step", strict=False, actor=f"workflow:{self.wf.name}",
-                                  host=self.host, session_id=sid, step=i, command=sr.command,
-                                  exit_status=sr.exit_status, duration=sr.duration,
-                                  outcome=sr.status, message=sr.message)
+                    self._audit(sid, sr)
                     if sr.status == "failed" and (step.on_fail == "stop" or self.m.read(
                             sid, owner=self.owner).running):
                         stopped = f"step {i} failed"
@@ -665,6 +662,7 @@ class _HostRun:
                 step = self.wf.spec.steps[len(r.steps)]
                 r.steps.append(StepResult(len(r.steps) + 1, step.label, step.run, "failed",
                                           message=err.what))
+                self._audit(sid, r.steps[-1])
             for i, step in enumerate(self.wf.spec.steps[len(r.steps):], len(r.steps) + 1):
                 r.steps.append(StepResult(i, step.label, step.run, "skipped",
                                           message="not run: " + err.what))
@@ -680,6 +678,12 @@ class _HostRun:
         r.status = "failed" if r.error or any(s.status == "failed" for s in r.steps) else "passed"
         self.emit(Event("host_end", self.host, result=r, total_steps=len(self.wf.spec.steps)))
         return r
+
+    def _audit(self, sid: str, sr: StepResult) -> None:
+        self.m.record("workflow_step", strict=False, actor=f"workflow:{self.wf.name}",
+                      host=self.host, session_id=sid, step=sr.index, command=sr.command,
+                      exit_status=sr.exit_status, duration=sr.duration, outcome=sr.status,
+                      message=sr.message)
 
     def step(self, sid: str, index: int, step: StepSpec) -> StepResult:
         command = substitute(step.run, self.values)

@@ -29,11 +29,11 @@ CLI = str(Path(sys.executable).parent / "phonehome-jump")
 class Agent:
     """One `phonehome-jump agent` process; ``port`` is read from its "listening on" line."""
 
-    def __init__(self, inventory: Path, state: Path, port: int = 0) -> None:
+    def __init__(self, inventory: Path, state: Path, port: int = 0, *options: str) -> None:
         self.inventory, self.state = inventory, state
         self.proc = subprocess.Popen(
-            [CLI, "--inventory", str(inventory), "agent", "--listen", f"127.0.0.1:{port}",
-             "--state", str(state)], stderr=subprocess.PIPE, text=True)
+            [CLI, "--inventory", str(inventory), *options, "agent", "--listen",
+             f"127.0.0.1:{port}", "--state", str(state)], stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()
         assert "listening on 127.0.0.1:" in line, line + self.proc.stderr.read()
         self.port = int(line.split("listening on 127.0.0.1:")[1].split()[0])

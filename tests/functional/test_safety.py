@@ -255,3 +255,138 @@ async def test_canary_secrets_never_leave_the_plugin(lab, tmp_path, caplog, monk
         leaks = [text for text in seen if canary in text]
         assert not leaks, f"a secret leaked: {leaks[0][:200]!r}"
     assert "********" in (audit.read_text() + cli_audit.read_text())
+
+
+# ----------------------------------------------------------------------------- workflows, agent
+
+GUARDED = """\
+name: guarded
+targets: {hosts: [lab-target1]}
+steps:
+  - run: touch /tmp/phj-confirmed && echo confirmed
+    confirm: true
+  - run: shutdown -h now
+  - run: echo never
+"""
+
+
+def test_policy_and_audit_through_a_workflow(lab, tmp_path, monkeypatch):
+    monkeypatch.setenv("PHONEHOME_JUMP_STATE", str(tmp_path / "state"))
+    inv = safety_inventory(lab, tmp_path)
+    audit, report = tmp_path / "audit.jsonl", tmp_path / "report.json"
+    wf = tmp_path / "guarded.yaml"
+    wf.write_text(GUARDED)
+    env = dict(os.environ, PHONEHOME_JUMP_INVENTORY=str(inv))
+    proc = subprocess.run([str(SCRIPT), "--audit-log", str(audit), "workflow", "run", str(wf),
+                           "--report", str(report)], env=env, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    steps = json.loads(report.read_text())["hosts"]["lab-target1"]["steps"]
+    assert [s["status"] for s in steps] == ["passed", "failed", "skipped"]
+    assert "deny rule" in (steps[1]["message"] or "") + json.dumps(
+        json.loads(report.read_text())["hosts"]["lab-target1"])
+    recs = records(audit)
+    wf_steps = [r for r in recs if r["event"] == "workflow_step"]
+    assert [(r["step"], r["outcome"]) for r in wf_steps] == [(1, "passed"), (2, "failed")]
+    assert all(r["actor"] == "workflow:guarded" for r in recs)
+    assert [r["event"] for r in recs if r["event"] == "policy_refusal"] == ["policy_refusal"]
+    # without the step's confirm, the confirm rule stops the run at step 1
+    wf.write_text(GUARDED.replace("    confirm: true\n", ""))
+    proc = subprocess.run([str(SCRIPT), "workflow", "run", str(wf), "--report", str(report)],
+                          env=env, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1
+    host = json.loads(report.read_text())["hosts"]["lab-target1"]
+    assert [s["status"] for s in host["steps"]] == ["failed", "skipped", "skipped"]
+    assert "needs confirmation" in json.dumps(host)
+
+
+def test_policy_through_the_agent_protocol(lab, tmp_path):
+    from functional.test_agent import Agent
+
+    audit = tmp_path / "agent-audit.jsonl"
+    agent = Agent(safety_inventory(lab, tmp_path), tmp_path / "state.json", 0,
+                  "--audit-log", str(audit))
+    try:
+        wire = agent.connect()
+        sid = wire.ok("ssh_session_open", host="lab-target1")["session_id"]
+        err = wire.error("ssh_session_command", session_id=sid, command="shutdown now")
+        assert err["code"] == -32007 and "deny rule" in err["message"]
+        err = wire.error("ssh_session_command", session_id=sid, command="touch /tmp/phj-confirmed")
+        assert err["code"] == -32007 and "confirm" in err["message"]
+        r = wire.ok("ssh_session_command", session_id=sid, command="touch /tmp/phj-confirmed",
+                    confirm=True)
+        assert r["exit_status"] == 0
+        assert wire.error("ssh_session_send", session_id=sid, text="shutdown")["code"] == -32007
+        ro = wire.ok("ssh_session_open", host="lab-readonly")["session_id"]
+        err = wire.error("ssh_session_command", session_id=ro, command="touch /tmp/x")
+        assert "read-only" in err["message"]
+    finally:
+        agent.stop()
+    recs = records(audit)
+    assert {r["actor"] for r in recs} == {"agent"}
+    assert [r["outcome"] for r in recs if r["event"] == "policy_refusal"] == [
+        "refused", "needs_confirm", "refused", "refused"]
+
+
+WORKFLOW_CANARY = """\
+name: canary
+targets: {hosts: [lab-password]}
+steps:
+  - run: 'read -r -p ''token: '' TOKEN; echo "got $TOKEN"'
+    answer:
+      - {prompt: 'token: ', send: env:PHJ_CANARY_SECRET}
+  - run: echo "$TOKEN"
+"""
+
+
+def test_canaries_in_workflow_reports_and_the_agent(lab, tmp_path, monkeypatch):
+    from functional.test_agent import Agent
+
+    monkeypatch.setenv("PHONEHOME_JUMP_STATE", str(tmp_path / "state"))
+    env_canary = "canary-env-" + os.urandom(6).hex()
+    monkeypatch.setenv("PHJ_CANARY_SECRET", env_canary)
+    password, sudo = os.environ["PHJ_LAB_PASSWORD"], os.environ["PHJ_LAB_SUDO_PASSWORD"]
+    inv = safety_inventory(lab, tmp_path)
+    seen: list[str] = []
+
+    wf = tmp_path / "canary.yaml"
+    wf.write_text(WORKFLOW_CANARY)
+    report, junit, wf_audit = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "wf-audit.jsonl"
+    proc = subprocess.run([str(SCRIPT), "-v", "--audit-log", str(wf_audit), "workflow", "run",
+                           str(wf), "--report", str(report), "--junit", str(junit)],
+                          env=dict(os.environ, PHONEHOME_JUMP_INVENTORY=str(inv)),
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = json.loads(report.read_text())["hosts"]["lab-password"]["steps"]
+    assert steps[1]["output"] == "*" * len(env_canary) + "\n"     # it did arrive, masked
+    seen += [proc.stdout, proc.stderr, report.read_text(), junit.read_text(), wf_audit.read_text()]
+
+    agent_audit, state = tmp_path / "agent-audit.jsonl", tmp_path / "agent-state.json"
+    agent = Agent(inv, state, 0, "-v", "--audit-log", str(agent_audit))
+    try:
+        wire = agent.connect()
+        sid = wire.ok("ssh_session_open", host="lab-sudo")["session_id"]
+        r = wire.ok("ssh_session_command", session_id=sid,
+                    command="sudo -k; sudo -p '[sudo] password: ' id -u")
+        assert r["awaiting_input"]
+        wire.ok("ssh_session_send", session_id=sid, sudo_password=True)
+        r = wire.ok("ssh_session_read", session_id=sid, timeout=15)
+        assert r["stdout"].strip().endswith("0")
+        wire.ok("ssh_session_command", session_id=sid, command=f"cd /tmp; echo {sudo}")
+        r = wire.ok("ssh_session_command", session_id=sid, command="read -r -p 'token: ' T",
+                    timeout=1)
+        assert r["running"]
+        wire.ok("ssh_session_send", session_id=sid, text=env_canary, secret=True)
+        wire.ok("ssh_session_read", session_id=sid, timeout=10)
+        r = wire.ok("ssh_session_command", session_id=sid, command='echo "$T"')
+        assert r["stdout"] == "*" * len(env_canary) + "\n"
+        seen += [json.dumps(r), json.dumps(wire.ok("ssh_session_list"))]
+        seen.append(state.read_text())
+    finally:
+        seen.append(agent.stop())
+    seen.append(agent_audit.read_text())
+    assert "********" in agent_audit.read_text()
+    for canary in (password, sudo, env_canary):
+        leaks = [text for text in seen if canary in text]
+        assert not leaks, f"a secret leaked: {leaks[0][:300]!r}"
