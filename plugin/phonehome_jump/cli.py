@@ -1,21 +1,23 @@
 """The ``phonehome-jump`` command: a thin adapter over the inventory and the session manager.
 
-    phonehome-jump [--inventory PATH] [-v] COMMAND ...
+    phonehome-jump [--inventory PATH] [--audit-log PATH] [-v] COMMAND ...
 
     inventory check [PATH]                         validate, print a one-line summary
     inventory list [--group G] [--tag T] [--query Q] [--json]
     inventory show HOST [--json]                   resolved target: chain, auth references, source
-    run HOST [--timeout S] -- COMMAND...           one command, its output and its exit status
-    shell HOST [--timeout S]                       interactive (stdin is a tty) or scripted
-    serve [--http HOST:PORT] [--agent SITE=HOST:PORT]...   the MCP server
-    agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol
+    run HOST [--timeout S] [--confirm] -- COMMAND...   one command, its output and exit status
+    shell HOST [--timeout S] [--confirm]           interactive (stdin is a tty) or scripted
+    workflow check|run FILE ...                    multi-step YAML runbooks (workflow.py)
+    serve [--http HOST:PORT] [--agent SITE=HOST:PORT]... [--workflows DIR]   the MCP server
+    agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (rpc.py)
 
 Exit codes: the remote exit status for ``run`` (and the last command of a scripted ``shell``);
 0 ok; 1 other phonehome-jump errors (session, secrets, limits); 2 usage and inventory errors
 (including unknown host names); 124 a command still running after --timeout, or waiting for
 input that ``run`` cannot give; 130 interrupted; 141 stdout closed (broken pipe); 255 connecting
 failed (hop unreachable, authentication, host key), like ssh; 70 an internal error; 77 the
-inventory's command policy refused the command (see --confirm).
+inventory's command policy refused the command (see --confirm). ``workflow`` has its own
+codes for schedulers: 0 all hosts passed, 1 a host failed, 2 invalid, 3 could not run (lock).
 
 No SSH logic lives here: every connection goes through :class:`SessionManager`. Errors are
 printed as ``phonehome-jump: <message>``; tracebacks only go to the log with ``-v``.

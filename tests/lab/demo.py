@@ -94,6 +94,10 @@ def main() -> int:
             subprocess.run([CLI, *args], check=False)
         say("the MCP server (`phonehome-jump serve`, stdio) driven by an MCP client, as Claude would")
         anyio.run(drive, lab)
+        say("a scheduled runbook: workflows/lab-health.yaml on every lab target in parallel")
+        args = ["workflow", "run", str(Path(__file__).resolve().parents[2] / "workflows" / "lab-health.yaml")]
+        print("$ phonehome-jump " + " ".join(args), flush=True)
+        subprocess.run([CLI, *args], check=False)
     finally:
         say("tearing the lab down")
         lab.down()
