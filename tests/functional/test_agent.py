@@ -23,6 +23,8 @@ from mcp import Client
 from phonehome_jump.inventory import Inventory
 from phonehome_jump.mcp_server import build_server
 
+from .test_mcp import error, ok
+
 CLI = str(Path(sys.executable).parent / "phonehome-jump")
 
 
@@ -358,18 +360,6 @@ def sites(lab, tmp_path):
     yield Inventory.load(inv), a, b
     for agent in (a, b):
         agent.stop()
-
-
-async def ok(client: Client, tool: str, **args) -> dict:
-    r = await client.call_tool(tool, args)
-    assert not r.is_error, r.content[0].text
-    return r.structured_content
-
-
-async def error(client: Client, tool: str, **args) -> str:
-    r = await client.call_tool(tool, args)
-    assert r.is_error, r.structured_content
-    return r.content[0].text
 
 
 @pytest.mark.anyio
