@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from .errors import AgentError, InventoryError, PhonehomeJumpError, UnknownSessionError
+from .errors import AgentError, InventoryError, PhonehomeJumpError, PolicyError, UnknownSessionError
 from .inventory import Inventory, _suggest
 from .manager import SessionInfo, SessionManager
 from .redact import add_secret
@@ -155,6 +155,7 @@ class Router:
         if rec is None:
             return self._local(session_id, owner, lambda: self.manager.command(
                 session_id, command, owner=owner, wait=wait, until=until, confirm=confirm))
+        self._check_policy(rec, command, confirm=confirm, at_prompt=True)
         return self._call(rec, owner, lambda a: a.command(rec.remote_id, command, wait=wait,
                                                           until=until, confirm=confirm))
 
@@ -168,6 +169,9 @@ class Router:
                 confirm=confirm, sudo_password=sudo_password))
         if secret:
             add_secret(text)    # this process masks it too (the agent masks its own output)
+        if (newline and text) or "\n" in text or "\r" in text:
+            # whether it starts a command is the agent's to know: here deny/confirm only
+            self._check_policy(rec, text, confirm=confirm, at_prompt=False, secret=secret)
         self._call(rec, owner, lambda a: a.send(rec.remote_id, text, newline=newline,
                                                 control=control, secret=secret, confirm=confirm,
                                                 sudo_password=sudo_password))
@@ -208,6 +212,20 @@ class Router:
         return sorted(infos, key=lambda i: i.created)
 
     # -- internals --------------------------------------------------------------------
+    def _check_policy(self, rec: _Remote, text: str, *, confirm: bool, at_prompt: bool,
+                      secret: bool = False) -> None:
+        """This server's inventory policy applies to routed sessions too (the agent then
+        applies its own): a rule written here holds whichever site runs the session."""
+        target = self.inventory.target(rec.info.host)
+        try:
+            target.policy.check(text, host=target.name, confirm=confirm, at_prompt=at_prompt,
+                                secret=secret)
+        except PolicyError as err:
+            self.manager.record("policy_refusal", strict=False, host=target.name,
+                                session_id=rec.info.id, command=text, rule=err.rule,
+                                outcome="needs_confirm" if err.needs_confirm else "refused")
+            raise
+
     def _find(self, session_id: str, owner: str | None) -> _Remote | None:
         """The remote record of a routed id (None: a local id); ownership as in the manager."""
         if "@" not in session_id:

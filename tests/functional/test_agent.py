@@ -472,3 +472,26 @@ def test_open_under_a_chosen_id_refuses_one_in_use(manager):
     assert [i.id for i in manager.list()] == ["s-chosen"]     # the refused open left nothing
     manager.close("s-chosen")
     assert manager.open("lab-target2", session_id="s-chosen").id == "s-chosen"
+
+
+@pytest.mark.anyio
+async def test_the_servers_policy_holds_for_routed_sessions(sites, tmp_path):
+    """The agents' inventory has no policy; the MCP server's does, and it applies at the site."""
+    inv, a, b = sites
+    text = (tmp_path / "mcp.yaml").read_text()
+    assert "  keepalive: 15\n" in text
+    policy = "  policy: {deny: ['\\bshutdown\\b'], confirm: ['^touch\\s+/tmp/phj-routed']}\n"
+    (tmp_path / "policy.yaml").write_text(text.replace("  keepalive: 15\n", "  keepalive: 15\n" + policy))
+    server = build_server(Inventory.load(tmp_path / "policy.yaml"),
+                          agents={"site-a": ("127.0.0.1", a.port), "site-b": ("127.0.0.1", b.port)})
+    async with Client(server) as client:
+        sid = (await ok(client, "ssh_session_open", host="lab-target1"))["session_id"]
+        assert sid.endswith("@site-a")
+        assert "deny rule" in await error(client, "ssh_session_command", session_id=sid,
+                                          command="shutdown -h now")
+        assert "deny rule" in await error(client, "ssh_session_send", session_id=sid, text="shutdown")
+        assert "confirm=true" in await error(client, "ssh_session_command", session_id=sid,
+                                             command="touch /tmp/phj-routed")
+        r = await ok(client, "ssh_session_command", session_id=sid, confirm=True,
+                     command="touch /tmp/phj-routed && echo ok")
+        assert r["output"] == "ok\n"
