@@ -35,6 +35,7 @@ import re
 import select
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -667,9 +668,6 @@ class _WorkflowProgress:
     """Per-host status: redrawn lines on a terminal, timestamped lines otherwise (cron, systemd)."""
 
     def __init__(self, hosts: list[str], stream: TextIO) -> None:
-        import time as _time
-
-        self.time = _time
         self.stream, self.hosts = stream, hosts
         self.tty = _isatty(stream) and os.environ.get("TERM") != "dumb"
         self.state = {h: "waiting" for h in hosts}
@@ -693,7 +691,7 @@ class _WorkflowProgress:
             self.state[e.host] = line
             self.draw()
         else:
-            stamp = self.time.strftime("%Y-%m-%dT%H:%M:%S")
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
             print(f"{stamp} {e.host}: {line}", file=self.stream, flush=True)
 
     def draw(self) -> None:
