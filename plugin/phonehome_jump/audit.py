@@ -89,6 +89,8 @@ class AuditLog:
         self.fail_closed = on_error == "refuse"
         self.transcripts = Path(transcripts).expanduser() if transcripts else None
         self._lock = threading.Lock()
+        self._last_failure: str | None = None         # the last record that was not written
+        self._transcript_failure: str | None = None
         self._logger = logging.Logger(f"phonehome_jump.audit[{self.path}]")  # outside the tree
         self._logger.propagate = False
         self._handler = _Handler(self.path, max_bytes, backups)
@@ -103,51 +105,76 @@ class AuditLog:
     # -- records ----------------------------------------------------------------------
     def record(self, event: str, **fields: Any) -> None:
         """Write one record; raises AuditError (fail closed) if it could not be written."""
-        now = time.time()
-        data = {"time": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds"),
-                "event": event, **{k: v for k, v in fields.items() if v is not None}}
-        line = json.dumps(REDACTOR.mask_data(data), ensure_ascii=False, default=str)
+        data = {"event": event, **{k: v for k, v in fields.items() if v is not None}}
         with self._lock:
-            self._handler.failure = None
-            self._logger.info(line)
-            failure = self._handler.failure
+            failure = self._write(data)
         if failure:
             self._failed(failure)
 
+    def _write(self, data: dict[str, Any]) -> str | None:
+        """Emit one masked JSON line (lock held); returns why it failed, or None."""
+        stamp = datetime.fromtimestamp(time.time(), timezone.utc).isoformat(timespec="milliseconds")
+        line = json.dumps(REDACTOR.mask_data({"time": stamp, **data}), ensure_ascii=False,
+                          default=str)
+        self._handler.failure = None
+        self._logger.info(line)
+        self._last_failure = self._handler.failure
+        return self._last_failure
+
     def check(self) -> None:
-        """Before an action: refuse it if the log cannot be written (when failing closed)."""
+        """Before an action: refuse it if the log (or the transcripts) cannot be written.
+
+        Opening is not enough after a failed write (a full disk opens fine): then a probe
+        record must be written before anything else may run.
+        """
         with self._lock:
+            failure = None
             try:
                 if self._handler.stream is None:     # first use, or closed after a failure
                     self._handler.stream = self._handler._open()
-                failure = None
             except OSError as exc:
                 failure = exc.strerror or str(exc)
+            if failure is None and self._last_failure is not None:
+                failure = self._write({"event": "audit_check",
+                                       "note": f"writing again after: {self._last_failure}"})
         if failure:
             self._failed(failure)
+        if self.transcripts is not None:
+            try:
+                self.transcripts.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if self._transcript_failure is not None:
+                    with _open_private(self.transcripts / ".writable", "a", "utf-8"):
+                        pass
+                    self._transcript_failure = None
+            except OSError as exc:
+                self._failed(exc.strerror or str(exc), f"the transcripts directory "
+                                                       f"{self.transcripts}")
 
-    def _failed(self, why: str) -> None:
+    def _failed(self, why: str, what: str | None = None) -> None:
+        what = what or f"the audit log {self.path}"
         if self.fail_closed:
-            raise AuditError(f"cannot write the audit log {self.path}: {why}",
-                             where="audit log",
+            raise AuditError(f"cannot write {what}: {why}", where="audit log",
                              hint="fix the path or its permissions (or free disk space); "
                                   "commands are refused until it can be written "
                                   "(audit.on_error: continue would only warn)")
-        log.warning("cannot write the audit log %s: %s (continuing: audit.on_error is "
-                    "continue)", self.path, why)
+        log.warning("cannot write %s: %s (continuing: audit.on_error is continue)", what, why)
 
     # -- transcripts ------------------------------------------------------------------
     def transcript(self, session_id: str, text: str) -> None:
-        """Append masked ``text`` to the session's transcript (if transcripts are on)."""
+        """Append masked ``text`` to the session's transcript (if transcripts are on).
+
+        Called after the action: a failure only warns here, and the next check() refuses.
+        """
         if self.transcripts is None:
             return
+        path = self.transcripts / f"{session_id}.log"
         try:
             self.transcripts.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with _open_private(self.transcripts / f"{session_id}.log", "a", "utf-8") as fh:
+            with _open_private(path, "a", "utf-8") as fh:
                 fh.write(REDACTOR.mask(text))
         except OSError as exc:
-            self._failed(f"transcript {self.transcripts / session_id}.log: "
-                         f"{exc.strerror or exc}")
+            self._transcript_failure = exc.strerror or str(exc)
+            log.warning("cannot write the transcript %s: %s", path, self._transcript_failure)
 
     def close(self) -> None:
         """Close the file; a later record reopens it (the MCP lifespan may start again)."""

@@ -25,7 +25,7 @@ from .errors import (LimitError, PhonehomeJumpError, PolicyError, SessionDeadErr
                      UnknownSessionError)
 from .inventory import Inventory, Target
 from .redact import add_secret
-from .session import DEFAULT_CAP, CommandResult, Session
+from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class SessionInfo:
     framing: str
     owner: str | None
     dead_reason: str | None = None
+    actor: str | None = None  # who opened it, as the audit log names them
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -56,6 +57,7 @@ class _Entry:
     owner: str | None
     actor: str | None = None
     pending: str | None = None    # a command still running: audited when it ends
+    typed: str = ""               # typed at the prompt without Enter yet (checked on Enter)
 
 
 class SessionManager:
@@ -167,10 +169,11 @@ class SessionManager:
             self._opening[name] -= 1
 
     def close(self, session_id: str, *, owner: str | None = None) -> None:
-        entry = self._entry(session_id, owner)
+        self._entry(session_id, owner)          # unknown or not the caller's: the usual error
         with self._lock:
-            self._entries.pop(session_id, None)
-        self._teardown(entry)
+            entry = self._entries.pop(session_id, None)
+        if entry is not None:                   # None: a concurrent close (or the reaper) won
+            self._teardown(entry)
 
     def close_all(self) -> None:
         with self._lock:
@@ -201,10 +204,21 @@ class SessionManager:
                 wait: float = 20.0, until: str | None = None, confirm: bool = False) -> CommandResult:
         """Run ``command`` (policy-checked, audited); see :meth:`Session.command`."""
         entry = self._entry(session_id, owner)
+        compile_pattern(until)                  # a bad pattern is refused before anything runs
         self._check_policy(entry, command, confirm=confirm, at_prompt=True)
         if self.audit:
             self.audit.check()
-        result = self._guard(session_id, owner, lambda s: s.command(command, wait=wait, until=until))
+        busy = entry.session.running            # then the session refuses it: nothing is sent
+        if not busy:
+            entry.pending = command
+        try:
+            result = self._guard(session_id, owner,
+                                 lambda s: s.command(command, wait=wait, until=until))
+        except PhonehomeJumpError as err:
+            if not busy:                        # sent, and the session died under it (reboot)
+                entry.pending = None
+                self._record(entry, "command", command=command, outcome="error", error=err.what)
+            raise
         self._finished(entry, result, command)
         return result
 
@@ -217,6 +231,16 @@ class SessionManager:
         sent as a secret), so a caller can answer a sudo prompt without ever knowing it.
         """
         entry = self._entry(session_id, owner)
+        # typed without Enter, a line leaves the session "running" (typed input), yet the
+        # shell is still at its prompt: the rest of that line is still a command line
+        running = entry.session.running and not entry.typed
+        if (secret or sudo_password) and not running:
+            # typed at the prompt, a secret would run as a command line (history, logs, argv)
+            raise SessionError("no command is waiting for input, so the secret was not typed: "
+                               "at the shell prompt it would run as a command",
+                               where=f"host {entry.session.target.name!r}",
+                               hint="run the command that asks for it first, then send the "
+                                    "secret while it waits (awaiting_input)")
         if sudo_password:
             target = entry.session.target
             ref = target.endpoint.auth.sudo_password
@@ -228,17 +252,21 @@ class SessionManager:
             text, secret = ref.resolve(f"host {target.name!r} sudo_password"), True
         if secret:
             add_secret(text)    # before anything can echo it (a refusal message included)
-        ends_line = (newline and bool(text)) or "\n" in text or "\r" in text
+        # the session sends "\n" for an empty text unless a control key goes instead
+        ends_line = "\n" in text or "\r" in text or (newline and bool(text or not control))
+        # At the prompt a line may be typed in pieces (newline=False, then Enter): the policy
+        # sees the whole line, whatever pieces it came in.
+        line = (entry.typed + text) if not running else text
         if ends_line:
-            self._check_policy(entry, text, confirm=confirm, at_prompt=not entry.session.running,
-                               secret=secret)
+            self._check_policy(entry, line, confirm=confirm, at_prompt=not running, secret=secret)
         if self.audit:
             self.audit.check()
-        at_prompt = not entry.session.running
         self._guard(session_id, owner, lambda s: s.send(text, newline=newline, control=control,
                                                           secret=secret))
-        if at_prompt and ends_line and entry.pending is None:
-            entry.pending = text.strip()     # a command typed at the prompt: audit its end too
+        if not running:
+            if ends_line and entry.pending is None and line.strip():
+                entry.pending = line.strip()    # a command typed at the prompt: audit its end
+            entry.typed = "" if ends_line or control else entry.typed + text
         shown = "********" if secret else text
         self._record(entry, "send", command=shown if text else None,
                      control=control, outcome="sent")
@@ -250,6 +278,7 @@ class SessionManager:
         entry = self._entry(session_id, owner)
         if offset is not None:      # paging a finished output works even on a dead session
             return entry.session.read(offset=offset)
+        compile_pattern(until)
         result = self._guard(session_id, owner, lambda s: s.read(wait=wait, until=until))
         self._finished(entry, result, None)
         return result
@@ -342,9 +371,10 @@ class SessionManager:
             if not e.session.running and now - e.session.last_activity > self.idle_timeout:
                 log.info("session %s idle for %.0fs: closing", e.id, now - e.session.last_activity)
                 with self._lock:
-                    self._entries.pop(e.id, None)
-                self._teardown(e, "idle timeout")
-                closed.append(e.id)
+                    mine = self._entries.pop(e.id, None) is e
+                if mine:                        # not closed meanwhile by its owner
+                    self._teardown(e, "idle timeout")
+                    closed.append(e.id)
         return closed
 
     def start_reaper(self, interval: float = 5.0) -> None:
@@ -386,7 +416,8 @@ class SessionManager:
         s = e.session
         return SessionInfo(id=e.id, host=s.target.name, chain=[h.name for h in s.target.chain],
                            created=e.created, last_activity=s.last_activity, state=s.state,
-                           cwd=s.cwd, framing=s.framer.name, owner=e.owner, dead_reason=s.dead)
+                           cwd=s.cwd, framing=s.framer.name, owner=e.owner, dead_reason=s.dead,
+                           actor=e.actor)
 
 
 def _new_id() -> str:

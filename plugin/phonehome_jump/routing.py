@@ -115,7 +115,7 @@ class Router:
                 hint=f"start the server with --agent {site}=HOST:PORT (the site's agent, e.g. its "
                      f"tunnel port on this machine), or remove `client: {site}` from the host")
         remote = agent.open(host, framing=framing, actor=actor)
-        info = replace(remote, id=f"{remote.id}@{site}", owner=owner)
+        info = replace(remote, id=f"{remote.id}@{site}", owner=owner, actor=actor)
         with self._lock:
             self._remote[info.id] = _Remote(site, remote.id, owner, info)
         return info
@@ -201,7 +201,8 @@ class Router:
             by_id = {i.id: i for i in live}
             for r in recs:
                 if r.remote_id in by_id:
-                    r.info = replace(by_id[r.remote_id], id=r.info.id, owner=r.owner)
+                    r.info = replace(by_id[r.remote_id], id=r.info.id, owner=r.owner,
+                                     actor=r.info.actor)
                     infos.append(r.info)
                 elif r.remote_id in pending:
                     infos.append(replace(r.info, state="dead", dead_reason=(
@@ -221,7 +222,8 @@ class Router:
             target.policy.check(text, host=target.name, confirm=confirm, at_prompt=at_prompt,
                                 secret=secret)
         except PolicyError as err:
-            self.manager.record("policy_refusal", strict=False, host=target.name,
+            self.manager.record("policy_refusal", strict=False, actor=rec.info.actor,
+                                host=target.name, chain=[h.name for h in target.chain],
                                 session_id=rec.info.id, command=text, rule=err.rule,
                                 outcome="needs_confirm" if err.needs_confirm else "refused")
             raise

@@ -283,7 +283,7 @@ def default_state_file() -> Path:
 
 def _record(info: SessionInfo) -> dict[str, Any]:
     return {"id": info.id, "host": info.host, "cwd": info.cwd, "created": info.created,
-            "framing": info.framing}
+            "framing": info.framing, "actor": info.actor}
 
 
 def _needs_password(target: Target) -> bool:
@@ -498,7 +498,9 @@ class Dispatcher:
         sid, cwd = rec["id"], rec.get("cwd")
         framing = rec.get("framing") if rec.get("framing") in ("sentinel", "native") else None
         try:
-            info = self.manager.open(rec["host"], framing=framing, session_id=sid)
+            actor = rec.get("actor") if isinstance(rec.get("actor"), str) else None
+            info = self.manager.open(rec["host"], framing=framing, session_id=sid,
+                                     actor=actor or self.actor)
         except PhonehomeJumpError as err:
             return err
         cwd_restored = False
@@ -565,7 +567,14 @@ class Dispatcher:
         with self._state_lock:
             records = [*self._pending.values(), *(_record(i) for i in self.manager.list())]
             if records != self._saved:
-                self._state.save(records)
+                try:
+                    self._state.save(records)
+                except OSError as exc:
+                    # the request itself succeeded: failing it now would orphan its session
+                    log.warning("cannot write the agent state file %s: %s; a restore after a "
+                                "restart will miss these sessions (check the directory and "
+                                "free space)", self._state.path, exc.strerror or exc)
+                    return
                 self._saved = records
 
 

@@ -284,7 +284,9 @@ class Session:
                 self._run = None
                 return False
             if not run.done and (until or stop_on_input):
-                window = run.text()[max(before - 256, 0):]
+                # a prompt may straddle chunks (look back), but output the caller was already
+                # given cannot match again (a second, identical prompt must be a new one)
+                window = run.text()[max(before - 256, run.delivered, 0):]
                 if until is not None and until.search(window):
                     return True
                 # only output the caller has not seen yet can be a new question
@@ -338,12 +340,13 @@ class Session:
         A command still running after ``wait`` (or that stops at an input prompt or at
         ``until``) returns ``running=True``; :meth:`read` continues it.
         """
+        pattern = compile_pattern(until)        # before anything is sent
         with self._lock:
             self._check_idle()
             self._drain()
             self._run = _Run(command, time.monotonic())
             self._write(self.framer.wrap(command) if self.framer.name == "sentinel" else command.rstrip("\n") + "\n")
-            stopped = self._pump(time.monotonic() + wait, until=_compile(until), stop_on_input=True)
+            stopped = self._pump(time.monotonic() + wait, until=pattern, stop_on_input=True)
             return self._result(awaiting=stopped)
 
     def send(self, text: str = "", *, newline: bool = True, control: str | None = None,
@@ -388,7 +391,7 @@ class Session:
                 return CommandResult(None, "", None, False, self.cwd, 0.0)
             stopped = False
             if not self._run.done and not self.dead:
-                stopped = self._pump(time.monotonic() + wait, until=_compile(until), stop_on_input=wait > 0)
+                stopped = self._pump(time.monotonic() + wait, until=compile_pattern(until), stop_on_input=wait > 0)
             return self._result(offset=offset, awaiting=stopped)
 
     def interrupt(self, wait: float = 5.0) -> CommandResult:
@@ -469,7 +472,8 @@ class Session:
             truncated=truncated, omitted=omitted, awaiting_input=awaiting and not run.done)
 
 
-def _compile(pattern: str | None) -> re.Pattern[str] | None:
+def compile_pattern(pattern: str | None) -> re.Pattern[str] | None:
+    """An ``until`` pattern, compiled; SessionError if it is not a valid regular expression."""
     if pattern is None:
         return None
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from phonehome_jump.errors import AuditError, PolicyError
+from phonehome_jump.errors import AuditError, PolicyError, SessionError
 from phonehome_jump.inventory import Inventory, SecretRef
 from phonehome_jump.manager import SessionManager
 from phonehome_jump.mcp_server import build_server
@@ -390,3 +390,31 @@ def test_canaries_in_workflow_reports_and_the_agent(lab, tmp_path, monkeypatch):
     for canary in (password, sudo, env_canary):
         leaks = [text for text in seen if canary in text]
         assert not leaks, f"a secret leaked: {leaks[0][:300]!r}"
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+def test_a_line_typed_in_pieces_is_checked_whole_and_secrets_never_hit_the_prompt(lab, tmp_path):
+    inv = Inventory.load(safety_inventory(lab, tmp_path))
+    with SessionManager(inv) as m:
+        sid = m.open("lab-target1").id
+        m.send(sid, "shutdown -r now", newline=False)      # typed, not entered: not a command yet
+        with pytest.raises(PolicyError, match="deny rule"):
+            m.send(sid, "")                                 # Enter: the whole line is checked
+        m.send(sid, control="c", newline=False)             # drop the line: a fresh prompt
+        assert not m.read(sid, wait=5).running
+        with pytest.raises(SessionError, match="no command is waiting for input"):
+            m.send(sid, "s3cret-typed-at-the-prompt", secret=True)
+        r = m.command(sid, "echo still here")
+        assert (r.output, r.exit_status) == ("still here\n", 0)
+
+
+def test_a_command_that_drops_the_connection_is_still_audited(lab, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    with SessionManager(Inventory.load(lab.inventory), audit_path=str(audit)) as m:
+        sid = m.open("lab-target1").id
+        with pytest.raises(SessionError):
+            m.command(sid, "kill -9 $PPID", wait=10)       # the login's sshd goes: no status
+    commands = [r for r in records(audit) if r["event"] == "command"]
+    assert [(r["command"], r["outcome"]) for r in commands] == [("kill -9 $PPID", "error")]
+    assert "session is dead" in commands[0]["error"]

@@ -73,3 +73,24 @@ def test_transcripts_are_masked_and_private(tmp_path):
     text = (tmp_path / "t" / "s-1.log").read_text()
     assert "canary-transcript-44" not in text and text.count("********") == 2
     assert stat.S_IMODE(os.stat(tmp_path / "t" / "s-1.log").st_mode) == 0o600
+
+
+def test_a_full_disk_keeps_refusing_until_a_record_is_written():
+    audit = AuditLog("/dev/full", max_bytes=0)     # opens fine, every write fails (ENOSPC)
+    audit.check()
+    with pytest.raises(AuditError, match="No space left"):
+        audit.record("command", command="true")
+    with pytest.raises(AuditError, match="No space left"):
+        audit.check()                            # opening works, so check() must probe
+    with pytest.raises(AuditError):
+        audit.check()
+
+
+def test_a_transcript_failure_warns_then_refuses_the_next_action(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    audit = AuditLog(tmp_path / "a.jsonl", transcripts=blocker / "t")
+    audit.transcript("s-1", "$ true\n")         # after the action: only a warning
+    assert "cannot write the transcript" in caplog.text
+    with pytest.raises(AuditError, match="transcripts directory"):
+        audit.check()
