@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 MASK = "********"
+log = logging.getLogger(__name__)
 
 
 class Redactor:
@@ -26,6 +27,12 @@ class Redactor:
     def add(self, value: str | None) -> None:
         if not value:
             return
+        if len(value) < 4 and value not in self._values:
+            # masked everywhere from now on: a short "secret" (a y/n answer marked secret by
+            # mistake) would star out that text in every session's output
+            log.warning("a secret of %d characters was registered: every occurrence of it is "
+                        "masked from now on; mark only real secrets (passwords) as secret",
+                        len(value))
         with self._lock:
             if value not in self._values:
                 # longest first: a secret that contains another is masked whole
