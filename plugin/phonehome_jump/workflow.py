@@ -460,7 +460,10 @@ class Workflow:
                 problems.append((self.at("targets", "tags"),
                                  f"targets.tags: no inventory host has every tag of "
                                  f"{', '.join(t.tags)}"))
-        if hosts:
+        if hosts is not None and not hosts:
+            problems.append((f"workflow {self.name!r}",
+                             "hosts is empty: omit it to run on every target"))
+        elif hosts is not None:
             for h in hosts:
                 if h not in names:
                     where = "--hosts"

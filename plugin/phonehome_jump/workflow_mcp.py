@@ -134,7 +134,9 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
     async def workflow_run(
         name: Annotated[str, Field(description="Workflow name (see workflow_list).")],
         ctx: Context,
-        hosts: Annotated[list[str] | None, Field(description="Only these of its target hosts.")] = None,
+        hosts: Annotated[list[str] | None, Field(
+            description="Only these of its target hosts (omit it for every target; an empty "
+                        "list is refused).")] = None,
         vars: Annotated[dict[str, str] | None, Field(description="Variables to set or override "
                                                                  "(not secrets).")] = None,
         wait: Annotated[float, Field(ge=0, description=f"Seconds to wait for the run (at most "

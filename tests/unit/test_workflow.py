@@ -438,3 +438,29 @@ steps:
     assert [s for s, _ in steps(r)] == ["failed", "skipped"]
     root = ET.fromstring(junit_xml(r))
     assert [c.get("name") for c in root.iter("testcase")][0] == "session"   # not 'connect'
+
+
+def test_an_empty_hosts_list_is_refused_not_every_target(tmp_path):
+    from phonehome_jump.workflow import run_workflow
+
+    [(where, what)] = problems(GOOD, hosts=[])
+    assert what == "hosts is empty: omit it to run on every target" and "demo" in where
+    wf = Workflow.from_text(GOOD, "wf.yaml")
+    m = FakeManager(INV)
+    with pytest.raises(WorkflowProblems, match="hosts is empty"):
+        run_workflow(wf, manager=m, hosts=[])
+    assert m.open_ids == {} and m.sent == []
+
+    import anyio
+    from mcp import Client
+
+    from phonehome_jump.mcp_server import build_server
+
+    (tmp_path / "demo.yaml").write_text(GOOD)
+
+    async def call():
+        async with Client(build_server(INV, workflows=tmp_path)) as client:
+            return await client.call_tool("workflow_run", {"name": "demo", "hosts": []})
+
+    r = anyio.run(call)
+    assert r.is_error and "hosts is empty: omit it to run on every target" in r.content[0].text
