@@ -552,9 +552,10 @@ class HostResult:
     vars: dict[str, str] = field(default_factory=dict)   # captures at the end
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["steps"] = [s.to_dict() for s in self.steps]
-        return d
+        steps = list(self.steps)        # a snapshot: the run may be appending to it
+        return {"host": self.host, "status": self.status,
+                "steps": [s.to_dict() for s in steps], "duration": self.duration,
+                "error": self.error, "vars": dict(self.vars)}
 
 
 @dataclass
@@ -569,7 +570,7 @@ class RunResult:
 
     @property
     def failed_hosts(self) -> list[str]:
-        return [h for h, r in self.hosts.items() if r.status == "failed"]
+        return [h for h, r in dict(self.hosts).items() if r.status == "failed"]
 
     @property
     def ok(self) -> bool:
@@ -580,10 +581,14 @@ class RunResult:
         return 0 if self.ok else 1
 
     def to_dict(self) -> dict[str, Any]:
+        # another thread may be running the workflow: iterate over copies (dict(d) and
+        # list(l) of builtins are single steps under the GIL), never over the live containers
+        hosts = dict(self.hosts)
         return {"workflow": self.workflow, "file": self.file, "started": self.started,
                 "duration": round(self.duration, 4), "dry_run": self.dry_run,
-                "finished": self.finished, "ok": self.ok, "failed_hosts": self.failed_hosts,
-                "hosts": {h: r.to_dict() for h, r in self.hosts.items()}}
+                "finished": self.finished, "ok": self.ok,
+                "failed_hosts": [h for h, r in hosts.items() if r.status == "failed"],
+                "hosts": {h: r.to_dict() for h, r in hosts.items()}}
 
 
 @dataclass(frozen=True)

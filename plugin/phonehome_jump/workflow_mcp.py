@@ -19,7 +19,7 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
 from .errors import PhonehomeJumpError, UnknownNameError, WorkflowError
-from .workflow import RunResult, Workflow, WorkflowLock, discover, run_workflow
+from .workflow import HostResult, RunResult, Workflow, WorkflowLock, discover, run_workflow
 
 MAX_STEP_OUTPUT = 8000          # characters of one step's output in a tool result
 KEEP_RUNS = 20                  # finished runs kept for workflow_status
@@ -153,14 +153,18 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
             wf = find(name)
             values = dict(vars or {})
             manager = rt.manager
-            wf.check(manager.inventory, hosts=hosts, vars=values)   # problems now, as tool errors
+            # problems now, as tool errors (hosts=[] too: it is not "every target")
+            names = wf.check(manager.inventory, hosts=hosts, vars=values)
             lock = WorkflowLock(wf).acquire(f"MCP workflow_run by client {owner}")
-            run = _Run("w-" + secrets.token_hex(6), RunResult(wf.name, wf.file, time.time(), {}),
-                       owner)
+            # every host is in the result before the worker starts, so a status read while
+            # the run starts never sees the dict change size
+            result = RunResult(wf.name, wf.file, time.time(),
+                               {n: HostResult(n, "pending") for n in names})
+            run = _Run("w-" + secrets.token_hex(6), result, owner)
 
             def work() -> None:
                 try:
-                    run_workflow(wf, manager=manager, hosts=hosts, vars=values, owner=owner,
+                    run_workflow(wf, manager=manager, hosts=names, vars=values, owner=owner,
                                  result=run.result)
                 except PhonehomeJumpError as err:
                     run.error = str(err)

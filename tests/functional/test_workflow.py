@@ -294,8 +294,11 @@ async def test_mcp_workflow_list_run_and_status(lab, wf_dir):
                                                "pwd"] and listed["parallel"]["problem"] is None
         assert "unknown group 'nope'" in listed["broken"]["problem"]
         # bounded by wait: returns running with a run id, status collects the rest
-        r = await ok(client, "workflow_run", name="parallel", wait=0.2)
+        r = await ok(client, "workflow_run", name="parallel", wait=0)
         assert r["running"] and r["run_id"] and "workflow_status" in r["note"]
+        # every host is in the result from the start (filled before the worker thread runs)
+        assert list(r["hosts"]) == ["lab-target1", "lab-target2", "lab-target3"]
+        assert {h["status"] for h in r["hosts"].values()} <= {"pending", "running"}
         while r["running"]:
             r = await ok(client, "workflow_status", run_id=r["run_id"], wait=10)
         assert r["ok"] and r["failed_hosts"] == [] and len(r["hosts"]) == 3

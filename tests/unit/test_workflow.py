@@ -464,3 +464,33 @@ def test_an_empty_hosts_list_is_refused_not_every_target(tmp_path):
 
     r = anyio.run(call)
     assert r.is_error and "hosts is empty: omit it to run on every target" in r.content[0].text
+
+
+def test_to_dict_is_safe_while_another_thread_fills_the_result():
+    import sys
+    import threading
+
+    r = RunResult("wf", "wf.yaml", 0.0, {})
+    stop = threading.Event()
+
+    def fill():                   # what a run does: hosts appear, steps are appended
+        i = 0
+        while not stop.is_set():
+            i += 1
+            hr = r.hosts.setdefault(f"h{i % 300}", HostResult(f"h{i % 300}", "pending"))
+            hr.steps.append(StepResult(len(hr.steps) + 1, "s", "true", "passed"))
+            if i % 900 == 0:
+                r.hosts.clear()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)   # switch threads often
+    t = threading.Thread(target=fill)
+    t.start()
+    try:
+        for _ in range(100):
+            r.to_dict()
+            assert isinstance(r.failed_hosts, list)
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(old)
