@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import string
 import threading
 import time
@@ -938,30 +939,63 @@ def state_dir() -> Path:
 
 
 class WorkflowLock:
-    """An flock(2) lock per workflow file, so a scheduled run never overlaps the previous one.
+    """An flock(2) lock per workflow *name*, so a scheduled run never overlaps the previous one.
 
-    The lock file is ``<state dir>/locks/<name>-<hash of the file's path>.lock`` (state dir:
-    $PHONEHOME_JUMP_STATE, else $XDG_STATE_HOME/phonehome-jump, else
-    ~/.local/state/phonehome-jump). The kernel drops the lock when the process ends, so a
-    crashed run never leaves a stale lock; the file keeps the holder's pid, host and start
-    time for the message others get.
+    The lock file is ``<state dir>/locks/<name>.lock`` (state dir: $PHONEHOME_JUMP_STATE, else
+    $XDG_STATE_HOME/phonehome-jump, else ~/.local/state/phonehome-jump; a name with
+    characters other than letters, digits, ``_.-`` gets them replaced and a hash of the name
+    appended). Two runs exclude each other when they use the **same state directory** and a
+    workflow of the **same name**, whichever file it was loaded from: for the CLI under a
+    scheduler and an MCP server (which may run as other users) to share it, give both the
+    same $PHONEHOME_JUMP_STATE. If the state directory grants its group access, the
+    ``locks`` directory and the lock files are made group-accessible too, so users of that
+    group share the locks; otherwise they are private (0700/0600).
+
+    The kernel drops the lock when the process ends, so a crashed run never leaves a stale
+    lock; the file keeps the holder's pid, host and start time for the message others get.
     """
 
     def __init__(self, wf: Workflow, directory: Path | None = None) -> None:
-        digest = hashlib.sha256(str(Path(wf.file).resolve()).encode()).hexdigest()[:12]
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", wf.name)[:60]
-        self.path = (directory or state_dir() / "locks") / f"{safe}-{digest}.lock"
+        if safe != wf.name:       # keep distinct names distinct
+            safe += "-" + hashlib.sha256(wf.name.encode()).hexdigest()[:8]
+        self.path = (directory or state_dir() / "locks") / f"{safe}.lock"
         self.wf = wf
         self._fd: int | None = None
 
+    def _open(self) -> int:
+        locks = self.path.parent
+        if not locks.is_dir():
+            try:              # the state dir's group access (and setgid) carry over
+                group = locks.parent.stat().st_mode & (0o070 | stat.S_ISGID)
+            except OSError:
+                group = 0
+            locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if group:
+                try:
+                    os.chmod(locks, 0o700 | group)      # past the umask
+                except OSError:
+                    pass
+        shared = locks.stat().st_mode & 0o030 == 0o030          # group may create files
+        mode = 0o660 if shared else 0o600
+        flags = os.O_RDWR | os.O_NOFOLLOW      # a shared directory: never follow a symlink
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            return os.open(self.path, flags)
+        if shared:
+            os.fchmod(fd, mode)                                  # past the umask
+        return fd
+
     def acquire(self, what: str = "workflow run") -> WorkflowLock:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = self._open()
         except OSError as exc:
             raise WorkflowLockedError(f"cannot create the lock file {self.path}: {exc.strerror}",
                                       where=f"workflow {self.wf.name!r}",
-                                      hint=f"set {STATE_ENV} to a writable directory") from exc
+                                      hint=f"set {STATE_ENV} to a directory this user can "
+                                           "write (shared with the other runs of this "
+                                           "workflow)") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -4,8 +4,9 @@ Registered by :func:`phonehome_jump.mcp_server.build_server` when a workflows di
 given (``serve --workflows DIR``, default ./workflows if it exists). A run goes on in a
 worker thread over the server's session manager (sessions owned by the calling client), so
 no call blocks longer than its ``wait``: a longer run returns ``running: true`` and a
-``run_id`` that ``workflow_status`` collects. The run takes the same lock as the CLI, so
-Claude cannot overlap a scheduled run of the same workflow.
+``run_id`` that ``workflow_status`` collects. The run takes the workflow's lock like the CLI
+(:class:`~phonehome_jump.workflow.WorkflowLock`), so it cannot overlap a scheduled run of the
+same workflow *when both use the same state directory* ($PHONEHOME_JUMP_STATE).
 """
 
 import secrets

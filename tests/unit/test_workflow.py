@@ -494,3 +494,56 @@ def test_to_dict_is_safe_while_another_thread_fills_the_result():
         stop.set()
         t.join()
         sys.setswitchinterval(old)
+
+
+def test_the_lock_is_per_workflow_name_in_the_state_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("PHONEHOME_JUMP_STATE", str(tmp_path / "state"))
+    a = Workflow.from_text(GOOD, str(tmp_path / "a" / "wf.yaml"))
+    copy = Workflow.from_text(GOOD, str(tmp_path / "b" / "copy.yaml"))     # same name
+    other = Workflow.from_text(GOOD.replace("name: demo", "name: other"), str(tmp_path / "o.yaml"))
+    odd = Workflow.from_text(GOOD.replace("name: demo", "name: 'sl1 / nightly'"), "x.yaml")
+    assert WorkflowLock(a).path == tmp_path / "state" / "locks" / "demo.lock"
+    assert WorkflowLock(odd).path.name.startswith("sl1___nightly-")
+    with WorkflowLock(a).acquire("cron"):
+        with pytest.raises(WorkflowLockedError, match="cron"):
+            WorkflowLock(copy).acquire("MCP")
+        WorkflowLock(other).acquire().release()
+    # another state directory is another lock
+    monkeypatch.setenv("PHONEHOME_JUMP_STATE", str(tmp_path / "elsewhere"))
+    with WorkflowLock(a).acquire("cron"):
+        monkeypatch.setenv("PHONEHOME_JUMP_STATE", str(tmp_path / "state"))
+        WorkflowLock(copy).acquire("MCP").release()
+
+
+@pytest.mark.parametrize("state_mode,locks_mode,file_mode", [
+    (0o700, 0o700, 0o600),            # private state directory: private locks
+    (0o770, 0o770, 0o660),            # the group may use it: so it may use the locks
+    (0o2770, 0o2770, 0o660),          # setgid kept, so lock files get the shared group
+])
+def test_lock_files_follow_the_state_directorys_group_access(tmp_path, monkeypatch, state_mode,
+                                                             locks_mode, file_mode):
+    import os
+    import stat as st
+
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chmod(state, state_mode)
+    monkeypatch.setenv("PHONEHOME_JUMP_STATE", str(state))
+    old = os.umask(0o077)             # the group bits are set past a strict umask
+    try:
+        lock = WorkflowLock(Workflow.from_text(GOOD, "wf.yaml")).acquire()
+        lock.release()
+    finally:
+        os.umask(old)
+    assert st.S_IMODE(lock.path.parent.stat().st_mode) == locks_mode
+    assert st.S_IMODE(lock.path.stat().st_mode) == file_mode
+
+
+def test_the_lock_never_follows_a_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    wf = Workflow.from_text(GOOD, "wf.yaml")
+    (tmp_path / "demo.lock").symlink_to(victim)
+    with pytest.raises(WorkflowLockedError, match="cannot create the lock file"):
+        WorkflowLock(wf, tmp_path).acquire()
+    assert victim.read_text() == "keep me"
