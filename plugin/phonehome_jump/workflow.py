@@ -9,6 +9,8 @@ the steps run in order in **one** persistent session (cwd and shell state carry 
 hosts run in parallel up to ``concurrency``. Substitution is :class:`string.Template` with
 only the braced form ``${name}`` recognised, so shell syntax (``$HOME``, ``$?``, ``$(cmd)``,
 ``$1``) passes through untouched; ``$${name}`` writes a literal ``${name}`` for the shell.
+In the regular expressions (``assert``, ``capture.regex``) a value is substituted escaped:
+``${ver}`` matches the value literally (``1.2.3`` does not match ``1x2y3``).
 
 Names available to ``${...}``: ``vars``, ``--var`` values, captures of *earlier* steps,
 and the built-ins ``host`` (inventory name) and ``workflow``. :meth:`Workflow.check` (which
@@ -31,6 +33,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import string
 import threading
 import time
@@ -43,7 +46,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic import field_validator, model_validator
 
-from .errors import PhonehomeJumpError, SecretError, WorkflowError, WorkflowLockedError
+from .errors import (PhonehomeJumpError, PolicyError, SecretError, WorkflowError,
+                     WorkflowLockedError)
 from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _LineLoader, _suggest
 from .manager import SessionManager
 
@@ -78,7 +82,13 @@ def names_in(text: str) -> list[str]:
     return BracedTemplate(text).get_identifiers()
 
 
-def substitute(text: str, values: Mapping[str, str]) -> str:
+def substitute(text: str, values: Mapping[str, str], *, regex: bool = False) -> str:
+    """``${name}`` -> its value; ``regex=True`` escapes the values (they match literally).
+
+    Raises KeyError naming a variable that has no value.
+    """
+    if regex:
+        values = {k: re.escape(v) for k, v in values.items()}
     return BracedTemplate(text).substitute(values)
 
 
@@ -396,6 +406,8 @@ class Workflow:
             if step.assert_ is not None:
                 texts += [(("assert", k), getattr(step.assert_, k)) for k in ("regex", "not_regex")
                           if getattr(step.assert_, k)]
+            if step.capture is not None and step.capture.regex is not None:
+                texts.append((("capture", "regex"), step.capture.regex))
             for key, text in texts:
                 path = ("steps", i) + (key if isinstance(key, tuple) else (key,))
                 for name in names_in(text):
@@ -449,7 +461,10 @@ class Workflow:
                 problems.append((self.at("targets", "tags"),
                                  f"targets.tags: no inventory host has every tag of "
                                  f"{', '.join(t.tags)}"))
-        if hosts:
+        if hosts is not None and not hosts:
+            problems.append((f"workflow {self.name!r}",
+                             "hosts is empty: omit it to run on every target"))
+        elif hosts is not None:
             for h in hosts:
                 if h not in names:
                     where = "--hosts"
@@ -538,9 +553,10 @@ class HostResult:
     vars: dict[str, str] = field(default_factory=dict)   # captures at the end
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["steps"] = [s.to_dict() for s in self.steps]
-        return d
+        steps = list(self.steps)        # a snapshot: the run may be appending to it
+        return {"host": self.host, "status": self.status,
+                "steps": [s.to_dict() for s in steps], "duration": self.duration,
+                "error": self.error, "vars": dict(self.vars)}
 
 
 @dataclass
@@ -555,7 +571,7 @@ class RunResult:
 
     @property
     def failed_hosts(self) -> list[str]:
-        return [h for h, r in self.hosts.items() if r.status == "failed"]
+        return [h for h, r in dict(self.hosts).items() if r.status == "failed"]
 
     @property
     def ok(self) -> bool:
@@ -566,10 +582,14 @@ class RunResult:
         return 0 if self.ok else 1
 
     def to_dict(self) -> dict[str, Any]:
+        # another thread may be running the workflow: iterate over copies (dict(d) and
+        # list(l) of builtins are single steps under the GIL), never over the live containers
+        hosts = dict(self.hosts)
         return {"workflow": self.workflow, "file": self.file, "started": self.started,
                 "duration": round(self.duration, 4), "dry_run": self.dry_run,
-                "finished": self.finished, "ok": self.ok, "failed_hosts": self.failed_hosts,
-                "hosts": {h: r.to_dict() for h, r in self.hosts.items()}}
+                "finished": self.finished, "ok": self.ok,
+                "failed_hosts": [h for h, r in hosts.items() if r.status == "failed"],
+                "hosts": {h: r.to_dict() for h, r in hosts.items()}}
 
 
 @dataclass(frozen=True)
@@ -686,13 +706,77 @@ class _HostRun:
                       message=sr.message)
 
     def step(self, sid: str, index: int, step: StepSpec) -> StepResult:
-        command = substitute(step.run, self.values)
+        """Run one step; a mistake in it (an uncaptured variable, a policy refusal, an unset
+        secret) is a failed step with a message, so ``on_fail`` decides what happens next.
+
+        Failures of the session itself (dead, unreachable, audit log unwritable) raise.
+        """
+        try:
+            command = self._sub(index, step.run)
+        except _StepProblem as problem:
+            return StepResult(index, step.label, step.run, "failed", message=problem.message)
         sr = StepResult(index, step.label, command, "failed")
-        timeout = step.timeout or self.wf.spec.step_timeout
         t0 = time.monotonic()
+        pieces: list[str] = []
+        try:
+            self._execute(sid, index, step, sr, pieces, t0)
+        except _StepProblem as problem:
+            sr.message = problem.message
+        except (PolicyError, SecretError) as err:
+            # refused before it was sent (policy), or while it runs (an answer's secret is
+            # unset, a typed answer is refused): then interrupt it so the session stays usable
+            sr.message = _one_line(err, self.host)
+            if pieces:                            # the command was sent
+                res = self._interrupt(sid, pieces, if_running=True)
+                sr.output, sr.exit_status = "".join(pieces), res.exit_status
+            sr.duration = round(time.monotonic() - t0, 4)
+        if sr.message is None:
+            sr.status = "passed"
+        return sr
+
+    def _sub(self, index: int, text: str, *, regex: bool = False) -> str:
+        try:
+            return substitute(text, self.values, regex=regex)
+        except KeyError as exc:
+            raise _StepProblem(self._missing(index, str(exc.args[0]))) from None
+        except ValueError as exc:
+            raise _StepProblem(f"cannot substitute variables: {exc}") from None
+
+    def _search(self, index: int, pattern: str, output: str) -> re.Match[str] | None:
+        regex = self._sub(index, pattern, regex=True)
+        try:
+            return re.search(regex, output, re.MULTILINE)
+        except re.error as exc:
+            raise _StepProblem(f"{pattern!r} with the variables substituted is not a valid "
+                               f"regular expression ({exc})") from None
+
+    def _missing(self, index: int, name: str) -> str:
+        """Why ``name`` has no value at step ``index`` (check() already caught the rest)."""
+        earlier = [j for j, s in enumerate(self.wf.spec.steps[:index - 1], 1)
+                   if s.capture is not None and s.capture.name == name]
+        if earlier:
+            j = earlier[-1]
+            status = self.result.steps[j - 1].status if j <= len(self.result.steps) else "failed"
+            return f"variable '{name}' was not captured (step {j} {status})"
+        return f"variable '{name}' is not defined"
+
+    def _interrupt(self, sid: str, pieces: list[str], *, if_running: bool = False) -> Any:
+        """Ctrl-C the running command; its output so far goes to ``pieces``."""
+        res = self.m.read(sid, owner=self.owner, wait=0)
+        pieces.append(res.output)
+        if if_running and not res.running:
+            return res
+        self.m.send(sid, control="c", newline=False, owner=self.owner)
+        res = self.m.read(sid, owner=self.owner, wait=5)
+        pieces.append(res.output)
+        return res
+
+    def _execute(self, sid: str, index: int, step: StepSpec, sr: StepResult, pieces: list[str],
+                 t0: float) -> None:
+        command = sr.command
+        timeout = step.timeout or self.wf.spec.step_timeout
         deadline = t0 + timeout
         answers = list(step.answer)
-        pieces: list[str] = []
         truncated = False
         seen = 0                                  # output already matched against an answer
 
@@ -717,18 +801,14 @@ class _HostRun:
                        f"waits for input no answer matches: {_last_line(text)!r}"
                        if res.awaiting_input else f"was still running after {timeout:g}s")
                 sr.message = f"the command {why}; interrupted it (Ctrl-C)"
-                res = self.m.read(sid, owner=self.owner, wait=0)
-                pieces.append(res.output)
-                self.m.send(sid, control="c", newline=False, owner=self.owner)
-                res = self.m.read(sid, owner=self.owner, wait=5)
-                pieces.append(res.output)
+                res = self._interrupt(sid, pieces)
                 sr.output, sr.duration = _join(pieces), round(time.monotonic() - t0, 4)
                 sr.exit_status = res.exit_status
-                return sr
+                return
             res = self.m.read(sid, owner=self.owner, wait=max(0.0, deadline - time.monotonic()),
                               until=until())
         if truncated:                             # the whole output, not head + tail
-            pieces = [_all_output(self.m, sid, self.owner)]
+            pieces[:] = [_all_output(self.m, sid, self.owner)]
         output = "".join(pieces)
         sr.output, sr.exit_status = output, res.exit_status
         sr.duration = round(time.monotonic() - t0, 4)
@@ -736,32 +816,42 @@ class _HostRun:
             sr.message = f"prompt {answers[0].prompt!r} never appeared"
         elif (why := _expected(step, res.exit_status)) is not None:
             sr.message = why
-        elif (why := self._asserts(step, output)) is not None:
+        elif (why := self._asserts(index, step, output)) is not None:
             sr.message = why
         elif step.capture is not None:
             if step.capture.regex is None:
                 value: str | None = output.rstrip("\n")
             else:
-                m = re.search(substitute(step.capture.regex, self.values), output, re.MULTILINE)
+                m = self._search(index, step.capture.regex, output)
                 value = None if m is None else (m.group(1) if m.re.groups else m.group(0))
             if value is None:
                 sr.message = f"capture {step.capture.name}: {step.capture.regex!r} did not match"
             else:
                 self.values[step.capture.name] = sr.captured[step.capture.name] = value
-        if sr.message is None:
-            sr.status = "passed"
-        return sr
 
-    def _asserts(self, step: StepSpec, output: str) -> str | None:
+    def _asserts(self, index: int, step: StepSpec, output: str) -> str | None:
         a = step.assert_
         if a is None:
             return None
-        if a.regex and not re.search(substitute(a.regex, self.values), output, re.MULTILINE):
+        if a.regex and not self._search(index, a.regex, output):
             return f"assert: {a.regex!r} does not match the output"
-        if a.not_regex and (m := re.search(substitute(a.not_regex, self.values), output,
-                                           re.MULTILINE)):
+        if a.not_regex and (m := self._search(index, a.not_regex, output)):
             return f"assert: not_regex {a.not_regex!r} matches {m.group(0)[:80]!r}"
         return None
+
+
+class _StepProblem(Exception):
+    """A mistake in one step (not the session's): the step fails with ``message``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _one_line(err: PhonehomeJumpError, host: str) -> str:
+    """``where: what (try: hint)`` on one line, for a step's message (the host is known)."""
+    text = f"{err.where}: {err.what}" if err.where and err.where != f"host {host!r}" else err.what
+    return text + (f" (try: {err.hint})" if err.hint else "")
 
 
 def _join(pieces: list[str]) -> str:
@@ -849,30 +939,63 @@ def state_dir() -> Path:
 
 
 class WorkflowLock:
-    """An flock(2) lock per workflow file, so a scheduled run never overlaps the previous one.
+    """An flock(2) lock per workflow *name*, so a scheduled run never overlaps the previous one.
 
-    The lock file is ``<state dir>/locks/<name>-<hash of the file's path>.lock`` (state dir:
-    $PHONEHOME_JUMP_STATE, else $XDG_STATE_HOME/phonehome-jump, else
-    ~/.local/state/phonehome-jump). The kernel drops the lock when the process ends, so a
-    crashed run never leaves a stale lock; the file keeps the holder's pid, host and start
-    time for the message others get.
+    The lock file is ``<state dir>/locks/<name>.lock`` (state dir: $PHONEHOME_JUMP_STATE, else
+    $XDG_STATE_HOME/phonehome-jump, else ~/.local/state/phonehome-jump; a name with
+    characters other than letters, digits, ``_.-`` gets them replaced and a hash of the name
+    appended). Two runs exclude each other when they use the **same state directory** and a
+    workflow of the **same name**, whichever file it was loaded from: for the CLI under a
+    scheduler and an MCP server (which may run as other users) to share it, give both the
+    same $PHONEHOME_JUMP_STATE. If the state directory grants its group access, the
+    ``locks`` directory and the lock files are made group-accessible too, so users of that
+    group share the locks; otherwise they are private (0700/0600).
+
+    The kernel drops the lock when the process ends, so a crashed run never leaves a stale
+    lock; the file keeps the holder's pid, host and start time for the message others get.
     """
 
     def __init__(self, wf: Workflow, directory: Path | None = None) -> None:
-        digest = hashlib.sha256(str(Path(wf.file).resolve()).encode()).hexdigest()[:12]
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", wf.name)[:60]
-        self.path = (directory or state_dir() / "locks") / f"{safe}-{digest}.lock"
+        if safe != wf.name:       # keep distinct names distinct
+            safe += "-" + hashlib.sha256(wf.name.encode()).hexdigest()[:8]
+        self.path = (directory or state_dir() / "locks") / f"{safe}.lock"
         self.wf = wf
         self._fd: int | None = None
 
+    def _open(self) -> int:
+        locks = self.path.parent
+        if not locks.is_dir():
+            try:              # the state dir's group access (and setgid) carry over
+                group = locks.parent.stat().st_mode & (0o070 | stat.S_ISGID)
+            except OSError:
+                group = 0
+            locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if group:
+                try:
+                    os.chmod(locks, 0o700 | group)      # past the umask
+                except OSError:
+                    pass
+        shared = locks.stat().st_mode & 0o030 == 0o030          # group may create files
+        mode = 0o660 if shared else 0o600
+        flags = os.O_RDWR | os.O_NOFOLLOW      # a shared directory: never follow a symlink
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            return os.open(self.path, flags)
+        if shared:
+            os.fchmod(fd, mode)                                  # past the umask
+        return fd
+
     def acquire(self, what: str = "workflow run") -> WorkflowLock:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = self._open()
         except OSError as exc:
             raise WorkflowLockedError(f"cannot create the lock file {self.path}: {exc.strerror}",
                                       where=f"workflow {self.wf.name!r}",
-                                      hint=f"set {STATE_ENV} to a writable directory") from exc
+                                      hint=f"set {STATE_ENV} to a directory this user can "
+                                           "write (shared with the other runs of this "
+                                           "workflow)") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -927,9 +1050,10 @@ def junit_xml(result: RunResult) -> str:
             errors=str(int(hr.error is not None)),
             skipped=str(sum(s.status == "skipped" for s in hr.steps)), time=f"{hr.duration:.3f}",
             timestamp=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(result.started)))
-        if hr.error:
+        if hr.error:     # before any step ran: it could not connect; else the session died
+            opened = any(s.status != "skipped" for s in hr.steps)
             case = ET.SubElement(suite, "testcase", classname=f"{result.workflow}.{host}",
-                                 name="connect", time="0")
+                                 name="session" if opened else "connect", time="0")
             ET.SubElement(case, "error", message=hr.error.splitlines()[0]).text = hr.error
         for s in hr.steps:
             case = ET.SubElement(suite, "testcase", classname=f"{result.workflow}.{host}",

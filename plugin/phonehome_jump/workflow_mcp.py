@@ -4,8 +4,9 @@ Registered by :func:`phonehome_jump.mcp_server.build_server` when a workflows di
 given (``serve --workflows DIR``, default ./workflows if it exists). A run goes on in a
 worker thread over the server's session manager (sessions owned by the calling client), so
 no call blocks longer than its ``wait``: a longer run returns ``running: true`` and a
-``run_id`` that ``workflow_status`` collects. The run takes the same lock as the CLI, so
-Claude cannot overlap a scheduled run of the same workflow.
+``run_id`` that ``workflow_status`` collects. The run takes the workflow's lock like the CLI
+(:class:`~phonehome_jump.workflow.WorkflowLock`), so it cannot overlap a scheduled run of the
+same workflow *when both use the same state directory* ($PHONEHOME_JUMP_STATE).
 """
 
 import secrets
@@ -19,7 +20,7 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
 from .errors import PhonehomeJumpError, UnknownNameError, WorkflowError
-from .workflow import RunResult, Workflow, WorkflowLock, discover, run_workflow
+from .workflow import HostResult, RunResult, Workflow, WorkflowLock, discover, run_workflow
 
 MAX_STEP_OUTPUT = 8000          # characters of one step's output in a tool result
 KEEP_RUNS = 20                  # finished runs kept for workflow_status
@@ -134,7 +135,9 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
     async def workflow_run(
         name: Annotated[str, Field(description="Workflow name (see workflow_list).")],
         ctx: Context,
-        hosts: Annotated[list[str] | None, Field(description="Only these of its target hosts.")] = None,
+        hosts: Annotated[list[str] | None, Field(
+            description="Only these of its target hosts (omit it for every target; an empty "
+                        "list is refused).")] = None,
         vars: Annotated[dict[str, str] | None, Field(description="Variables to set or override "
                                                                  "(not secrets).")] = None,
         wait: Annotated[float, Field(ge=0, description=f"Seconds to wait for the run (at most "
@@ -151,14 +154,18 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
             wf = find(name)
             values = dict(vars or {})
             manager = rt.manager
-            wf.check(manager.inventory, hosts=hosts, vars=values)   # problems now, as tool errors
+            # problems now, as tool errors (hosts=[] too: it is not "every target")
+            names = wf.check(manager.inventory, hosts=hosts, vars=values)
             lock = WorkflowLock(wf).acquire(f"MCP workflow_run by client {owner}")
-            run = _Run("w-" + secrets.token_hex(6), RunResult(wf.name, wf.file, time.time(), {}),
-                       owner)
+            # every host is in the result before the worker starts, so a status read while
+            # the run starts never sees the dict change size
+            result = RunResult(wf.name, wf.file, time.time(),
+                               {n: HostResult(n, "pending") for n in names})
+            run = _Run("w-" + secrets.token_hex(6), result, owner)
 
             def work() -> None:
                 try:
-                    run_workflow(wf, manager=manager, hosts=hosts, vars=values, owner=owner,
+                    run_workflow(wf, manager=manager, hosts=names, vars=values, owner=owner,
                                  result=run.result)
                 except PhonehomeJumpError as err:
                     run.error = str(err)

@@ -294,8 +294,11 @@ async def test_mcp_workflow_list_run_and_status(lab, wf_dir):
                                                "pwd"] and listed["parallel"]["problem"] is None
         assert "unknown group 'nope'" in listed["broken"]["problem"]
         # bounded by wait: returns running with a run id, status collects the rest
-        r = await ok(client, "workflow_run", name="parallel", wait=0.2)
+        r = await ok(client, "workflow_run", name="parallel", wait=0)
         assert r["running"] and r["run_id"] and "workflow_status" in r["note"]
+        # every host is in the result from the start (filled before the worker thread runs)
+        assert list(r["hosts"]) == ["lab-target1", "lab-target2", "lab-target3"]
+        assert {h["status"] for h in r["hosts"].values()} <= {"pending", "running"}
         while r["running"]:
             r = await ok(client, "workflow_status", run_id=r["run_id"], wait=10)
         assert r["ok"] and r["failed_hosts"] == [] and len(r["hosts"]) == 3
@@ -331,7 +334,7 @@ def test_example_lab_workflows_pass_on_the_lab(lab, lab_inventory):
 
 def test_a_missing_secret_fails_its_step_and_names_the_variable(lab, lab_inventory, monkeypatch):
     monkeypatch.delenv("PHJ_WF_UNSET", raising=False)
-    wf = Workflow.from_text("""\
+    wf = Workflow.from_text(wf_text := """\
 name: unset
 targets: {hosts: [lab-sudo]}
 steps:
@@ -341,5 +344,72 @@ steps:
 """, "unset.yaml")
     r = run_workflow(wf, lab_inventory)
     hr = r.hosts["lab-sudo"]
-    assert r.failed_hosts == ["lab-sudo"] and "PHJ_WF_UNSET is not set" in hr.error
+    # a failed step (the session is fine), not a host error; on_fail: stop skips the rest
+    assert r.failed_hosts == ["lab-sudo"] and hr.error is None
     assert [s.status for s in hr.steps] == ["failed", "skipped"]
+    assert "PHJ_WF_UNSET is not set" in hr.steps[0].message
+    # on_fail: continue: the sudo prompt was interrupted, the session goes on
+    wf = Workflow.from_text(wf_text.replace("send: env:PHJ_WF_UNSET}]",
+                                            "send: env:PHJ_WF_UNSET}]\n    on_fail: continue"),
+                            "unset.yaml")
+    hr = run_workflow(wf, lab_inventory).hosts["lab-sudo"]
+    assert [s.status for s in hr.steps] == ["failed", "passed"], hr.to_dict()
+    assert "password" in hr.steps[0].output
+    assert hr.steps[1].output == "never\n" and hr.error is None
+
+
+def lab_inventory_with(lab, tmp_path: Path, extra: str) -> Path:
+    """The lab inventory with ``extra`` (indented lines) added to its defaults."""
+    text = lab.inventory.read_text()
+    assert "  keepalive: 15\n" in text
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text.replace("  keepalive: 15\n", "  keepalive: 15\n" + extra))
+    return path
+
+
+MISTAKES = """\
+name: mistakes
+targets: {hosts: [lab-target1, lab-target2]}
+steps:
+  - run: echo '1.2.3 (beta'
+    capture: {name: tag, regex: '(\\(\\S+)'}
+  - run: echo 'x (beta'
+    assert: {regex: ' ${tag}$'}
+  - run: echo 1.2.3
+    capture: v
+  - run: echo 1x2y3
+    assert: {not_regex: '^${v}$'}
+  - run: echo 1x2y3
+    capture: {name: ver, regex: 'release (\\S+)'}
+    on_fail: continue
+  - run: echo "using ${ver}"
+    on_fail: continue
+  - run: echo a; reboot
+    on_fail: continue
+  - run: pwd
+"""
+
+
+def test_step_mistakes_fail_their_step_and_the_run_ends_with_exit_1_and_reports(lab, tmp_path):
+    """A capture that failed, regex characters in a value, a policy refusal: failed steps."""
+    inventory = lab_inventory_with(lab, tmp_path, "  policy: {deny: ['\\breboot\\b']}\n")
+    path = wf_file(tmp_path, MISTAKES)
+    report, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    proc = cli(lab, "workflow", "run", str(path), "--report", str(report), "--junit", str(junit),
+               inventory=inventory)
+    assert proc.returncode == 1, proc.stderr             # not 70 (internal error)
+    assert "0/2 hosts passed" in proc.stdout
+    data = json.loads(report.read_text())
+    for host in ("lab-target1", "lab-target2"):
+        hr = data["hosts"][host]
+        assert hr["error"] is None
+        assert [s["status"] for s in hr["steps"]] == \
+            ["passed", "passed", "passed", "passed", "failed", "failed", "failed", "passed"], hr
+        assert hr["steps"][0]["captured"] == {"tag": "(beta"}
+        assert hr["steps"][5]["message"] == "variable 'ver' was not captured (step 5 failed)"
+        assert "deny rule" in hr["steps"][6]["message"]
+        assert hr["steps"][7]["output"] == "/home/phjkey\n"      # the session went on
+    root = ET.parse(junit).getroot()
+    assert (root.get("errors"), root.get("failures")) == ("0", "6")
+    assert "connect" not in [c.get("name") for c in root.iter("testcase")]
+    assert any("step 7/8 failed" in line for line in proc.stderr.splitlines())

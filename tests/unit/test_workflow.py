@@ -235,3 +235,315 @@ def test_mcp_workflow_tools_are_typed_annotated_and_only_with_a_directory():
         props = t.input_schema.get("properties", {})
         assert "ctx" not in props and all(p.get("description") for p in props.values()), name
     assert got["workflow_run"].input_schema["required"] == ["name"]
+
+
+# ----------------------------------------------------------------------------- running steps
+# A scripted stand-in for SessionManager (no SSH): `echo X` prints X, `fail` exits 1, `ask`
+# waits at 'Password: ' until Ctrl-C (exit 130); the inventory's policy is checked as the
+# manager does. The run logic is what is tested, not the sessions.
+
+class FakeManager:
+    def __init__(self, inventory: Inventory, audit_error: bool = False) -> None:
+        from phonehome_jump.session import CommandResult
+
+        self.inventory, self.audit_error, self.CR = inventory, audit_error, CommandResult
+        self.sent: list[tuple[str, str]] = []       # (command or typed text, host)
+        self.open_ids: dict[str, str] = {}
+        self.running: dict[str, bool] = {}
+
+    def _res(self, output="", status=0, running=False, awaiting=False):
+        return self.CR(None, output, None if running else status, running, "/", 0.0,
+                       awaiting_input=awaiting)
+
+    def open(self, host, *, owner=None, actor=None):
+        from types import SimpleNamespace
+        sid = f"s{len(self.open_ids) + 1}"
+        self.open_ids[sid], self.running[sid] = host, False
+        return SimpleNamespace(id=sid)
+
+    def close(self, sid, *, owner=None):
+        self.open_ids.pop(sid)
+
+    def record(self, *a, **k):
+        pass
+
+    def command(self, sid, command, *, owner=None, wait=20.0, until=None, confirm=False):
+        from phonehome_jump.errors import AuditError
+        host = self.open_ids[sid]
+        self.inventory.target(host).policy.check(command, host=host, confirm=confirm)
+        if self.audit_error:
+            raise AuditError("cannot write the audit log", where="audit.jsonl")
+        self.sent.append((command, host))
+        if command.startswith("echo "):
+            return self._res(command[5:] + "\n")
+        if command == "fail":
+            return self._res(status=1)
+        if command == "ask":
+            self.running[sid] = True
+            return self._res("Password: ", running=True, awaiting=True)
+        return self._res()
+
+    def read(self, sid, *, owner=None, wait=0.0, until=None, offset=None):
+        if self.running[sid]:
+            return self._res(running=True, awaiting=True)
+        return self._res()
+
+    def send(self, sid, text="", *, owner=None, newline=True, control=None, secret=False,
+             confirm=False):
+        self.sent.append((f"^{control}" if control else text, self.open_ids[sid]))
+        if control == "c" and self.running[sid]:
+            self.running[sid] = False
+
+
+RUN_INV = Inventory.from_text("""
+defaults: {policy: {deny: ['\\breboot\\b']}}
+hosts:
+  h1: {host: 10.0.0.1}
+  h2: {host: 10.0.0.2}
+""", "inv.yaml")
+
+
+def run(text: str, **kw):
+    from phonehome_jump.workflow import run_workflow
+
+    m = FakeManager(RUN_INV, **{k: kw.pop(k) for k in ("audit_error",) if k in kw})
+    r = run_workflow(Workflow.from_text(text, "wf.yaml"), manager=m, **kw)
+    assert not m.open_ids                   # every session closed
+    return r, m
+
+
+def steps(r: RunResult, host: str = "h1") -> list[tuple[str, str | None]]:
+    return [(s.status, s.message) for s in r.hosts[host].steps]
+
+
+def test_regex_substitution_escapes_the_values():
+    assert substitute("^${v}$", {"v": "1.2.3"}, regex=True) == r"^1\.2\.3$"
+    assert substitute("x ${v}", {"v": "(beta"}, regex=True) == r"x \(beta"
+    assert substitute("echo ${v}", {"v": "1.2.3"}) == "echo 1.2.3"      # run: as it is
+
+
+def test_a_capture_that_failed_fails_the_step_using_it_and_on_fail_decides():
+    r, m = run("""\
+name: a
+targets: {hosts: [h1, h2]}
+steps:
+  - run: echo version 8.12
+    capture: {name: ver, regex: 'release (\\S+)'}
+    on_fail: continue
+  - run: echo using ${ver}
+    on_fail: continue
+  - run: echo after
+  - run: echo ${ver} again
+  - run: echo never
+""")
+    for host in ("h1", "h2"):                   # the run finished: every host has a result
+        got = steps(r, host)
+        assert got[0][0] == "failed" and "did not match" in got[0][1]
+        assert got[1] == ("failed", "variable 'ver' was not captured (step 1 failed)")
+        assert got[2] == ("passed", None)
+        assert got[3] == ("failed", "variable 'ver' was not captured (step 1 failed)")
+        assert got[4] == ("skipped", "step 4 failed")          # on_fail: stop (default)
+        assert r.hosts[host].error is None
+        assert r.hosts[host].steps[1].command == "echo using ${ver}"  # never sent
+    assert r.finished and r.failed_hosts == ["h1", "h2"] and r.exit_code == 1
+    assert sorted(c for c, _ in m.sent) == ["echo after"] * 2 + ["echo version 8.12"] * 2
+
+
+def test_captured_values_match_literally_in_assert_and_capture_regexes():
+    r, _ = run("""\
+name: b
+targets: {hosts: [h1]}
+steps:
+  - run: echo (beta
+    capture: tag
+  - run: echo x (beta y
+    assert: {regex: ' ${tag} '}
+  - run: echo 1.2.3
+    capture: v
+  - run: echo 1x2y3
+    assert: {not_regex: '^${v}$'}
+  - run: echo v1.2.3-rc
+    capture: {name: rest, regex: 'v${v}(\\S*)'}
+  - run: echo 1x2y3
+    assert: {regex: '^${v}$'}
+""")
+    got = steps(r)
+    assert got[:5] == [("passed", None)] * 5
+    assert r.hosts["h1"].vars["rest"] == "-rc"
+    assert got[5] == ("failed", "assert: '^${v}$' does not match the output")
+
+
+def test_a_variable_in_a_capture_regex_is_checked_before_the_run():
+    [(where, what)] = problems("""\
+name: c
+targets: {hosts: [web1]}
+steps:
+  - run: echo x
+    capture: {name: v, regex: '${nope}(\\d+)'}
+""")
+    assert where == "wf.yaml:5" and "undefined variable 'nope'" in what
+
+
+def test_a_policy_refusal_is_a_failed_step_and_on_fail_continue_goes_on():
+    r, m = run("""\
+name: p
+targets: {hosts: [h1]}
+steps:
+  - run: echo a; reboot
+    on_fail: continue
+  - run: echo still here
+""")
+    hr = r.hosts["h1"]
+    assert hr.error is None and hr.status == "failed"
+    (s1, msg), s2 = steps(r)[0], steps(r)[1]
+    assert s1 == "failed" and "deny rule" in msg and "reboot" in msg and "host 'h1'" not in msg
+    assert s2 == ("passed", None) and ("echo a; reboot", "h1") not in m.sent
+    root = ET.fromstring(junit_xml(r))
+    assert root.get("errors") == "0" and root.get("failures") == "1"
+    assert "connect" not in [c.get("name") for c in root.iter("testcase")]
+
+
+def test_an_unset_secret_fails_its_step_interrupts_the_command_and_on_fail_applies(monkeypatch):
+    monkeypatch.delenv("PHJ_UNIT_UNSET", raising=False)
+    text = """\
+name: s
+targets: {hosts: [h1]}
+steps:
+  - run: ask
+    answer: [{prompt: 'Password', send: env:PHJ_UNIT_UNSET}]
+    on_fail: continue
+  - run: echo next
+"""
+    r, m = run(text)
+    (s1, msg), s2 = steps(r)
+    assert s1 == "failed" and "PHJ_UNIT_UNSET" in msg and r.hosts["h1"].error is None
+    assert s2 == ("passed", None)
+    assert m.sent == [("ask", "h1"), ("^c", "h1"), ("echo next", "h1")]   # Ctrl-C, then on
+    assert r.hosts["h1"].steps[0].output.startswith("Password: ")
+    r, m = run(text.replace("    on_fail: continue\n", ""))                 # stop: the rest skip
+    assert [s for s, _ in steps(r)] == ["failed", "skipped"]
+
+
+def test_an_audit_failure_stops_the_host_fail_closed():
+    r, m = run("""\
+name: au
+targets: {hosts: [h1]}
+steps:
+  - run: echo one
+    on_fail: continue
+  - run: echo two
+""", audit_error=True)
+    hr = r.hosts["h1"]
+    assert "cannot write the audit log" in hr.error and m.sent == []
+    assert [s for s, _ in steps(r)] == ["failed", "skipped"]
+    root = ET.fromstring(junit_xml(r))
+    assert [c.get("name") for c in root.iter("testcase")][0] == "session"   # not 'connect'
+
+
+def test_an_empty_hosts_list_is_refused_not_every_target(tmp_path):
+    from phonehome_jump.workflow import run_workflow
+
+    [(where, what)] = problems(GOOD, hosts=[])
+    assert what == "hosts is empty: omit it to run on every target" and "demo" in where
+    wf = Workflow.from_text(GOOD, "wf.yaml")
+    m = FakeManager(INV)
+    with pytest.raises(WorkflowProblems, match="hosts is empty"):
+        run_workflow(wf, manager=m, hosts=[])
+    assert m.open_ids == {} and m.sent == []
+
+    import anyio
+    from mcp import Client
+
+    from phonehome_jump.mcp_server import build_server
+
+    (tmp_path / "demo.yaml").write_text(GOOD)
+
+    async def call():
+        async with Client(build_server(INV, workflows=tmp_path)) as client:
+            return await client.call_tool("workflow_run", {"name": "demo", "hosts": []})
+
+    r = anyio.run(call)
+    assert r.is_error and "hosts is empty: omit it to run on every target" in r.content[0].text
+
+
+def test_to_dict_is_safe_while_another_thread_fills_the_result():
+    import sys
+    import threading
+
+    r = RunResult("wf", "wf.yaml", 0.0, {})
+    stop = threading.Event()
+
+    def fill():                   # what a run does: hosts appear, steps are appended
+        i = 0
+        while not stop.is_set():
+            i += 1
+            hr = r.hosts.setdefault(f"h{i % 300}", HostResult(f"h{i % 300}", "pending"))
+            hr.steps.append(StepResult(len(hr.steps) + 1, "s", "true", "passed"))
+            if i % 900 == 0:
+                r.hosts.clear()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)   # switch threads often
+    t = threading.Thread(target=fill)
+    t.start()
+    try:
+        for _ in range(100):
+            r.to_dict()
+            assert isinstance(r.failed_hosts, list)
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(old)
+
+
+def test_the_lock_is_per_workflow_name_in_the_state_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("PHONEHOME_JUMP_STATE", str(tmp_path / "state"))
+    a = Workflow.from_text(GOOD, str(tmp_path / "a" / "wf.yaml"))
+    copy = Workflow.from_text(GOOD, str(tmp_path / "b" / "copy.yaml"))     # same name
+    other = Workflow.from_text(GOOD.replace("name: demo", "name: other"), str(tmp_path / "o.yaml"))
+    odd = Workflow.from_text(GOOD.replace("name: demo", "name: 'sl1 / nightly'"), "x.yaml")
+    assert WorkflowLock(a).path == tmp_path / "state" / "locks" / "demo.lock"
+    assert WorkflowLock(odd).path.name.startswith("sl1___nightly-")
+    with WorkflowLock(a).acquire("cron"):
+        with pytest.raises(WorkflowLockedError, match="cron"):
+            WorkflowLock(copy).acquire("MCP")
+        WorkflowLock(other).acquire().release()
+    # another state directory is another lock
+    monkeypatch.setenv("PHONEHOME_JUMP_STATE", str(tmp_path / "elsewhere"))
+    with WorkflowLock(a).acquire("cron"):
+        monkeypatch.setenv("PHONEHOME_JUMP_STATE", str(tmp_path / "state"))
+        WorkflowLock(copy).acquire("MCP").release()
+
+
+@pytest.mark.parametrize("state_mode,locks_mode,file_mode", [
+    (0o700, 0o700, 0o600),            # private state directory: private locks
+    (0o770, 0o770, 0o660),            # the group may use it: so it may use the locks
+    (0o2770, 0o2770, 0o660),          # setgid kept, so lock files get the shared group
+])
+def test_lock_files_follow_the_state_directorys_group_access(tmp_path, monkeypatch, state_mode,
+                                                             locks_mode, file_mode):
+    import os
+    import stat as st
+
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chmod(state, state_mode)
+    monkeypatch.setenv("PHONEHOME_JUMP_STATE", str(state))
+    old = os.umask(0o077)             # the group bits are set past a strict umask
+    try:
+        lock = WorkflowLock(Workflow.from_text(GOOD, "wf.yaml")).acquire()
+        lock.release()
+    finally:
+        os.umask(old)
+    assert st.S_IMODE(lock.path.parent.stat().st_mode) == locks_mode
+    assert st.S_IMODE(lock.path.stat().st_mode) == file_mode
+
+
+def test_the_lock_never_follows_a_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    wf = Workflow.from_text(GOOD, "wf.yaml")
+    (tmp_path / "demo.lock").symlink_to(victim)
+    with pytest.raises(WorkflowLockedError, match="cannot create the lock file"):
+        WorkflowLock(wf, tmp_path).acquire()
+    assert victim.read_text() == "keep me"
