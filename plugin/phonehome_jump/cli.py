@@ -606,7 +606,7 @@ def _interactive(manager: SessionManager, info: SessionInfo, confirm: bool = Fal
 # --------------------------------------------------------------------------- workflow
 
 EXIT_WF_FAILED = 1      # some host failed a step
-EXIT_WF_INVALID = 2     # the workflow or the inventory is invalid
+EXIT_WF_INVALID = EXIT_USAGE  # the workflow or the inventory is invalid (main() maps it)
 EXIT_WF_LOCKED = 3      # could not run: another run holds the lock
 
 
@@ -653,11 +653,8 @@ def _workflow_prepare(args: argparse.Namespace) -> tuple[Any, Inventory, list[st
 
 
 def cmd_workflow_check(args: argparse.Namespace) -> int:
-    try:
-        wf, _, names, _ = _workflow_prepare(args)
-    except InventoryError as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return EXIT_WF_INVALID
+    # an invalid workflow or inventory raises InventoryError: main() prints it, exit 2
+    wf, _, names, _ = _workflow_prepare(args)
     n = len(wf.spec.steps)
     print(f"ok: workflow '{wf.name}': {n} step{'s' * (n != 1)} on {len(names)} "
           f"host{'s' * (len(names) != 1)}: {', '.join(names)}")
@@ -707,11 +704,7 @@ def cmd_workflow_run(args: argparse.Namespace) -> int:
     from .errors import WorkflowLockedError
     from .workflow import WorkflowLock, junit_xml, plan, run_workflow
 
-    try:
-        wf, inv, names, values = _workflow_prepare(args)
-    except InventoryError as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return EXIT_WF_INVALID
+    wf, inv, names, values = _workflow_prepare(args)     # InventoryError: exit 2 in main()
     if args.concurrency is not None and args.concurrency < 1:
         print(f"{PROG}: --concurrency must be at least 1", file=sys.stderr)
         return EXIT_WF_INVALID
