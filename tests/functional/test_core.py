@@ -130,6 +130,20 @@ def test_read_prompt_answered_with_send(manager):
     assert (r.running, r.output, r.exit_status) == (False, "hello bob\n", 0)
 
 
+def test_until_waits_for_a_second_identical_prompt(manager):
+    """Output already returned cannot match `until` again: the second 'pw: ' is waited for."""
+    sid = manager.open("lab-target1").id
+    r = manager.command(sid, "read -p 'pw: ' a; echo between; sleep 0.5; read -p 'pw: ' b; "
+                             "echo $a-$b", wait=5, until="pw: ")
+    assert (r.running, r.output) == (True, "pw: ")
+    manager.send(sid, "one")
+    r = manager.read(sid, wait=5, until="pw: ")
+    assert (r.running, r.output) == (True, "between\npw: ")
+    manager.send(sid, "two")
+    r = manager.read(sid, wait=5)
+    assert (r.running, r.output) == (False, "one-two\n")
+
+
 def test_sudo_password_prompt_is_answered_and_never_echoed(manager, lab):
     sid = manager.open("lab-sudo").id
     r = manager.command(sid, "sudo -k; sudo id -un", wait=10)
