@@ -110,6 +110,16 @@ class SecretRef:
         path = Path(self.name).expanduser()
         hint = f"check that {path} exists, is readable by this user and has mode 0600"
         try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise SecretError(f"cannot read secret file {path} ({exc.strerror or exc})",
+                              where=context, hint=hint) from exc
+        if mode & 0o077:
+            # like ssh with a private key: a secret others can read is not kept secret
+            raise SecretError(f"secret file {path} is readable or writable by others "
+                              f"(mode {mode & 0o777:04o})", where=context,
+                              hint=f"chmod 600 {path}")
+        try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             # from None: the decode error object carries the raw bytes of the secret

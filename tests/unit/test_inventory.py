@@ -418,3 +418,14 @@ def test_targets_filters_and_unknown_names() -> None:
 def test_main_prints_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert inv_mod.main(["--schema"]) == 0
     assert json.loads(capsys.readouterr().out) == json_schema()
+
+
+def test_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("file-secret\n")
+    secret.chmod(0o644)
+    with pytest.raises(SecretError) as info:
+        SecretRef.parse(f"file:{secret}").resolve("hop 'bastion' password")
+    msg = str(info.value)
+    assert "mode 0644" in msg and f"chmod 600 {secret}" in msg and "file-secret" not in msg
+    assert msg.startswith("hop 'bastion' password: ")

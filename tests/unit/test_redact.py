@@ -24,6 +24,7 @@ def test_resolving_a_reference_registers_the_value(monkeypatch, tmp_path):
     assert SecretRef.parse("env:PHJ_TEST_CANARY").resolve("test") == "canary-env-7f3a91"
     secret_file = tmp_path / "s"
     secret_file.write_text("canary-file-c0ffee\n")
+    secret_file.chmod(0o600)
     assert SecretRef.parse(f"file:{secret_file}").resolve("test") == "canary-file-c0ffee"
     assert mask("env canary-env-7f3a91 file canary-file-c0ffee") == f"env {MASK} file {MASK}"
 
