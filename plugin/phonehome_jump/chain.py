@@ -16,7 +16,6 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import paramiko

@@ -24,7 +24,7 @@ from .chain import Hop, HopPool, dial, open_tunnel
 from .errors import (LimitError, PhonehomeJumpError, PolicyError, SessionDeadError, SessionError,
                      UnknownSessionError)
 from .inventory import Inventory, Target
-from .redact import add_secret
+from .redact import MASK, add_secret
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ class SessionManager:
             if ends_line and entry.pending is None and line.strip():
                 entry.pending = line.strip()    # a command typed at the prompt: audit its end
             entry.typed = "" if ends_line or control else entry.typed + text
-        shown = "********" if secret else text
+        shown = MASK if secret else text
         self._record(entry, "send", command=shown if text else None,
                      control=control, outcome="sent")
         if self.audit:
@@ -286,13 +286,24 @@ class SessionManager:
     # -- policy and audit ---------------------------------------------------------------
     def _check_policy(self, entry: _Entry, text: str, *, confirm: bool, at_prompt: bool,
                       secret: bool = False) -> None:
-        target = entry.session.target
+        self.check_policy(entry.session.target, text, confirm=confirm, at_prompt=at_prompt,
+                          secret=secret, actor=entry.actor, session_id=entry.id)
+
+    def check_policy(self, target: Target, text: str, *, confirm: bool, at_prompt: bool,
+                     secret: bool = False, actor: str | None = None,
+                     session_id: str | None = None) -> None:
+        """The target's policy on ``text``; a refusal is audited, then raised (PolicyError).
+
+        Public for the MCP router, which checks routed commands before they leave.
+        """
         try:
             target.policy.check(text, host=target.name, confirm=confirm, at_prompt=at_prompt,
                                 secret=secret)
         except PolicyError as err:
-            self._record(entry, "policy_refusal", command=text, rule=err.rule,
-                         outcome="needs_confirm" if err.needs_confirm else "refused")
+            self.record("policy_refusal", strict=False, actor=actor, host=target.name,
+                        chain=[h.name for h in target.chain], session_id=session_id,
+                        command=text, rule=err.rule,
+                        outcome="needs_confirm" if err.needs_confirm else "refused")
             raise
 
     def _finished(self, entry: _Entry, result: CommandResult, command: str | None) -> None:
@@ -307,10 +318,10 @@ class SessionManager:
                      outcome="ok" if result.exit_status in (0, None) else "failed")
         if self.audit and self.audit.transcripts is not None:
             text = entry.session.output_text()
-            self.audit.transcript(entry.id, f"$ {command}\n{text}"
-                                  f"{'' if text.endswith(chr(10)) or not text else chr(10)}"
-                                  f"# exit {result.exit_status}, cwd {result.cwd}, "
-                                  f"{result.duration:.3f}s\n")
+            if text and not text.endswith("\n"):
+                text += "\n"
+            self.audit.transcript(entry.id, f"$ {command}\n{text}# exit {result.exit_status}, "
+                                  f"cwd {result.cwd}, {result.duration:.3f}s\n")
 
     def record(self, event: str, *, strict: bool = True, **fields: Any) -> None:
         """Write an audit record (no-op without an audit log); used by workflows too.

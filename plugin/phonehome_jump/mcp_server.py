@@ -21,7 +21,6 @@ client per transport) 2026-07-28 requests share one owner.
 
 import argparse
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -47,6 +46,7 @@ from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
 from .redact import RedactingFilter
 from .routing import Router, check_sites, parse_agents
+from .rpc import is_loopback, parse_listen
 from .session import CommandResult
 
 log = logging.getLogger(__name__)
@@ -597,23 +597,8 @@ async def _respond(send: Any, status: int, payload: dict[str, Any],
 
 
 def parse_http(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[v6]:PORT``, ``:PORT`` or ``PORT`` → (host, port); host defaults to 127.0.0.1."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--http wants HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """``--http HOST:PORT`` (the agent's address parser, with this option's name)."""
+    return parse_listen(text, "--http")
 
 
 def _read_token(token_file: str | None, token_env: str | None) -> str | None:

@@ -28,11 +28,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from .errors import AgentError, InventoryError, PhonehomeJumpError, PolicyError, UnknownSessionError
+from .errors import AgentError, InventoryError, PhonehomeJumpError, UnknownSessionError
 from .inventory import Inventory, _suggest
 from .manager import SessionInfo, SessionManager
 from .redact import add_secret
-from .rpc import NOT_RESTORED, RemoteAgent, _is_loopback, parse_listen
+from .rpc import NOT_RESTORED, RemoteAgent, is_loopback, parse_listen
 from .session import CommandResult
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def parse_agents(specs: list[str] | None) -> dict[str, tuple[str, int]]:
         if site in agents:
             raise ValueError(f"--agent {site} is given twice")
         host, port = parse_listen(address)
-        if not _is_loopback(host) or port == 0:
+        if not is_loopback(host) or port == 0:
             raise ValueError(f"--agent {spec}: the agent protocol has no authentication, so its "
                              "address must be a loopback HOST:PORT (for ET Phone Home, the "
                              "client's tunnel port on this server)")
@@ -217,16 +217,9 @@ class Router:
                       secret: bool = False) -> None:
         """This server's inventory policy applies to routed sessions too (the agent then
         applies its own): a rule written here holds whichever site runs the session."""
-        target = self.inventory.target(rec.info.host)
-        try:
-            target.policy.check(text, host=target.name, confirm=confirm, at_prompt=at_prompt,
-                                secret=secret)
-        except PolicyError as err:
-            self.manager.record("policy_refusal", strict=False, actor=rec.info.actor,
-                                host=target.name, chain=[h.name for h in target.chain],
-                                session_id=rec.info.id, command=text, rule=err.rule,
-                                outcome="needs_confirm" if err.needs_confirm else "refused")
-            raise
+        self.manager.check_policy(self.inventory.target(rec.info.host), text, confirm=confirm,
+                                  at_prompt=at_prompt, secret=secret, actor=rec.info.actor,
+                                  session_id=rec.info.id)
 
     def _find(self, session_id: str, owner: str | None) -> _Remote | None:
         """The remote record of a routed id (None: a local id); ownership as in the manager."""

@@ -627,18 +627,19 @@ class AgentServer(socketserver.ThreadingTCPServer):
         super().__init__(address, _Handler)
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[v6]:PORT`` or ``PORT`` → (host, port); host defaults to 127.0.0.1."""
+def parse_listen(text: str, option: str = "--listen") -> tuple[str, int]:
+    """``HOST:PORT``, ``[v6]:PORT``, ``:PORT`` or ``PORT`` → (host, port); host defaults to
+    127.0.0.1. The one parser of listen addresses (agent, ``--agent``, MCP ``--http``)."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]") if sep else ""
     if not sep:
         port = text
     if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--listen wants HOST:PORT, got {text!r}")
+        raise ValueError(f"{option} wants HOST:PORT, got {text!r}")
     return host or "127.0.0.1", int(port)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -664,7 +665,7 @@ def serve_agent(inventory_path: str | None, listen: str = "127.0.0.1:7022", *,
     except ValueError as exc:
         print(f"phonehome-jump: {exc}", file=sys.stderr)
         return 2
-    if not _is_loopback(host):
+    if not is_loopback(host):
         # the protocol has no authentication: the ET Phone Home tunnel ends on loopback
         print(f"phonehome-jump: refusing to listen on {host}: the agent protocol has no "
               "authentication\n  try: bind a loopback address such as 127.0.0.1 (the ET Phone "
