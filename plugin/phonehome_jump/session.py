@@ -19,150 +19,23 @@ from __future__ import annotations
 
 import codecs
 import re
-import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import paramiko
 
 from .errors import SessionDeadError, SessionError
+from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
+from .output import DEFAULT_CAP, CommandResult, _Run
+from .prompts import CONTROL, INPUT_PROMPT, compile_pattern
 from .redact import add_secret, mask
 
-#: Device types whose shell is POSIX enough for the sentinel prompt.
-SENTINEL_DEVICE_TYPES = frozenset({"linux", "generic", "ovs_linux", "terminal_server"})
+__all__ = ["DEFAULT_CAP", "CommandResult", "Session", "compile_pattern"]
 
-DEFAULT_CAP = 16_000          # characters returned per result before head/tail capping
 PTY_WIDTH = 4096              # wide, so programs do not wrap or truncate output
-
-#: Ends the wait of a command early (it keeps running): the program asks for input.
-INPUT_PROMPT = re.compile(
-    r"(?i)(?:password|passphrase|passcode)[^\n]{0,40}:[ \t]*$|\[y/n\][ \t]*$"
-    r"|\(yes/no[^)\n]*\)\??[ \t]*$|\[sudo\][^\n]*:[ \t]*$")
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
-
-CONTROL = {"c": "\x03", "d": "\x04", "z": "\x1a", "\\": "\x1c", "[": "\x1b", "l": "\x0c", "u": "\x15"}
-
-
-@dataclass
-class CommandResult:
-    """What one command (or interaction) produced so far. Offsets count characters of output."""
-
-    command: str | None
-    output: str
-    exit_status: int | None
-    running: bool
-    cwd: str | None
-    duration: float
-    offset: int = 0                  # where ``output`` starts in the command's whole output
-    total: int = 0                   # characters of output so far
-    next_offset: int = 0             # pass to read(offset=) to continue paging
-    truncated: bool = False
-    omitted: tuple[int, int] | None = None   # [start, end) left out of ``output``
-    awaiting_input: bool = False     # the output ends in something that asks for input
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["omitted"] = list(self.omitted) if self.omitted else None
-        return d
-
-
-@dataclass
-class _Run:
-    """Output of the command currently (or last) on the wire."""
-
-    command: str | None
-    started: float
-    chunks: list[str] = field(default_factory=list)
-    length: int = 0
-    tail: str = ""                   # last characters, where the prompt is searched
-    delivered: int = 0               # characters already returned to the caller
-    exit_status: int | None = None
-    cwd: str | None = None
-    done: bool = False
-    ended: float | None = None
-    _text: str | None = None
-
-    def text(self) -> str:
-        if self._text is None or len(self._text) != self.length:
-            self._text = "".join(self.chunks)
-            self.chunks = [self._text]
-        return self._text
-
-
-class Framer:
-    """Finds the end of a command in the shell's output."""
-
-    name = "?"
-    pattern: re.Pattern[str]
-
-    def setup(self, session: "Session") -> None:
-        raise NotImplementedError
-
-    def wrap(self, command: str) -> str:
-        return command
-
-    def end(self, m: re.Match[str]) -> tuple[int | None, str | None]:
-        return None, None
-
-    def clean(self, text: str, command: str | None) -> str:
-        return text
-
-    def filter(self, text: str) -> str:
-        """Incoming text before framing; the sentinel framing keeps it byte-exact."""
-        return text
-
-
-class SentinelFramer(Framer):
-    name = "sentinel"
-
-    def __init__(self) -> None:
-        self.token = secrets.token_hex(6)
-        # The rendered prompt never equals the line that defines it, so the echo of the
-        # setup line cannot be mistaken for a prompt.
-        self.pattern = re.compile(r"<<phj:" + self.token + r":(\d+):([^\n]*?)>>")
-
-    def setup(self, session: "Session") -> None:
-        line = ("stty -echo -onlcr -icanon 2>/dev/null; set +o emacs +o vi +m 2>/dev/null; "
-                "unset PROMPT_COMMAND HISTFILE LS_COLORS; export NO_COLOR=1 PAGER=cat SYSTEMD_PAGER= GIT_PAGER=cat "
-                "TERM=dumb; PS2=''; PS3=''; PS4='+ '; "
-                f"_phj={self.token}; PS1='<<phj:${{_phj}}:$?:${{PWD}}>>'\n")
-        session._write(line)
-        session._pump(time.monotonic() + session.target.endpoint.connect_timeout, setup=True)
-
-    def wrap(self, command: str) -> str:
-        if "\n" not in command.rstrip("\n"):
-            return command.rstrip("\n") + "\n"
-        # Several lines would give several prompts; eval of a quoted here-document runs them
-        # as one command in this shell (state persists) and ends with one prompt.
-        eof = f"PHJ_EOF_{self.token}"
-        return f"eval \"$(cat <<'{eof}'\n{command.rstrip(chr(10))}\n{eof}\n)\"\n"
-
-    def end(self, m: re.Match[str]) -> tuple[int | None, str | None]:
-        return int(m.group(1)), m.group(2)
-
-
-class NativeFramer(Framer):
-    name = "native"
-
-    def setup(self, session: "Session") -> None:
-        conn = session._conn
-        conn._try_session_preparation()          # netmiko: paging off, base prompt for this OS
-        base = re.escape(conn.base_prompt)
-        self.pattern = re.compile(r"(?:^|\n)" + base + r"[^\n]{0,64}?[>#$%\]]\s*$")
-
-    def filter(self, text: str) -> str:
-        # Network OS terminals decorate output (CR/LF, bracketed paste, colours) around the prompt.
-        return _ANSI.sub("", text).replace("\r", "")
-
-    def clean(self, text: str, command: str | None) -> str:
-        if command and text.startswith(command.strip()):
-            text = text[len(command.strip()):].lstrip("\n")
-        return text
 
 
 class Session:
@@ -472,12 +345,3 @@ class Session:
             truncated=truncated, omitted=omitted, awaiting_input=awaiting and not run.done)
 
 
-def compile_pattern(pattern: str | None) -> re.Pattern[str] | None:
-    """An ``until`` pattern, compiled; SessionError if it is not a valid regular expression."""
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise SessionError(f"invalid 'until' pattern {pattern!r}: {exc}",
-                           hint="pass a Python regular expression") from exc
