@@ -31,7 +31,6 @@ import getpass
 import json
 import logging
 import os
-import re
 import select
 import sys
 import threading
@@ -46,6 +45,7 @@ from .errors import ConnectError, InventoryError, PhonehomeJumpError, PolicyErro
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
 from .redact import REDACTOR, RedactingFilter, mask
+from .prompts import asks_for_secret
 from .session import CommandResult
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,6 @@ EXIT_PIPE = 141         # 128 + SIGPIPE
 EXIT_CONNECT = 255      # like ssh
 
 ESCAPE = "\x1d"         # Ctrl-], as in telnet
-#: The last line of output asks for something that must not be echoed.
-SECRET_PROMPT = re.compile(r"(?i)(?:password|passphrase|passcode|pin)[^\n]{0,40}:\s*$"
-                           r"|\[sudo\][^\n]*:\s*$")
 
 
 class _Timeout(Exception):
@@ -547,7 +544,7 @@ def _interactive(manager: SessionManager, info: SessionInfo, confirm: bool = Fal
             if r.output:
                 term.write(r.output, remote=True)
                 tail = (tail + r.output)[-256:]
-                if r.running and SECRET_PROMPT.search(tail):
+                if r.running and asks_for_secret(tail):
                     editor.secret = True
             if r.running:
                 was_running = True

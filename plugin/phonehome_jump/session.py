@@ -30,7 +30,7 @@ from .errors import SessionDeadError, SessionError
 from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
 from .output import DEFAULT_CAP, CommandResult, _Run
-from .prompts import CONTROL, INPUT_PROMPT, compile_pattern
+from .prompts import CONTROL, awaiting_input, compile_pattern
 from .redact import add_secret, mask
 
 __all__ = ["DEFAULT_CAP", "CommandResult", "Session", "compile_pattern"]
@@ -163,7 +163,7 @@ class Session:
                 if until is not None and until.search(window):
                     return True
                 # only output the caller has not seen yet can be a new question
-                if stop_on_input and INPUT_PROMPT.search(run.text()[max(run.delivered, run.length - 256):]):
+                if stop_on_input and awaiting_input(run.text()[max(run.delivered, run.length - 256):]):
                     return True
         return False
 
