@@ -26,7 +26,8 @@ from typing import Any
 
 import paramiko
 
-from .errors import SessionDeadError, SessionError
+from .callstate import caller_gone
+from .errors import CallAbandonedError, SessionBusyError, SessionDeadError, SessionError
 from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
 from .output import DEFAULT_CAP, CommandResult, _Run
@@ -36,10 +37,16 @@ from .redact import add_secret, mask
 __all__ = ["DEFAULT_CAP", "CommandResult", "Session", "compile_pattern"]
 
 PTY_WIDTH = 4096              # wide, so programs do not wrap or truncate output
+LOCK_GRACE = 0.5              # how long a call waits for a short holder (paging done output)
 
 
 class Session:
-    """A persistent shell on one target. Thread-safe: one operation at a time."""
+    """A persistent shell on one target. Thread-safe: one operation at a time.
+
+    The lock is never taken blindly: a call that cannot have the session within its own wait
+    gets :class:`SessionBusyError` (what runs, for how long, how long its waiter may still
+    wait) instead of waiting behind another call's wait.
+    """
 
     def __init__(self, target: Target, conn: Any, channel: paramiko.Channel, framer: Framer,
                  *, cap: int = DEFAULT_CAP) -> None:
@@ -54,6 +61,7 @@ class Session:
         self._run: _Run | None = None
         self.cwd: str | None = None
         self.dead: str | None = None      # why, once the shell or a hop went away
+        self._holder_until: float | None = None   # monotonic end of the wait of the lock holder
         self.last_activity = time.time()
 
     # -- opening ----------------------------------------------------------------------
@@ -214,13 +222,23 @@ class Session:
         ``until``) returns ``running=True``; :meth:`read` continues it.
         """
         pattern = compile_pattern(until)        # before anything is sent
-        with self._lock:
+        start = time.monotonic()
+        self._check_idle()                      # busy: answer now, without the lock
+        self._acquire(min(wait, LOCK_GRACE))
+        try:
             self._check_idle()
+            if caller_gone():                   # the caller gave up while this call queued
+                raise CallAbandonedError("the caller gave up before the command was sent; "
+                                         "nothing was sent", where=f"host {self.target.name!r}")
             self._drain()
+            self._holder_until = start + wait   # before the run shows as running
             self._run = _Run(command, time.monotonic())
             self._write(self.framer.wrap(command) if self.framer.name == "sentinel" else command.rstrip("\n") + "\n")
-            stopped = self._pump(time.monotonic() + wait, until=pattern, stop_on_input=True)
+            stopped = self._pump(start + wait, until=pattern, stop_on_input=True)
             return self._result(awaiting=stopped)
+        finally:
+            self._holder_until = None
+            self._lock.release()
 
     def send(self, text: str = "", *, newline: bool = True, control: str | None = None,
              secret: bool = False) -> None:
@@ -238,6 +256,9 @@ class Session:
             payload += CONTROL[key]
         if not payload and newline:
             payload = "\n"
+        if caller_gone():
+            raise CallAbandonedError("the caller gave up before the text was typed; nothing "
+                                     "was sent", where=f"host {self.target.name!r}")
         self.last_activity = time.time()
         if not self._lock.acquire(blocking=False):
             run = self._run
@@ -246,7 +267,7 @@ class Session:
                 # Ctrl-C for it, so write now rather than after that call's wait.
                 self._write(payload)
                 return
-            self._lock.acquire()    # a short holder (a read of finished output): wait for it
+            self._acquire(LOCK_GRACE)   # a short holder (a read of finished output)
         try:
             if self._run is None or self._run.done:
                 self._run = _Run(None, time.monotonic())   # typed at the shell: frame it like a command
@@ -259,13 +280,21 @@ class Session:
 
         With ``offset``, return the output of the current/last command from that character on.
         """
-        with self._lock:
+        start = time.monotonic()
+        pattern = compile_pattern(until)
+        # within its own wait; with none, only a short holder is waited for, never a waiter
+        self._acquire(wait if wait > 0 else 0.0 if self._holder_until else LOCK_GRACE)
+        try:
             if self._run is None:
                 return CommandResult(None, "", None, False, self.cwd, 0.0)
             stopped = False
             if not self._run.done and not self.dead:
-                stopped = self._pump(time.monotonic() + wait, until=compile_pattern(until), stop_on_input=wait > 0)
+                self._holder_until = start + wait
+                stopped = self._pump(start + wait, until=pattern, stop_on_input=wait > 0)
             return self._result(offset=offset, awaiting=stopped)
+        finally:
+            self._holder_until = None
+            self._lock.release()
 
     def interrupt(self, wait: float = 5.0) -> CommandResult:
         """Ctrl-C the running command and wait for the prompt."""
@@ -285,9 +314,9 @@ class Session:
     def state(self) -> str:
         return "dead" if self.dead else "running" if self.running else "idle"
 
-    def close(self) -> None:
-        """Close at once, even while another call waits on output (it then ends as dead)."""
-        self._die("the session was closed")
+    def close(self, why: str = "the session was closed") -> None:
+        """Close at once, even while another call waits on output (it then ends as dead, told ``why``)."""
+        self._die(why)
         try:
             self._conn.disconnect()
         except Exception:  # already gone; nothing to report to the caller
@@ -298,11 +327,33 @@ class Session:
         if self.dead:
             raise self._dead_error()
         if self.running:
-            assert self._run is not None
-            raise SessionError(
-                f"a command is still running: {self._mask(self._run.command or '(typed input)')!r}",
-                where=f"host {self.target.name!r}",
-                hint="read its output with read(), answer it with send(), or interrupt it (Ctrl-C)")
+            raise self._busy()
+
+    def _acquire(self, timeout: float) -> None:
+        """Take the session lock within ``timeout`` seconds, or raise SessionBusyError."""
+        if not self._lock.acquire(timeout=max(timeout, 0.0)):
+            if self.dead:
+                raise self._dead_error()
+            raise self._busy()
+
+    def _busy(self) -> SessionBusyError:
+        run, until = self._run, self._holder_until
+        now = time.monotonic()
+        left = max(0.0, until - now) if until is not None else None
+        if run is not None and not run.done:
+            command = self._mask(run.command or "(typed input)")
+            age = now - run.started
+            what = f"a command is still running: {command!r} (for {age:.0f}s)"
+        else:                                   # finished; another call still pages/reads it
+            command, age = None, None
+            what = "another call is reading this session's output"
+        if left is not None:
+            what += f"; another call waits on its output for up to {left:.0f}s more"
+        return SessionBusyError(
+            what, command=command, running_for=age, holder_left=left,
+            where=f"host {self.target.name!r}",
+            hint="read its output with read(wait=...), answer it with send(), or interrupt it "
+                 "(Ctrl-C); nothing was sent")
 
     def _mask(self, text: str) -> str:
         return mask(text)
