@@ -43,6 +43,7 @@ from . import __version__
 from .audit import ENV_AUDIT
 from .errors import ConnectError, InventoryError, PhonehomeJumpError, PolicyError
 from .inventory import ENV_VAR, Inventory, Target
+from .limits import add_limit_options
 from .manager import SessionInfo, SessionManager
 from .redact import REDACTOR, RedactingFilter, mask
 from .prompts import asks_for_secret
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", action="append", metavar="SITE=HOST:PORT",
                    help="run the sessions of hosts with `client: SITE` at that site's agent "
                         "(loopback HOST:PORT, e.g. the ET Phone Home tunnel port); repeatable")
+    add_limit_options(p)
     p.set_defaults(func=cmd_serve)
 
     # ET Phone Home: the agent protocol (length-prefixed JSON) beside the client (rpc.py)
@@ -197,11 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .mcp_server import serve   # the MCP SDK is only imported by the command that needs it
+    from .mcp_server import serve, service_options   # the MCP SDK: only for this command
 
     return serve(args.inventory, http=args.http, token_file=args.token_file,
                  token_env=args.token_env, agents=args.agent,
-                 audit_log=args.audit_log, workflows=getattr(args, "workflows", None))
+                 audit_log=args.audit_log, workflows=getattr(args, "workflows", None),
+                 **service_options(args))
 
 
 def cmd_agent(args: argparse.Namespace) -> int:

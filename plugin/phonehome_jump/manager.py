@@ -486,7 +486,7 @@ class SessionManager:
             closed = self._closed.get(session_id) if entry is None else None
         if closed is not None and (owner is None or closed[0] == owner):
             raise UnknownSessionError(
-                f"session {session_id!r} is closed: {closed[1]}", where="session manager",
+                f"no open session {session_id!r}: it was {closed[1]}", where="session manager",
                 hint="open a new session by inventory host name" + (
                     f" (open sessions: {', '.join(visible)})" if visible else ""))
         if entry is None or (owner is not None and entry.owner != owner):

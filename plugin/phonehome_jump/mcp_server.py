@@ -26,7 +26,9 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,13 +36,14 @@ from typing import Annotated, Any
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import ToolAnnotations
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializeAsAny
 
 from . import __version__
-from .errors import PhonehomeJumpError, UnknownSessionError
+from .errors import PhonehomeJumpError, SessionBusyError, UnknownSessionError
 from .inventory import ENV_VAR, Inventory, Target
+from .limits import add_limit_options, limit_options
 from .manager import SessionInfo, SessionManager
 from .mcp_service import Runtime
 from .redact import RedactingFilter
@@ -51,6 +54,15 @@ from .session import CommandResult
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 50.0                 # MCP clients give up on a request after about 60 s
+# Every tool result stays under this many characters of JSON (about 10k tokens; Claude Code
+# refuses tool output above 25k tokens): command output is capped at 16,000 characters and
+# inventory_list pages shrink to fit INVENTORY_BUDGET.
+RESULT_BUDGET = 40_000
+INVENTORY_BUDGET = 24_000
+INVENTORY_PAGE = 50             # inventory_list's default page size
+INVENTORY_MAX_PAGE = 500
+MAX_GROUPS = 100                # group names listed in one inventory_list result
+STRUCTURED_SINCE = "2025-06-18"  # the first protocol version with structuredContent
 DEFAULT_TOKEN_ENV = "PHONEHOME_JUMP_MCP_TOKEN"
 MIN_TOKEN_LENGTH = 16
 
@@ -77,22 +89,35 @@ class Hop(BaseModel):
     username: str
 
 
-class HostSummary(BaseModel):
+class HostBrief(BaseModel):
+    """What inventory_list returns per host by default (detail=false)."""
+
     name: str = Field(description="Inventory name; pass it to ssh_session_open or ssh_run.")
+    device_type: str = Field(description="netmiko device type; linux-like types get exact framing.")
+    chain: list[str] = Field(description="Jump hosts, first hop first; empty when dialed directly.")
+    tags: list[str]
+    description: str | None
+
+
+class HostSummary(HostBrief):
+    """inventory_list(detail=true): address, user, groups and site as well."""
+
     host: str
     port: int
     username: str
-    device_type: str = Field(description="netmiko device type; linux-like types get exact framing.")
     groups: list[str]
-    tags: list[str]
-    description: str | None
-    chain: list[str] = Field(description="Jump hosts, first hop first; empty when dialed directly.")
     client: str | None = Field(None, description="ET Phone Home client site that reaches the host.")
 
 
 class HostList(BaseModel):
-    hosts: list[HostSummary]
-    groups: list[str] = Field(description="Every group of the inventory (for the group filter).")
+    hosts: list[SerializeAsAny[HostBrief]]
+    total: int = Field(description="Hosts matching the filters (all pages).")
+    offset: int = Field(description="Where this page starts among the matching hosts.")
+    next_offset: int | None = Field(description="Pass as offset for the next page; null on the "
+                                                "last page.")
+    groups: list[str] = Field(description="Groups of the inventory, for the group filter "
+                                          f"(first {MAX_GROUPS}; see groups_total).")
+    groups_total: int
 
 
 class HostDetail(BaseModel):
@@ -163,10 +188,66 @@ class Closed(BaseModel):
     closed: bool
 
 
-def _host_summary(t: Target) -> HostSummary:
+def _host_summary(t: Target, detail: bool = True) -> HostBrief:
     s = t.summary()
-    return HostSummary(chain=[h["name"] for h in s["chain"]],
-                       **{k: s[k] for k in HostSummary.model_fields if k != "chain"})
+    model = HostSummary if detail else HostBrief
+    return model(chain=[h["name"] for h in s["chain"]],
+                 **{k: s[k] for k in model.model_fields if k != "chain"})
+
+
+def _host_page(inv: Inventory, group: str | None, tag: str | None, query: str | None,
+               limit: int, offset: int, detail: bool) -> HostList:
+    """One page of matching hosts, shrunk until its JSON fits INVENTORY_BUDGET."""
+    matching = inv.targets(group, tag, query)
+    groups = inv.groups()
+    hosts = [_host_summary(t, detail) for t in matching[offset:offset + limit]]
+    while True:
+        end = offset + len(hosts)
+        page = HostList(hosts=hosts, total=len(matching), offset=offset,
+                        next_offset=end if end < len(matching) else None,
+                        groups=groups[:MAX_GROUPS], groups_total=len(groups))
+        if len(hosts) <= 1 or len(page.model_dump_json()) <= INVENTORY_BUDGET:
+            return page
+        hosts = hosts[: max(1, len(hosts) * 3 // 4)]
+
+
+def _tool_result(ctx: Context, model: BaseModel, full_text: bool) -> CallToolResult:
+    """A structured result whose text block does not repeat the output when it need not.
+
+    Clients of protocol 2025-06-18 and later read structuredContent (Claude Code shows it
+    in place of the text); the spec's serialized-JSON text block is a backwards-compatibility
+    SHOULD, so they get a one-line summary instead of the output a second time. Older
+    clients, and every client with ``serve --full-text-results``, get the whole JSON.
+    """
+    data = model.model_dump(mode="json")
+    version = ctx.protocol_version or ""
+    if full_text or version < STRUCTURED_SINCE:
+        text = model.model_dump_json()
+    else:
+        state = ("running" if data.get("running") else
+                 f"exit status {data['exit_status']}" if data.get("exit_status") is not None
+                 else "done")
+        text = (f"{data['session_id']}: {state}; {len(data['output'])} characters of output "
+                f"(of {data['total']}), cwd {data.get('cwd')}; the output and every field are "
+                "in structuredContent")
+        if data.get("note"):
+            text += f"; note: {data['note']}"
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+
+
+def _left(start: float, wait: float) -> float:
+    """What remains of a call's ``wait`` after it queued (time.monotonic based)."""
+    return max(0.0, wait - (time.monotonic() - start))
+
+
+def _busy_text(err: SessionBusyError) -> str:
+    """A busy session, in the tools' terms: what runs and how to follow it."""
+    follow = "ssh_session_read(session_id=..., wait=...) collects its output"
+    if err.holder_left is not None:
+        follow += (f" once the call now waiting on it returns (within {err.holder_left:.0f}s); "
+                   "that call gets the output up to then")
+    return (f"{err.where}: session busy: {err.what}. Nothing was sent.\n  try: {follow}; "
+            "ssh_session_send(control='c') interrupts it; ssh_session_list shows the state")
 
 
 def _session_out(i: SessionInfo) -> SessionOut:
@@ -204,6 +285,8 @@ def _errors(tool: str) -> Any:
         yield
     except ToolError:
         raise
+    except SessionBusyError as err:
+        raise ToolError(_busy_text(err)) from None
     except PhonehomeJumpError as err:
         raise ToolError(str(err)) from None
     except Exception:
@@ -241,6 +324,7 @@ Until = Annotated[str | None, Field(description="Python regular expression: stop
 def build_server(inventory: Inventory | str | Path, *,
                  agents: Mapping[str, tuple[str, int]] | None = None,
                  workflows: str | Path | None = None,
+                 calls_per_client: int | None = None, full_text_results: bool = False,
                  **manager_kwargs: Any) -> MCPServer:
     """The MCP server over ``inventory`` (an Inventory, or a file/directory to load).
 
@@ -252,25 +336,39 @@ def build_server(inventory: Inventory | str | Path, *,
     """
     inv = inventory if isinstance(inventory, Inventory) else Inventory.load(inventory)
     check_sites(inv, agents or {})
-    rt = Runtime(inv, manager_kwargs, agents)
+    rt = Runtime(inv, manager_kwargs, agents, **(
+        {"calls_per_client": calls_per_client} if calls_per_client else {}))
+    full_text = full_text_results
     mcp: MCPServer = MCPServer("phonehome-jump", version=__version__, instructions=INSTRUCTIONS,
                                lifespan=rt.lifespan, log_level="WARNING")
     mcp.phonehome_jump = rt          # type: ignore[attr-defined]  # for tests and embedding
 
-    @mcp.tool(annotations=_annotations("List inventory hosts", read_only=True, idempotent=True,
+    @mcp.tool(title="List inventory hosts",
+              annotations=_annotations("List inventory hosts", read_only=True, idempotent=True,
                                        open_world=False))
     async def inventory_list(
         group: Annotated[str | None, Field(description="Only hosts in this group.")] = None,
         tag: Annotated[str | None, Field(description="Only hosts with this tag.")] = None,
         query: Annotated[str | None, Field(description="Case-insensitive text in the name, "
                                                        "address or description.")] = None,
+        limit: Annotated[int, Field(ge=1, le=INVENTORY_MAX_PAGE,
+                                    description="Hosts per page (a page may hold fewer to stay "
+                                                "small; follow next_offset).")] = INVENTORY_PAGE,
+        offset: Annotated[int, Field(ge=0, description="Start at this matching host (the "
+                                                       "previous page's next_offset).")] = 0,
+        detail: Annotated[bool, Field(description="Also address, port, user, groups and site "
+                                                  "(default: name, device type, chain, tags, "
+                                                  "description).")] = False,
     ) -> HostList:
-        """List the hosts sessions can be opened to: device type, tags and jump chain."""
-        with _errors("inventory_list"):
-            return HostList(hosts=[_host_summary(t) for t in inv.targets(group, tag, query)],
-                            groups=inv.groups())
+        """List the hosts sessions can be opened to, a page at a time: device type, tags, chain.
 
-    @mcp.tool(annotations=_annotations("Show an inventory host", read_only=True, idempotent=True,
+        Filter with group/tag/query; page with offset=next_offset until next_offset is null.
+        """
+        with _errors("inventory_list"):
+            return _host_page(inv, group, tag, query, limit, offset, detail)
+
+    @mcp.tool(title="Show an inventory host",
+              annotations=_annotations("Show an inventory host", read_only=True, idempotent=True,
                                        open_world=False))
     async def inventory_show(host: HostName) -> HostDetail:
         """One host resolved: address, user, jump chain hop by hop, auth references (no secrets)."""
@@ -278,7 +376,7 @@ def build_server(inventory: Inventory | str | Path, *,
             s = inv.target(host).summary()
             return HostDetail(**{**s, "chain": [Hop(**h) for h in s["chain"]]})
 
-    @mcp.tool(annotations=_annotations("Open an SSH session"))
+    @mcp.tool(title="Open an SSH session", annotations=_annotations("Open an SSH session"))
     async def ssh_session_open(host: HostName, ctx: Context) -> SessionOut:
         """Open a persistent shell on a host through its jump chain; returns the session id.
 
@@ -289,10 +387,11 @@ def build_server(inventory: Inventory | str | Path, *,
             chain = " → ".join(h.name for h in inv.target(host).chain) or "directly"
             info = await rt.call_with_progress(
                 ctx, lambda: rt.manager.open(host, owner=owner, actor=_actor(ctx, owner)),
-                f"connecting to {host} via {chain}")
+                f"connecting to {host} via {chain}", owner=owner)
             return _session_out(info)
 
-    @mcp.tool(annotations=_annotations("Run a command in a session", destructive=True))
+    @mcp.tool(title="Run a command in a session",
+              annotations=_annotations("Run a command in a session", destructive=True))
     async def ssh_session_command(
         session_id: SessionId,
         command: Annotated[str, Field(description="Shell command line (several lines run as one "
@@ -301,21 +400,23 @@ def build_server(inventory: Inventory | str | Path, *,
         wait: Wait = 20.0,
         until: Until = None,
         confirm: Confirm = False,
-    ) -> Output:
+    ) -> Annotated[CallToolResult, Output]:
         """Run a command in the session's shell and return its output, exit status and cwd.
 
         Returns early with running=true when it is still running after `wait`, when the output
         matches `until`, or when it asks for input (awaiting_input=true).
         """
         with _errors("ssh_session_command"):
-            owner, w = rt.owner(ctx), _wait(wait)
+            owner, w, start = rt.owner(ctx), _wait(wait), time.monotonic()
             r = await rt.call_with_progress(
-                ctx, lambda: rt.manager.command(session_id, command, owner=owner, wait=w,
-                                                until=until, confirm=confirm),
-                f"running on {session_id}", total=w)
-            return Output(**_output(session_id, r, waited=w))
+                ctx, lambda: rt.manager.command(session_id, command, owner=owner,
+                                                wait=_left(start, w), until=until,
+                                                confirm=confirm),
+                f"running on {session_id}", total=w, owner=owner, wait=w)
+            return _tool_result(ctx, Output(**_output(session_id, r, waited=w)), full_text)
 
-    @mcp.tool(annotations=_annotations("Type into a session", destructive=True))
+    @mcp.tool(title="Type into a session",
+              annotations=_annotations("Type into a session", destructive=True))
     async def ssh_session_send(
         session_id: SessionId,
         ctx: Context,
@@ -337,10 +438,12 @@ def build_server(inventory: Inventory | str | Path, *,
             owner = rt.owner(ctx)
             await rt.call(lambda: rt.manager.send(session_id, text, owner=owner, newline=newline,
                                                   control=control, secret=secret,
-                                                  confirm=confirm, sudo_password=sudo_password))
+                                                  confirm=confirm, sudo_password=sudo_password),
+                          owner=owner, wait=0.0)
             return Sent(session_id=session_id, sent=True)
 
-    @mcp.tool(annotations=_annotations("Read session output", read_only=True))
+    @mcp.tool(title="Read session output",
+              annotations=_annotations("Read session output", read_only=True))
     async def ssh_session_read(
         session_id: SessionId,
         ctx: Context,
@@ -351,42 +454,48 @@ def build_server(inventory: Inventory | str | Path, *,
         offset: Annotated[int | None, Field(ge=0, description="Page the current/last command's "
                                                               "whole output from this character "
                                                               "(see omitted / next_offset).")] = None,
-    ) -> Output:
+    ) -> Annotated[CallToolResult, Output]:
         """Collect new output of the running (or last) command, or page its output by offset."""
         with _errors("ssh_session_read"):
-            owner, w = rt.owner(ctx), _wait(wait)
+            owner, w, start = rt.owner(ctx), _wait(wait), time.monotonic()
 
             def read() -> CommandResult:
-                return rt.manager.read(session_id, owner=owner, wait=w, until=until, offset=offset)
-            r = (await rt.call_with_progress(ctx, read, f"reading {session_id}", total=w) if w
-                 else await rt.call(read))
-            return Output(**_output(session_id, r, waited=w if w else None))
+                return rt.manager.read(session_id, owner=owner, wait=_left(start, w), until=until,
+                                       offset=offset)
+            r = (await rt.call_with_progress(ctx, read, f"reading {session_id}", total=w,
+                                             owner=owner, wait=w) if w
+                 else await rt.call(read, owner=owner, wait=w))
+            return _tool_result(ctx, Output(**_output(session_id, r, waited=w if w else None)),
+                                full_text)
 
-    @mcp.tool(annotations=_annotations("List open sessions", read_only=True, idempotent=True,
+    @mcp.tool(title="List open sessions",
+              annotations=_annotations("List open sessions", read_only=True, idempotent=True,
                                        open_world=False))
     async def ssh_session_list(ctx: Context) -> SessionList:
         """The sessions this client has open: host, state (idle, running, dead), cwd."""
         with _errors("ssh_session_list"):
             owner = rt.owner(ctx)
-            infos = await rt.call(lambda: rt.manager.list(owner=owner))
+            infos = await rt.fast(lambda: rt.manager.list(owner=owner))   # no SSH: never queues
             return SessionList(sessions=[_session_out(i) for i in infos])
 
-    @mcp.tool(annotations=_annotations("Close a session", destructive=True, idempotent=True))
+    @mcp.tool(title="Close a session",
+              annotations=_annotations("Close a session", destructive=True, idempotent=True))
     async def ssh_session_close(session_id: SessionId, ctx: Context) -> Closed:
         """Close the session (a command still running in it is killed)."""
         with _errors("ssh_session_close"):
             owner = rt.owner(ctx)
-            await rt.call(lambda: rt.manager.close(session_id, owner=owner))
+            await rt.call(lambda: rt.manager.close(session_id, owner=owner), owner=owner)
             return Closed(session_id=session_id, closed=True)
 
-    @mcp.tool(annotations=_annotations("Run one command on a host", destructive=True))
+    @mcp.tool(title="Run one command on a host",
+              annotations=_annotations("Run one command on a host", destructive=True))
     async def ssh_run(
         host: HostName,
         command: Annotated[str, Field(description="Shell command line.")],
         ctx: Context,
         wait: Wait = 20.0,
         confirm: Confirm = False,
-    ) -> RunOutput:
+    ) -> Annotated[CallToolResult, RunOutput]:
         """Open a session, run one command, close the session.
 
         If the command is still running after `wait` (or asks for input), the session stays
@@ -397,18 +506,21 @@ def build_server(inventory: Inventory | str | Path, *,
             m = rt.manager
             info = await rt.call_with_progress(
                 ctx, lambda: m.open(host, owner=owner, actor=_actor(ctx, owner)),
-                f"connecting to {host}")
+                f"connecting to {host}", owner=owner)
+            start = time.monotonic()
             try:
                 r = await rt.call_with_progress(
-                    ctx, lambda: m.command(info.id, command, owner=owner, wait=w, confirm=confirm),
-                    f"running on {host}", total=w)
+                    ctx, lambda: m.command(info.id, command, owner=owner, wait=_left(start, w),
+                                           confirm=confirm),
+                    f"running on {host}", total=w, owner=owner, wait=w)
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await rt.call(lambda: _close_quietly(m, info.id, owner))
+                    await rt.fast(lambda: _close_quietly(m, info.id, owner))
                 raise
             if not r.running:
-                await rt.call(lambda: _close_quietly(m, info.id, owner))
-            return RunOutput(host=host, session_open=r.running, **_output(info.id, r, waited=w))
+                await rt.fast(lambda: _close_quietly(m, info.id, owner))
+            return _tool_result(ctx, RunOutput(host=host, session_open=r.running,
+                                               **_output(info.id, r, waited=w)), full_text)
 
     if workflows is not None:
         from .workflow_mcp import register
@@ -506,7 +618,9 @@ def _read_token(token_file: str | None, token_env: str | None) -> str | None:
 
 def serve(inventory_path: str | None, *, http: str | None = None, token_file: str | None = None,
           token_env: str | None = None, agents: list[str] | None = None,
-          audit_log: str | None = None, workflows: str | None = None) -> int:
+          audit_log: str | None = None, workflows: str | None = None,
+          limits: Mapping[str, Any] | None = None, calls_per_client: int | None = None,
+          client_timeout: float | None = None, full_text_results: bool = False) -> int:
     """Run the MCP server: stdio, or streamable HTTP on ``http`` = HOST:PORT. Returns an exit code.
 
     ``agents`` are ``SITE=HOST:PORT`` strings (``--agent``): route the sessions of hosts with
@@ -515,6 +629,13 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
     Beyond loopback a bearer token is required: from ``token_file``, else the environment
     variable ``token_env`` (default ``PHONEHOME_JUMP_MCP_TOKEN``). A token given on loopback
     is enforced too.
+
+    ``limits`` override the inventory's ``limits:`` (idle_timeout, running_timeout,
+    max_sessions, max_per_host, max_per_client). Over HTTP a client with no request in flight
+    and no open event stream for ``client_timeout`` seconds (default 60) is gone: its MCP
+    session ends and its SSH sessions close. TCP keepalive (about 30 s) ends the connections of
+    a peer that vanished without closing them. SIGTERM closes every SSH session at once, then
+    stops within SHUTDOWN_GRACE seconds.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
@@ -530,7 +651,9 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
     try:
         if workflows is None and (Path.cwd() / "workflows").is_dir():
             workflows = str(Path.cwd() / "workflows")
-        server = build_server(path, agents=routes, workflows=workflows, audit_path=audit_log)
+        server = build_server(path, agents=routes, workflows=workflows, audit_path=audit_log,
+                              calls_per_client=calls_per_client,
+                              full_text_results=full_text_results, **dict(limits or {}))
     except PhonehomeJumpError as err:
         print(f"phonehome-jump: {err}", file=sys.stderr)
         return 2
@@ -558,12 +681,61 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
 
     import uvicorn
 
-    app = _HttpGate(server.streamable_http_app(host=host), token)
+    rt: Runtime = server.phonehome_jump   # type: ignore[attr-defined]
+    app = _HttpGate(server.streamable_http_app(
+        host=host, session_idle_timeout=client_timeout or CLIENT_TIMEOUT), token)
+    try:
+        sock = _listen(host, port)
+    except OSError as exc:
+        print(f"phonehome-jump: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 2
     where = f"[{host}]" if ":" in host else host
     print(f"phonehome-jump: MCP on http://{where}:{port}/mcp"
           f"{' (bearer token required)' if token else ''}", file=sys.stderr, flush=True)
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+    _uvicorn(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE),
+             rt.stop_sessions).run(sockets=[sock])
     return 0
+
+
+CLIENT_TIMEOUT = 60.0       # HTTP: no request and no event stream this long = the client is gone
+SHUTDOWN_GRACE = 3          # SIGTERM: open HTTP streams get this long before they are cut
+KEEPALIVE = (15, 5, 3)      # TCP keepalive idle, interval, probes: a vanished peer in ~30 s
+
+
+def _listen(host: str, port: int) -> Any:
+    """The listening socket, with TCP keepalive that accepted connections inherit (Linux)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in zip(("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT"), KEEPALIVE):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn(config: Any, on_exit: Callable[[], None]) -> Any:
+    """uvicorn, whose SIGTERM/SIGINT first closes every SSH session (from a thread), so calls
+    waiting on output return at once ("closed at server shutdown") instead of holding the
+    graceful shutdown for their whole wait."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:
+                threading.Thread(target=on_exit, name="phj-shutdown", daemon=True).start()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -578,9 +750,16 @@ def main(argv: list[str] | None = None) -> int:
                                        f"(default {DEFAULT_TOKEN_ENV})")
     p.add_argument("--agent", action="append", metavar="SITE=HOST:PORT",
                    help="route hosts with `client: SITE` to the agent at HOST:PORT (repeatable)")
+    add_limit_options(p)
     args = p.parse_args(argv)
     return serve(args.inventory, http=args.http, token_file=args.token_file,
-                 token_env=args.token_env, agents=args.agent)
+                 token_env=args.token_env, agents=args.agent, **service_options(args))
+
+
+def service_options(args: argparse.Namespace) -> dict[str, Any]:
+    """serve()'s keyword arguments from the options of :func:`add_limit_options`."""
+    return dict(limits=limit_options(args), calls_per_client=args.calls_per_client,
+                client_timeout=args.client_timeout, full_text_results=args.full_text_results)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_closed_sessions_say_who_closed_them(lab_inventory):
         m.close(sid, owner="a")
         waiter.join(5)
         assert "closed by this client" in str(box["error"])
-        with pytest.raises(UnknownSessionError, match="is closed: closed by this client"):
+        with pytest.raises(UnknownSessionError, match="it was closed by this client"):
             m.read(sid, owner="a")
         with pytest.raises(UnknownSessionError, match=f"no open session '{sid}'"):
             m.read(sid, owner="b")                   # another client learns nothing
