@@ -58,7 +58,7 @@ MAX_WAIT = 50.0                 # MCP clients give up on a request after about 6
 # refuses tool output above 25k tokens): command output is capped at 16,000 characters and
 # inventory_list pages shrink to fit INVENTORY_BUDGET.
 RESULT_BUDGET = 40_000
-INVENTORY_BUDGET = 24_000
+INVENTORY_BUDGET = 16_000
 INVENTORY_PAGE = 50             # inventory_list's default page size
 INVENTORY_MAX_PAGE = 500
 MAX_GROUPS = 100                # group names listed in one inventory_list result
@@ -211,7 +211,8 @@ def _host_page(inv: Inventory, group: str | None, tag: str | None, query: str | 
         hosts = hosts[: max(1, len(hosts) * 3 // 4)]
 
 
-def _tool_result(ctx: Context, model: BaseModel, full_text: bool) -> CallToolResult:
+def _tool_result(ctx: Context, model: BaseModel, full_text: bool,
+                 summary: Callable[[dict[str, Any]], str] | None = None) -> CallToolResult:
     """A structured result whose text block does not repeat the output when it need not.
 
     Clients of protocol 2025-06-18 and later read structuredContent (Claude Code shows it
@@ -223,6 +224,8 @@ def _tool_result(ctx: Context, model: BaseModel, full_text: bool) -> CallToolRes
     version = ctx.protocol_version or ""
     if full_text or version < STRUCTURED_SINCE:
         text = model.model_dump_json()
+    elif summary is not None:
+        text = summary(data)
     else:
         state = ("running" if data.get("running") else
                  f"exit status {data['exit_status']}" if data.get("exit_status") is not None
@@ -233,6 +236,14 @@ def _tool_result(ctx: Context, model: BaseModel, full_text: bool) -> CallToolRes
         if data.get("note"):
             text += f"; note: {data['note']}"
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+
+
+def _hosts_summary(d: dict[str, Any]) -> str:
+    names = ", ".join(h["name"] for h in d["hosts"])
+    more = (f"; next page: offset={d['next_offset']}" if d["next_offset"] is not None
+            else "; last page")
+    return (f"hosts {d['offset'] + 1}-{d['offset'] + len(d['hosts'])} of {d['total']}{more}: "
+            f"{names} (details in structuredContent)")
 
 
 def _left(start: float, wait: float) -> float:
@@ -359,13 +370,15 @@ def build_server(inventory: Inventory | str | Path, *,
         detail: Annotated[bool, Field(description="Also address, port, user, groups and site "
                                                   "(default: name, device type, chain, tags, "
                                                   "description).")] = False,
-    ) -> HostList:
+        *, ctx: Context,
+    ) -> Annotated[CallToolResult, HostList]:
         """List the hosts sessions can be opened to, a page at a time: device type, tags, chain.
 
         Filter with group/tag/query; page with offset=next_offset until next_offset is null.
         """
         with _errors("inventory_list"):
-            return _host_page(inv, group, tag, query, limit, offset, detail)
+            page = _host_page(inv, group, tag, query, limit, offset, detail)
+            return _tool_result(ctx, page, full_text, _hosts_summary)
 
     @mcp.tool(title="Show an inventory host",
               annotations=_annotations("Show an inventory host", read_only=True, idempotent=True,
