@@ -59,6 +59,10 @@ steps:
   - run: test -d ${cwd}
 """
 MCP_BLOCK = 50          # MCP and core `echo hi` alternate in blocks of this many rounds
+SVC_CLIENTS = 10        # service row: 1 probing client + 9 loading clients (2 sessions each)
+SVC_CALLS = 240         # calls the loading clients run between them
+SVC_PROBES = 50         # unloaded echo rounds of the probing client
+SVC_LOAD = "sleep 0.2; echo x"
 BIG_CAP = 1_000_000     # the bench returns whole outputs so it can check them (default cap 16,000)
 
 
@@ -96,6 +100,11 @@ class Sample:
             return f"{self.median:,.0f} KiB (n={n})"
         cell = f"{fmt_time(self.median)} (p90 {fmt_time(self.p90)}, n={n})"
         return cell + (f" — {self.failed} ssh failed" if self.failed else "")
+
+
+def p99(values: list[float]) -> float:
+    v = sorted(values)
+    return v[0] if len(v) == 1 else statistics.quantiles(v, n=100, method="inclusive")[98]
 
 
 def fmt_time(seconds: float) -> str:
@@ -383,6 +392,103 @@ class Bench:
                           f"core `SessionManager.command`, alternating: {self.s('mcp/core').cell()}; "
                           f"MCP `ssh_session_list` (no SSH): {self.s('mcp/list').cell()}")
 
+    def service(self) -> None:
+        """The MCP server as a shared service over streamable HTTP: `echo hi` on an idle session
+        of one client while SVC_CLIENTS - 1 other clients run SVC_CALLS calls over two sessions
+        each, beside the same echo with no load, in the same run."""
+        import socket
+
+        import anyio
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cli = Path(sys.executable).parent / "phonehome-jump"
+        url = f"http://127.0.0.1:{port}/mcp"
+        loaders = SVC_CLIENTS - 1
+        log(f"MCP over HTTP: echo on an idle session, unloaded, then while {loaders} clients run "
+            f"{SVC_CALLS} calls (`{SVC_LOAD}`) over {2 * loaders} sessions")
+        proc = subprocess.Popen([str(cli), "--inventory", str(self.lab.inventory), "serve",
+                                 "--http", f"127.0.0.1:{port}"], env=dict(os.environ),
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("phonehome-jump serve --http did not start")
+                    time.sleep(0.1)
+
+            async def call(client: Client, tool: str, **args: object) -> dict:
+                r = await client.call_tool(tool, args)
+                if r.is_error:
+                    raise RuntimeError(f"MCP {tool}: {r.content[0].text}")
+                return r.structured_content   # type: ignore[return-value]
+
+            async def echo(client: Client, sid: str, key: str) -> None:
+                t0 = time.perf_counter()
+                r = await call(client, "ssh_session_command", session_id=sid, command="echo hi")
+                self.s(key).add(time.perf_counter() - t0)
+                assert r["output"] == "hi\n", r
+
+            async def run() -> None:
+                from contextlib import AsyncExitStack
+                async with AsyncExitStack() as stack:
+                    clients = [await stack.enter_async_context(Client(streamable_http_client(url)))
+                               for _ in range(SVC_CLIENTS)]
+                    probe, *load = clients
+                    psid = (await call(probe, "ssh_session_open", host=self.targets[0]))["session_id"]
+                    sessions = []
+                    for i, c in enumerate(load):
+                        for j in range(2):
+                            host = self.targets[(2 * i + j) % len(self.targets)]
+                            sessions.append((c, (await call(c, "ssh_session_open", host=host))["session_id"]))
+                    for _ in range(10):
+                        await echo(probe, psid, "svc/warm")
+                    for _ in range(SVC_PROBES):
+                        await echo(probe, psid, "svc/idle")
+                    queue = list(range(SVC_CALLS))
+                    done = anyio.Event()
+
+                    async def worker(c: Client, sid: str) -> None:
+                        while queue:
+                            queue.pop()
+                            r = await call(c, "ssh_session_command", session_id=sid, command=SVC_LOAD)
+                            assert r["output"] == "x\n", r
+
+                    async def probing() -> None:
+                        while not done.is_set():
+                            await echo(probe, psid, "svc/phj")
+
+                    t0 = time.perf_counter()
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(probing)
+                        async with anyio.create_task_group() as workers:
+                            for c, sid in sessions:
+                                workers.start_soon(worker, c, sid)
+                        self.s("svc/wall", "s").add(time.perf_counter() - t0)
+                        done.set()
+
+            anyio.run(run)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        wall = self.r["svc/wall"].values[0]
+        loaded, idle = self.s("svc/phj"), self.s("svc/idle")
+        self.notes.append(
+            f"MCP service over HTTP: {SVC_CLIENTS - 1} clients ran {SVC_CALLS} × `{SVC_LOAD}` over "
+            f"{2 * (SVC_CLIENTS - 1)} sessions in {wall:.2f} s ({SVC_CALLS / wall:.1f} calls/s); meanwhile a "
+            f"10th client's `echo hi` on its idle session: {loaded.cell()}, p99 {fmt_time(p99(loaded.values))}; "
+            f"unloaded: {idle.cell()}, p99 {fmt_time(p99(idle.values))}")
+
     def opens(self) -> None:
         a = self.args
         log(f"session open: {a.opens} × cold, {a.opens} × chain up")
@@ -505,6 +611,8 @@ ROWS = [
     ("warm", "open session, chain already up", None),
     ("fan", f"{FANOUT} sessions + 1 command each, concurrent", 5.0),
     ("mcp", "MCP overhead of ssh_session_command (stdio)", 0.003),
+    ("svc", f"MCP over HTTP: `echo hi` on an idle session while {SVC_CLIENTS - 1} clients run "
+            f"{SVC_CALLS} calls (unloaded in brackets)", 0.100),
     ("wf", f"5-step workflow, {WF_HOSTS} hosts, one shared two-hop chain (wall)", 3.0),
     ("rss", "RSS per session (50 open)", None),
 ]
@@ -522,6 +630,11 @@ def table(b: Bench, markdown: bool) -> str:
                 value = via.median - core.median
                 cell = (f"{fmt_time(value)} (MCP {fmt_time(via.median)} vs core {fmt_time(core.median)}, "
                         f"n={len(via.values)})")
+        if key == "svc" and phj.values:   # loaded beside unloaded, with p99 and the load's throughput
+            idle, wall = b.r["svc/idle"], b.r["svc/wall"].values[0]
+            cell = (f"{fmt_time(phj.median)} (p99 {fmt_time(p99(phj.values))}, n={len(phj.values)}) "
+                    f"[{fmt_time(idle.median)}, p99 {fmt_time(p99(idle.values))}]; load "
+                    f"{SVC_CALLS / wall:.1f} calls/s")
         tgt = "—"
         if target is not None:
             tgt = f"≤ {fmt_time(target).replace('.00 ', ' ').replace('.0 ', ' ')}"
@@ -546,6 +659,10 @@ LEGEND = [
     "phonehome-jump fan-out starts from a fresh SessionManager (chain dialed once, shared by all 50).",
     "MCP row: median of `echo hi` via an MCP client → `phonehome-jump serve` (stdio) minus median of "
     "`SessionManager.command` in-process, alternating in blocks of 50, both to target1 through both jumps.",
+    f"service row: `phonehome-jump serve --http`, {SVC_CLIENTS} MCP clients (streamable HTTP); "
+    f"{SVC_CLIENTS - 1} of them run {SVC_CALLS} × `{SVC_LOAD}` over 2 sessions each while the "
+    "10th times `echo hi` on its idle session to target1; unloaded = the same echo before the load; "
+    "load = calls/s of the loading clients.",
     f"workflow row: `run_workflow` of a 5-step workflow (cd, pwd + capture, echo + assert, uname + assert, "
     f"test) on {WF_HOSTS} inventory hosts spread over the targets, all behind jump1 → jump2, concurrency "
     f"{WF_HOSTS}, each run from a new SessionManager (chain dialed once per run, shared by all hosts).",
@@ -570,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ssh-fanouts", type=int, help="OpenSSH fan-out rounds (each: master + fresh)")
     ap.add_argument("--workflows", type=int, default=5, help="workflow runs (default 5)")
     ap.add_argument("--only", metavar="LIST",
-                    help="comma-separated sections to run: commands,mcp,opens,fanout,workflow "
+                    help="comma-separated sections to run: commands,mcp,service,opens,fanout,workflow "
                          "(default all)")
     ap.add_argument("--targets", type=int, default=5, help="lab targets (default 5)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -604,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(lab, ossh, a)
         bench.warm_up()
         only = set(a.only.split(",")) if a.only else None
-        for section in ("commands", "mcp", "opens", "fanout", "workflow"):
+        for section in ("commands", "mcp", "service", "opens", "fanout", "workflow"):
             if only is None or section in only:
                 getattr(bench, section)()
     except KeyboardInterrupt:
