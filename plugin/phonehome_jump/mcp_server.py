@@ -449,10 +449,10 @@ def build_server(inventory: Inventory | str | Path, *,
         """Type raw text or a control key into the session; then collect output with ssh_session_read."""
         with _errors("ssh_session_send"):
             owner = rt.owner(ctx)
-            await rt.call(lambda: rt.manager.send(session_id, text, owner=owner, newline=newline,
+            # never queued behind the client's long calls: a Ctrl-C must get through at once
+            await rt.fast(lambda: rt.manager.send(session_id, text, owner=owner, newline=newline,
                                                   control=control, secret=secret,
-                                                  confirm=confirm, sudo_password=sudo_password),
-                          owner=owner, wait=0.0)
+                                                  confirm=confirm, sudo_password=sudo_password))
             return Sent(session_id=session_id, sent=True)
 
     @mcp.tool(title="Read session output",

@@ -116,14 +116,15 @@ class Runtime:
         returns at once and its thread sends nothing more (see :mod:`.callstate`).
         """
         budget = QUEUE_BUDGET if wait is None else max(wait, QUEUE_GRACE)
-        mine = self._client_limiter(owner)
         shared = self.limiter
         assert shared is not None, "lifespan not entered"
+        # a call on no client's behalf (a workflow run's own wait) takes no client's slot
+        mine = self._client_limiter(owner) if owner is not None else None
         token = object()
         held: list[anyio.CapacityLimiter] = []
         start = anyio.current_time()
         try:
-            for limiter in (mine, shared):
+            for limiter in (mine, shared) if mine is not None else (shared,):
                 left = budget - (anyio.current_time() - start)
                 with anyio.move_on_after(max(left, 0.0)):
                     await limiter.acquire_on_behalf_of(token)
@@ -157,7 +158,9 @@ class Runtime:
             raise
 
     async def fast(self, fn: Callable[[], T]) -> T:
-        """``fn()`` (no SSH: a listing) in a thread of its own pool: fast under any load."""
+        """``fn()`` in a thread of a pool of its own, fast under any load: for calls that never
+        wait on a command (a listing, typing an answer or Ctrl-C), so that a client whose slots
+        are all taken by long calls can still see and interrupt them."""
         return await anyio.to_thread.run_sync(fn, limiter=self._fast)
 
     def _client_limiter(self, owner: str | None) -> anyio.CapacityLimiter:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
@@ -115,6 +115,22 @@ class _HttpClient:
             await self._http.__aexit__(*exc)
 
 
+class StdioServer:
+    """`phonehome-jump serve` over stdio, started by the MCP client as Claude Code does."""
+
+    def __init__(self, lab, tmp_path: Path, *extra: str) -> None:
+        self.audit = tmp_path / "audit.jsonl"
+        cli = str(Path(sys.executable).parent / "phonehome-jump")
+        self.params = StdioServerParameters(
+            command=cli, args=["--inventory", str(lab.inventory), "--audit-log", str(self.audit),
+                               "serve", *extra], env=dict(os.environ))
+
+    def client(self) -> Client:
+        return Client(self.params)
+
+    records = HttpServer.records
+
+
 @pytest.fixture
 def http(lab, tmp_path, request):
     servers: list[HttpServer] = []
@@ -127,10 +143,18 @@ def http(lab, tmp_path, request):
         s.stop()
 
 
+@pytest.fixture(params=["http", "stdio"])
+def transport(lab, tmp_path, request, http):
+    """A server started over HTTP (subprocess) or stdio (by the client), with the same options."""
+    if request.param == "http":
+        return http
+    return lambda *extra: StdioServer(lab, tmp_path, *extra)
+
+
 # ----------------------------------------------------------------------------- waits
 
-async def test_a_busy_session_answers_within_the_wait_saying_what_runs(http):
-    server = http()
+async def test_a_busy_session_answers_within_the_wait_saying_what_runs(transport):
+    server = transport()
     async with server.client() as c:
         sid = (await ok(c, "ssh_session_open", host="lab-target1"))["session_id"]
         box: dict = {}
@@ -160,8 +184,8 @@ async def test_a_busy_session_answers_within_the_wait_saying_what_runs(http):
     assert commands.count("echo hi") == 1, commands
 
 
-async def test_a_call_the_client_gave_up_on_never_runs_later(http, tmp_path):
-    server = http("--calls-per-client", "1")
+async def test_a_call_the_client_gave_up_on_never_runs_later(transport):
+    server = transport("--calls-per-client", "1")
     marker = f"/tmp/phj-late-{os.getpid()}-{os.urandom(4).hex()}"
     async with server.client() as c:
         s1 = (await ok(c, "ssh_session_open", host="lab-target1"))["session_id"]
@@ -271,6 +295,11 @@ async def test_one_client_flooding_long_calls_does_not_slow_another(http):
                 r = await ok(b, "ssh_session_command", session_id=mine, command="echo hi", wait=5)
                 echo_times.append(time.monotonic() - t0)
                 assert r["output"] == "hi\n"
+            # a's own slots are all taken, yet it can still list and interrupt at once
+            t0 = time.monotonic()
+            listed = await ok(a, "ssh_session_list")
+            await ok(a, "ssh_session_send", session_id=busy[0], control="c", newline=False)
+            assert time.monotonic() - t0 < 1.0 and len(listed["sessions"]) == 2
         assert max(list_times) < 0.5, list_times
         assert max(echo_times) < 1.5, echo_times
         own = [t for t in refusals if "its own limit is 4" in t]
