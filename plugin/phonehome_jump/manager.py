@@ -218,13 +218,15 @@ class SessionManager:
         if entry is not None:                   # None: a concurrent close (or the reaper) won
             self._teardown(entry, "closed", why)
 
-    def close_all(self, why: str = BY_SHUTDOWN) -> None:
+    def close_all(self, why: str = BY_SHUTDOWN, *, hops: bool = True) -> None:
+        """Close every session (and, with ``hops``, the hop connections: :meth:`shutdown`)."""
         with self._lock:
             entries = list(self._entries.values())
             self._entries.clear()
         for entry in entries:
             self._teardown(entry, "closed", why)
-        self.pool.close_all()
+        if hops:
+            self.pool.close_all()
 
     def _teardown(self, entry: _Entry, outcome: str, why: str) -> None:
         with self._lock:

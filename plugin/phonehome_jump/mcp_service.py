@@ -104,8 +104,12 @@ class Runtime:
         it was closed at server shutdown. Safe from any thread."""
         manager = self._manager
         local = manager.manager if isinstance(manager, Router) else manager
-        if local is not None:
-            local.close_all(BY_SHUTDOWN)
+        if local is None:
+            return
+        try:   # the sessions only: the hops close once, in the lifespan's shutdown
+            local.close_all(BY_SHUTDOWN, hops=False)
+        except Exception:   # shutting down regardless; the lifespan closes what is left
+            log.warning("closing the sessions at shutdown failed", exc_info=True)
 
     async def call(self, fn: Callable[[], T], *, owner: str | None = None,
                    wait: float | None = None) -> T:

@@ -151,3 +151,16 @@ def test_serve_options_reach_the_manager_and_override_the_inventory():
 def test_result_budget_covers_a_capped_output():
     # a capped output is 16,000 characters; JSON escaping of newlines can add one per line
     assert mcp_server.RESULT_BUDGET >= 2 * 16_000
+
+
+def test_http_connections_get_tcp_keepalive_from_the_listening_socket():
+    """A peer that vanishes without closing (asleep, unplugged) is found by keepalive probes."""
+    import socket
+    listener = mcp_server._listen("127.0.0.1", 0)
+    with listener, socket.create_connection(listener.getsockname()):
+        accepted, _ = listener.accept()
+        with accepted:
+            opts = [accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)] + [
+                accepted.getsockopt(socket.IPPROTO_TCP, getattr(socket, n))
+                for n in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")]
+    assert opts[0] == 1 and tuple(opts[1:]) == mcp_server.KEEPALIVE
