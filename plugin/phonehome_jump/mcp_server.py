@@ -68,7 +68,8 @@ MIN_TOKEN_LENGTH = 16
 
 INSTRUCTIONS = """\
 SSH sessions to the hosts of an inventory, reached through their jump-host chains.
-Find hosts with inventory_list / inventory_show, open a persistent shell with ssh_session_open
+Find hosts with inventory_list (a page at a time: filter by group/tag/query, follow
+next_offset) / inventory_show, open a persistent shell with ssh_session_open
 (state such as cwd and variables persists between commands), run commands with
 ssh_session_command, answer prompts with ssh_session_send (secret=true for passwords) and
 collect output with ssh_session_read. A command still running after `wait` returns
