@@ -266,6 +266,24 @@ async def test_a_killed_http_client_has_its_sessions_closed_within_the_bound(htt
     assert closes and closes[0]["by"] == "closed because its client disconnected"
 
 
+async def test_a_forgotten_running_command_is_reaped_at_the_serve_limit(http):
+    server = http("--running-timeout", "2", "--idle-timeout", "600")
+    forgotten = "sleep 7" + str(os.getpid() % 100000).zfill(5)
+    async with server.client() as c:
+        sid = (await ok(c, "ssh_session_open", host="lab-target2"))["session_id"]
+        assert (await ok(c, "ssh_session_command", session_id=sid, command=forgotten, wait=0.2))["running"]
+        assert pgrep(forgotten)
+        t0 = time.monotonic()
+
+        async def gone():
+            return not pgrep(forgotten)
+        await until(gone, timeout=20, what="the forgotten command gone from the target")
+        assert time.monotonic() - t0 < 2 + 5 + 3         # the limit, the reaper's 5 s period, slack
+        text = await error(c, "ssh_session_read", session_id=sid)
+        assert f"no open session '{sid}': it was closed by the running-session limit" in text
+        assert (await ok(c, "ssh_session_list"))["sessions"] == []
+
+
 # ----------------------------------------------------------------------------- fairness
 
 async def test_one_client_flooding_long_calls_does_not_slow_another(http):
