@@ -216,9 +216,10 @@ def _tool_result(ctx: Context, model: BaseModel, full_text: bool,
                  summary: Callable[[dict[str, Any]], str] | None = None) -> CallToolResult:
     """A structured result whose text block does not repeat the output when it need not.
 
-    Clients of protocol 2025-06-18 and later read structuredContent (Claude Code shows it
-    in place of the text); the spec's serialized-JSON text block is a backwards-compatibility
-    SHOULD, so they get a one-line summary instead of the output a second time. Older
+    Clients of protocol 2025-06-18 and later read structuredContent (Claude Code gives the
+    model only structuredContent when a result has it); the spec's serialized-JSON text block
+    is a backwards-compatibility SHOULD, so they get a one-line summary instead of the output
+    a second time. Older
     clients, and every client with ``serve --full-text-results``, get the whole JSON.
     """
     data = model.model_dump(mode="json")
