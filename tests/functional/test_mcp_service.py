@@ -318,8 +318,8 @@ async def test_one_client_flooding_long_calls_does_not_slow_another(http):
             listed = await ok(a, "ssh_session_list")
             await ok(a, "ssh_session_send", session_id=busy[0], control="c", newline=False)
             assert time.monotonic() - t0 < 1.0 and len(listed["sessions"]) == 2
-        assert max(list_times) < 0.5, list_times
-        assert max(echo_times) < 1.5, echo_times
+        assert max(list_times) < 1.0, list_times      # unloaded: a few ms (CI is a loaded 2-core box)
+        assert max(echo_times) < 2.0, echo_times
         own = [t for t in refusals if "its own limit is 4" in t]
         assert own and "has 4 calls running" in own[0], [t[:200] for t in refusals]
         for sid in busy:
