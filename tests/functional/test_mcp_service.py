@@ -52,8 +52,19 @@ async def until(predicate, timeout: float = 15.0, what: str = "condition"):
     return value
 
 
-def pgrep(pattern: str) -> list[str]:
-    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+def pgrep(command: str) -> list[str]:
+    """Pids whose whole command line is ``command`` (like ``pgrep -fx``, without procps):
+    the command a shell on a target runs, not a process that merely mentions it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:          # the process ended meanwhile
+                continue
+            if cmdline.strip() == command:
+                found.append(entry.name)
+    return found
 
 
 def free_port() -> int:
