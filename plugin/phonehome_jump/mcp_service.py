@@ -134,7 +134,8 @@ class Runtime:
                     await limiter.acquire_on_behalf_of(token)
                     held.append(limiter)
                 if held[-1:] != [limiter]:
-                    raise self._refusal(owner, limiter is mine, budget)
+                    yours = mine.borrowed_tokens - 1 if mine is not None else 0
+                    raise self._refusal(owner, limiter is mine, budget, yours)
         except BaseException:
             for limiter in held:
                 limiter.release_on_behalf_of(token)
@@ -173,7 +174,7 @@ class Runtime:
             limiter = self._clients[owner] = anyio.CapacityLimiter(self.calls_per_client)
         return limiter
 
-    def _refusal(self, owner: str | None, own: bool, budget: float) -> LimitError:
+    def _refusal(self, owner: str | None, own: bool, budget: float, yours: int) -> LimitError:
         who = f"client {self._names.get(owner or '', 'client')}/{owner}" if owner else "caller"
         if own:
             return LimitError(f"{who} has {self.calls_per_client} calls running, its own limit "
@@ -183,8 +184,7 @@ class Runtime:
                                    "then retry")
         assert self.limiter is not None
         return LimitError(f"all {self.limiter.total_tokens:g} worker threads of the server are "
-                          f"busy with calls of all clients (yours: "
-                          f"{self._client_limiter(owner).borrowed_tokens - 1}); this call waited "
+                          f"busy with calls of all clients (yours: {yours}); this call waited "
                           f"{budget:g}s", where="MCP server",
                           hint="retry shortly; the server's operator can raise limits.max_sessions")
 

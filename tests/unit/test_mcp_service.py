@@ -164,3 +164,61 @@ def test_http_connections_get_tcp_keepalive_from_the_listening_socket():
                 accepted.getsockopt(socket.IPPROTO_TCP, getattr(socket, n))
                 for n in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")]
     assert opts[0] == 1 and tuple(opts[1:]) == mcp_server.KEEPALIVE
+
+
+def test_call_slots_refusals_and_cancellation():
+    """The service's worker-thread plumbing: own slots, the shared pool, an abandoned call."""
+    import threading
+    import time
+    from functools import partial
+
+    from phonehome_jump.callstate import caller_gone
+    from phonehome_jump.errors import LimitError
+
+    server = build_server(Inventory.from_text(INVENTORY), calls_per_client=1)
+    rt = server.phonehome_jump
+    release = threading.Event()
+    seen: dict = {}
+
+    def hold() -> str:
+        release.wait(10)
+        seen["gone"] = caller_gone()
+        return "held"
+
+    async def held(limiter_of, n: int = 1) -> None:       # poll, no fixed sleep
+        deadline = time.monotonic() + 5
+        while (lim := limiter_of()) is None or lim.borrowed_tokens != n:
+            assert time.monotonic() < deadline, "the holding call never started"
+            await anyio.sleep(0.01)
+
+    async def go():
+        async with Client(server):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(rt.call, hold, owner="c-a"))
+                await held(lambda: rt._clients.get("c-a"))
+                t0 = time.monotonic()
+                with pytest.raises(LimitError, match=r"c-a has 1 calls running, its own limit is 1"):
+                    await rt.call(lambda: "x", owner="c-a", wait=0)
+                assert 0.9 < time.monotonic() - t0 < 2.0          # QUEUE_GRACE, not forever
+                assert await rt.call(lambda: "other client", owner="c-b", wait=0) == "other client"
+                release.set()
+            release.clear()
+            rt.limiter = anyio.CapacityLimiter(1)                 # a full shared pool
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(rt.call, hold, owner="c-a"))
+                await held(lambda: rt.limiter)
+                with pytest.raises(LimitError, match=r"all 1 worker threads .* \(yours: 0\)"):
+                    await rt.call(lambda: "x", owner="c-b", wait=0)
+                release.set()
+            release.clear()
+            seen.clear()
+            with anyio.move_on_after(0.2):                       # the client gives up
+                await rt.call(hold, owner="c-a", wait=5)
+            assert rt._clients["c-a"].borrowed_tokens == 1        # its thread still runs
+            release.set()
+            deadline = time.monotonic() + 5
+            while rt._clients["c-a"].borrowed_tokens:           # freed when the thread ends
+                assert time.monotonic() < deadline
+                await anyio.sleep(0.02)
+            assert seen == {"gone": True}          # the core would have sent nothing for it
+    anyio.run(go)
