@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -673,6 +674,8 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
         print(f"phonehome-jump: {err}", file=sys.stderr)
         return 2
     if http is None:
+        rt_stdio: Runtime = server.phonehome_jump   # type: ignore[attr-defined]
+        signal.signal(signal.SIGTERM, lambda signum, _frame: _exit_now(rt_stdio, signum))
         try:
             server.run("stdio")
         except KeyboardInterrupt:
@@ -710,6 +713,17 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
     _uvicorn(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE),
              rt.stop_sessions).run(sockets=[sock])
     return 0
+
+
+def _exit_now(rt: Runtime, signum: int) -> None:
+    """stdio and SIGTERM (an MCP client quitting): close every session, audited, and exit at
+    once; a call still waiting on output is abandoned (nothing more is sent)."""
+    try:
+        rt.shutdown_now()
+    except Exception:   # exiting regardless: the kernel closes what is left
+        log.warning("closing the sessions at SIGTERM failed", exc_info=True)
+    finally:
+        os._exit(128 + signum)
 
 
 CLIENT_TIMEOUT = 60.0       # HTTP: no request and no event stream this long = the client is gone

@@ -111,6 +111,13 @@ class Runtime:
         except Exception:   # shutting down regardless; the lifespan closes what is left
             log.warning("closing the sessions at shutdown failed", exc_info=True)
 
+    def shutdown_now(self) -> None:
+        """Shut the manager down from a signal handler (stdio): every session closed and
+        audited ("closed at server shutdown"), hops and audit log closed."""
+        manager = self._manager
+        if manager is not None:
+            manager.shutdown()
+
     async def call(self, fn: Callable[[], T], *, owner: str | None = None,
                    wait: float | None = None) -> T:
         """``fn()`` in a worker thread, fairly: the client's own slot first, then the pool.

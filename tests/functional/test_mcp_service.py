@@ -395,3 +395,61 @@ async def test_sigterm_with_calls_in_flight_exits_promptly_and_closes_every_sess
 
 async def _exited(proc) -> bool:
     return proc.poll() is not None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def test_sigterm_to_a_stdio_server_closes_every_session_at_once(lab, tmp_path):
+    inventory = tmp_path / f"inv-{os.urandom(4).hex()}.yaml"      # names this server's process
+    inventory.write_text(lab.inventory.read_text())
+    audit = tmp_path / "audit.jsonl"
+    cli = str(Path(sys.executable).parent / "phonehome-jump")
+    params = StdioServerParameters(command=cli, args=["--inventory", str(inventory), "--audit-log",
+                                                      str(audit), "serve"], env=dict(os.environ))
+    stamp = "sleep 5" + str(os.getpid() % 100000).zfill(5)
+    elapsed = None
+
+    async def command(c, sid):
+        try:
+            await c.call_tool("ssh_session_command", {"session_id": sid, "command": stamp, "wait": 40})
+        except Exception:          # the server went away under the call
+            pass
+
+    try:
+        async with Client(params) as c:
+            sid = (await ok(c, "ssh_session_open", host="lab-target1"))["session_id"]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(command, c, sid)
+
+                async def running():
+                    return pgrep(stamp)
+                await until(running, what="the command running")
+                [pid] = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
+                         str(inventory).encode() in _cmdline(p) and b"serve" in _cmdline(p)]
+                t0 = time.monotonic()
+                os.kill(pid, signal.SIGTERM)
+
+                async def exited():
+                    return not _alive(pid)
+                await until(exited, timeout=10, what="the stdio server exits")
+                elapsed = time.monotonic() - t0
+                tg.cancel_scope.cancel()
+    except Exception:              # the client finds its server gone
+        pass
+    assert elapsed is not None and elapsed < 3, elapsed
+    assert not pgrep(stamp), "no command left running on a target"
+    closes = [json.loads(line) for line in audit.read_text().splitlines()]
+    closes = [r for r in closes if r["event"] == "close" and r["session_id"] == sid]
+    assert closes and closes[0]["by"] == "closed at server shutdown"
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
