@@ -145,7 +145,7 @@ class SessionManager:
         entry = _Entry(session_id or _new_id(), session, hops, created, owner, actor)
         with self._lock:
             self._opening[target.name] -= 1
-            self._opening_by[owner] -= 1
+            self._done_opening(owner)
             self._claimed.discard(entry.id)
             self._entries[entry.id] = entry
         log.info("session %s opened to %s via %s", entry.id, target.name,
@@ -208,7 +208,15 @@ class SessionManager:
     def _unreserve(self, name: str, owner: str | None) -> None:
         with self._lock:
             self._opening[name] -= 1
-            self._opening_by[owner] -= 1
+            self._done_opening(owner)
+
+    def _done_opening(self, owner: str | None) -> None:
+        """One open of ``owner`` is no longer in flight (called under the lock)."""
+        left = self._opening_by[owner] - 1
+        if left:
+            self._opening_by[owner] = left
+        else:                                   # no entry per client ever seen
+            del self._opening_by[owner]
 
     def close(self, session_id: str, *, owner: str | None = None, why: str = BY_OWNER) -> None:
         """Close a session; ``why`` is what later calls on it are told (who closed it)."""

@@ -114,3 +114,4 @@ def test_limit_refusals_say_whose_limit(lab_inventory):
         text = str(err.value)
         assert "server-wide limit is 3" in text and "0 of them yours" in text
         assert "other clients hold them" in text and "close sessions you" not in text
+        assert m._opening_by == {}                       # refused and finished opens leave no count
