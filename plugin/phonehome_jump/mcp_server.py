@@ -649,9 +649,9 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
     ``limits`` override the inventory's ``limits:`` (idle_timeout, running_timeout,
     max_sessions, max_per_host, max_per_client). Over HTTP a client with no request in flight
     and no open event stream for ``client_timeout`` seconds (default 60) is gone: its MCP
-    session ends and its SSH sessions close. TCP keepalive (about 30 s) ends the connections of
-    a peer that vanished without closing them. SIGTERM closes every SSH session at once, then
-    stops within SHUTDOWN_GRACE seconds.
+    session ends and its SSH sessions close. TCP keepalive and a user timeout end the
+    connections of a peer that vanished without closing them (within about 45 s). SIGTERM
+    closes every SSH session at once, then stops within SHUTDOWN_GRACE seconds.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
@@ -729,17 +729,22 @@ def _exit_now(rt: Runtime, signum: int) -> None:
 CLIENT_TIMEOUT = 60.0       # HTTP: no request and no event stream this long = the client is gone
 SHUTDOWN_GRACE = 3          # SIGTERM: open HTTP streams get this long before they are cut
 KEEPALIVE = (15, 5, 3)      # TCP keepalive idle, interval, probes: a vanished peer in ~30 s
+# ... and while the server has data in flight to it (event-stream pings), keepalive does not
+# probe: then unacknowledged data for this long ends the connection
+USER_TIMEOUT_MS = 30_000
 
 
 def _listen(host: str, port: int) -> Any:
-    """The listening socket, with TCP keepalive that accepted connections inherit (Linux)."""
+    """The listening socket, with TCP keepalive and a user timeout that accepted connections
+    inherit (Linux): a peer that vanished without closing is dropped within about 45 s."""
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in zip(("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT"), KEEPALIVE):
+    for name, value in zip(("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT"),
+                           (*KEEPALIVE, USER_TIMEOUT_MS)):
         if hasattr(socket, name):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
     try:

@@ -21,7 +21,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from phonehome_jump.mcp_server import build_server
+from phonehome_jump.mcp_server import USER_TIMEOUT_MS, build_server
 
 pytestmark = pytest.mark.anyio
 
@@ -76,23 +76,23 @@ def free_port() -> int:
 class HttpServer:
     """`phonehome-jump serve --http` in a subprocess, as users run it."""
 
-    def __init__(self, lab, tmp_path: Path, *extra: str) -> None:
+    def __init__(self, lab, tmp_path: Path, *extra: str, host: str = "127.0.0.1") -> None:
         self.port, self.token = free_port(), "tok-" + os.urandom(16).hex()
         self.audit = tmp_path / "audit.jsonl"
         cli = str(Path(sys.executable).parent / "phonehome-jump")
         self.proc = subprocess.Popen(
             [cli, "--inventory", str(lab.inventory), "--audit-log", str(self.audit), "serve",
-             "--http", f"127.0.0.1:{self.port}", "--token-env", "PHJ_TEST_TOKEN", *extra],
+             "--http", f"{host}:{self.port}", "--token-env", "PHJ_TEST_TOKEN", *extra],
             env={**os.environ, "PHJ_TEST_TOKEN": self.token}, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 20
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection((host, self.port), timeout=0.2).close()
                 break
             except OSError:
                 assert self.proc.poll() is None and time.monotonic() < deadline, self.proc.stderr.read()
                 time.sleep(0.1)
-        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.url = f"http://{host}:{self.port}/mcp"
 
     def client(self):
         return _HttpClient(self)
@@ -146,8 +146,8 @@ class StdioServer:
 def http(lab, tmp_path, request):
     servers: list[HttpServer] = []
 
-    def start(*extra: str) -> HttpServer:
-        servers.append(HttpServer(lab, tmp_path, *extra))
+    def start(*extra: str, host: str = "127.0.0.1") -> HttpServer:
+        servers.append(HttpServer(lab, tmp_path, *extra, host=host))
         return servers[-1]
     yield start
     for s in servers:
@@ -293,6 +293,61 @@ async def test_a_forgotten_running_command_is_reaped_at_the_serve_limit(http):
         text = await error(c, "ssh_session_read", session_id=sid)
         assert f"no open session '{sid}': it was closed by the running-session limit" in text
         assert (await ok(c, "ssh_session_list"))["sessions"] == []
+
+
+@pytest.fixture
+def client_netns(lab):
+    """A network namespace of this test's own for an MCP client, linked to this host by a
+    veth pair: its link can go down like a laptop going to sleep (no FIN, no RST)."""
+    net = int(os.environ.get("PHJ_LAB_NET", "199"))
+    ns, link = f"phj{net}-mcpc", f"phj{net}mc0"
+    server_addr, client_addr = f"10.{net}.250.1", f"10.{net}.250.2"
+    cleanup = [["ip", "link", "del", link], ["ip", "netns", "del", ns]]   # the veth pair, then ns
+    for step in cleanup:                                                 # a leftover of this test
+        subprocess.run(step, capture_output=True)
+    steps = [["ip", "netns", "add", ns],
+             ["ip", "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns],
+             ["ip", "addr", "add", f"{server_addr}/30", "dev", link], ["ip", "link", "set", link, "up"],
+             ["ip", "-n", ns, "addr", "add", f"{client_addr}/30", "dev", "eth0"],
+             ["ip", "-n", ns, "link", "set", "eth0", "up"], ["ip", "-n", ns, "link", "set", "lo", "up"]]
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+        yield ns, server_addr
+    finally:   # a socket of the killed client may keep the namespace (and the pair) a while
+        for step in cleanup:
+            subprocess.run(step, capture_output=True)
+
+
+async def test_a_vanished_http_client_is_found_by_tcp_keepalive(http, client_netns, tmp_path):
+    ns, server_addr = client_netns
+    client_timeout = 3
+    server = http("--client-timeout", str(client_timeout), host=server_addr)
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    forgotten = "sleep 9" + str(os.getpid() % 100000).zfill(5)
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(script), server.url,
+                             server.token, forgotten], stdout=subprocess.PIPE, text=True)
+    try:
+        sid = proc.stdout.readline().strip()
+        assert sid.startswith("s-"), sid
+        assert pgrep(forgotten)
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "down"], check=True)   # asleep
+        t0 = time.monotonic()
+
+        async def gone():
+            return not pgrep(forgotten)
+        await until(gone, timeout=120, what="the vanished client's sessions closed")
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait(5)
+    # the next event-stream ping (every 15 s) goes unacknowledged for the TCP user timeout,
+    # then the client timeout runs: the README's bound
+    bound = 15 + USER_TIMEOUT_MS / 1000 + client_timeout + 7
+    assert elapsed < bound, elapsed
+    closes = [r for r in server.records() if r["event"] == "close" and r["session_id"] == sid]
+    assert closes and closes[0]["by"] == "closed because its client disconnected"
 
 
 # ----------------------------------------------------------------------------- fairness

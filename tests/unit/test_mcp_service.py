@@ -162,8 +162,8 @@ def test_http_connections_get_tcp_keepalive_from_the_listening_socket():
         with accepted:
             opts = [accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)] + [
                 accepted.getsockopt(socket.IPPROTO_TCP, getattr(socket, n))
-                for n in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")]
-    assert opts[0] == 1 and tuple(opts[1:]) == mcp_server.KEEPALIVE
+                for n in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT")]
+    assert opts[0] == 1 and tuple(opts[1:]) == (*mcp_server.KEEPALIVE, mcp_server.USER_TIMEOUT_MS)
 
 
 def test_call_slots_refusals_and_cancellation():
