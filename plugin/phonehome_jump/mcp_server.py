@@ -492,6 +492,17 @@ def build_server(inventory: Inventory | str | Path, *,
             await rt.call(lambda: rt.manager.close(session_id, owner=owner))
             return Closed(session_id=session_id, closed=True)
 
+    @mcp.tool(annotations=_annotations("Revive a dead session"))
+    async def ssh_session_revive(session_id: SessionId, ctx: Context) -> SessionOut:
+        """Reopen a dead session (its hop or shell went away) under the same id, back in its
+        working directory; shell variables and jobs of the old shell are gone."""
+        with _errors("ssh_session_revive"):
+            owner = rt.owner(ctx)
+            info = await rt.call_with_progress(
+                ctx, lambda: rt.manager.revive(session_id, owner=owner),
+                f"reopening {session_id}")
+            return _session_out(info)
+
     @mcp.tool(annotations=_annotations("Run one command on a host", destructive=True))
     async def ssh_run(
         host: HostName,

@@ -11,7 +11,13 @@ and an env file (passwords) into its state directory. Users:
 - ``phjpass`` password auth
 - ``phjsudo`` password auth, may sudo with its password
 
-Needs root, ``ip`` (iproute2), ``sshd`` and ``sudo``. Used by the test suite, ``make demo``
+Besides target1..N, ``stock1`` is a target whose sshd keeps OpenSSH's default settings
+(``MaxStartups 10:30:100``: new connections are dropped at random past 10 unauthenticated
+ones), as most real servers do. :meth:`Lab.drop` makes a node silently drop every packet
+(iptables DROP inside its namespace: no RST, no ICMP, like a pulled cable or a firewall);
+:meth:`Lab.undrop` heals it.
+
+Needs root, ``ip`` (iproute2), ``iptables``, ``sshd`` and ``sudo``. Used by the test suite, ``make demo``
 and ``bench/``.  ``python tests/lab/sshlab.py up|down|status [--state DIR] [--targets N]``.
 """
 
@@ -55,6 +61,7 @@ class Node:
     name: str          # jump1, jump2, target1, ...
     ns: str            # network namespace
     addr: str          # where the previous hop dials it
+    stock: bool = False  # sshd with OpenSSH's default limits (MaxStartups 10:30:100)
 
     @property
     def host_key(self) -> str:
@@ -75,6 +82,7 @@ class Lab:
         }
         for i in range(1, self.n_targets + 1):
             self.nodes[f"target{i}"] = Node(f"target{i}", f"{PREFIX}target{i}", f"10.{NET}.3.{9 + i}")
+        self.nodes["stock1"] = Node("stock1", f"{PREFIX}stock1", f"10.{NET}.3.200", stock=True)
 
     # -- paths the tests use -------------------------------------------------
     @property
@@ -182,7 +190,8 @@ class Lab:
         run("ip", "link", "add", "br0", "type", "bridge", ns=j2.ns)
         run("ip", "addr", "add", f"10.{NET}.3.1/24", "dev", "br0", ns=j2.ns)
         run("ip", "link", "set", "br0", "up", ns=j2.ns)
-        for i, node in enumerate(n for n in self.nodes.values() if n.name.startswith("target")):
+        for i, node in enumerate(n for n in self.nodes.values()
+                                 if n.name.startswith(("target", "stock"))):
             port = f"t{i + 1}"
             run("ip", "link", "add", port, "netns", j2.ns, "type", "veth", "peer", "name", "eth0", "netns", node.ns)
             run("ip", "link", "set", port, "master", "br0", ns=j2.ns)
@@ -206,11 +215,9 @@ PermitRootLogin no
 AllowUsers {' '.join(USERS)}
 AllowTcpForwarding yes
 UseDNS no
-MaxStartups 200
-MaxSessions 100
 PrintMotd no
 PrintLastLog no
-"""
+""" + ("" if node.stock else "MaxStartups 200\nMaxSessions 100\n")
         (self.state / f"sshd_{node.name}.conf").write_text(cfg)
 
     def start_sshd(self, name: str) -> None:
@@ -236,6 +243,17 @@ PrintLastLog no
             except (ProcessLookupError, ValueError):
                 pass
 
+    def drop(self, name: str) -> None:
+        """Silently drop every packet into and out of node ``name`` (no RST, no ICMP)."""
+        ns = self.nodes[name].ns
+        for chain in ("INPUT", "OUTPUT"):
+            run("iptables", "-w", "-I", chain, "-j", "DROP", ns=ns)
+
+    def undrop(self, name: str) -> None:
+        ns = self.nodes[name].ns
+        for chain in ("INPUT", "OUTPUT"):
+            run("iptables", "-w", "-F", chain, ns=ns)
+
     def _known_hosts(self) -> None:
         lines = []
         for node in self.nodes.values():
@@ -254,6 +272,9 @@ PrintLastLog no
         hosts = []
         for n in targets:
             hosts.append(f"  lab-{n.name}: {{host: {n.addr}, groups: [lab]}}")
+        stock = self.nodes["stock1"]
+        hosts.append(f"  lab-stock1: {{host: {stock.addr}, groups: [lab], "
+                     "description: stock sshd settings (MaxStartups 10:30:100)}")
         first = targets[0]
         text = f"""\
 # The sshd lab's inventory, written by tests/lab/sshlab.py.

@@ -19,7 +19,8 @@ EP = Endpoint(name="dmz-gw", host="gw.example.net", port=22, username="ops",
     (socket.gaierror(-2, "Name or service not known"), "dns"),
     (ConnectionRefusedError(111, "Connection refused"), "refused"),
     (socket.timeout("timed out"), "timeout"),
-    (paramiko.ChannelException(2, "Connect failed"), "forwarding"),
+    (paramiko.ChannelException(2, "Connect failed"), "refused"),
+    (paramiko.ChannelException(1, "Administratively prohibited"), "forwarding"),
     (EOFError(), "closed"),
 ])
 def test_library_errors_name_the_hop_and_reason(exc, reason):
