@@ -58,14 +58,17 @@ def key_file_problem(path: Path, *, parse: bool = True,
         if _ok.get(path) == sig:
             return None
     try:
-        paramiko.PKey.from_path(path, passphrase)
-    except paramiko.PasswordRequiredException:
-        if have_passphrase and passphrase is None:
-            return None               # preflight: the passphrase is resolved at connect time
-        return (f"key_file {path} is encrypted and no passphrase is set",
-                "add passphrase: env:VAR (or file:PATH) to the credentials entry")
+        paramiko.PKey.from_path(path, passphrase.encode() if passphrase is not None else None)
     except (paramiko.SSHException, ValueError, TypeError) as exc:
-        if passphrase is not None and "encrypt" in str(exc).lower():
+        text = str(exc).lower()
+        if passphrase is None and (isinstance(exc, paramiko.PasswordRequiredException)
+                                   or "password" in text or "encrypted" in text):
+            if have_passphrase:
+                return None           # preflight: the passphrase is resolved at connect time
+            return (f"key_file {path} is encrypted and no passphrase is set",
+                    "add passphrase: env:VAR (or file:PATH) to the credentials entry")
+        if passphrase is not None and ("encrypt" in text or "passphrase" in text
+                                       or "password" in text or "decrypt" in text):
             return (f"key_file {path} could not be decrypted with the configured passphrase",
                     "check the passphrase reference of the credentials entry")
         return (f"key_file {path} is not a private key that can be read ({exc})",
