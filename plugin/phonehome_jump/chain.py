@@ -339,8 +339,15 @@ class HopPool:
             for i, ep in enumerate(chain):
                 held.append(self._acquire_one(tuple(e.key for e in chain[: i + 1]), ep,
                                               held[-1] if held else None))
-        except BaseException:
+        except BaseException as exc:
+            blame = None
+            if (held and isinstance(exc, ConnectError)
+                    and exc.reason in ("timeout", "protocol", "closed")):
+                # a hop that timed out or closed may only be behind a dead one already up
+                blame = diagnose(held, chain[len(held)].name)
             self.release(held)
+            if blame is not None:
+                raise blame from exc
             raise
         return held
 

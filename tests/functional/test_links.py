@@ -94,12 +94,13 @@ def test_silent_drop_marks_sessions_dead_naming_the_link(lab, tmp_path, node, bl
         assert m.command(m.open("lab-target3").id, "echo back").output == "back\n"
 
 
-@pytest.mark.parametrize("node", ["jump1", "jump2"])
-def test_open_through_a_silently_dead_jump_blames_that_jump(lab, tmp_path, node):
+@pytest.mark.parametrize("node,up", [("jump1", "lab-target2"), ("jump2", "lab-target2"),
+                                     ("jump1", "lab-jump2")])
+def test_open_through_a_silently_dead_jump_blames_that_jump(lab, tmp_path, node, up):
     # probes far apart, so the open (not the probe) is what runs into the dead jump
     inv = inventory(lab, tmp_path, keepalive=600, count=3, connect_timeout=2)
     with SessionManager(inv) as m:
-        m.open("lab-target2")           # the chain is up and shared
+        m.open(up)                      # the chain (lab-jump2: only jump1) is up and shared
         lab.drop(node)
         try:
             t0 = time.monotonic()
@@ -109,7 +110,8 @@ def test_open_through_a_silently_dead_jump_blames_that_jump(lab, tmp_path, node)
         finally:
             lab.undrop(node)
     assert err.value.hop == node and err.value.reason == "dead", str(err.value)
-    assert f"hop {node!r}" in str(err.value) and "lab-target1" in str(err.value)
+    assert f"hop {node!r}" in str(err.value) and "did not answer a keepalive" in str(err.value)
+    assert ("lab-target1" if up == "lab-target2" else "opening jump2") in str(err.value)
     assert "Timeout opening channel" not in str(err.value)
     assert took < 2 * 2 + SLACK + 2
 
