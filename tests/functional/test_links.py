@@ -260,3 +260,30 @@ def test_revive_after_exit(manager):
     info = manager.revive(sid)
     assert (info.id, info.cwd) == (sid, "/usr")
     assert manager.command(sid, "echo again").output == "again\n"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_mcp_revive_tool(lab):
+    from mcp import Client
+
+    from phonehome_jump.mcp_server import build_server
+    async with Client(build_server(lab.inventory)) as client:
+        s = (await client.call_tool("ssh_session_open", {"host": "lab-target1"})).structured_content
+        sid = s["session_id"]
+        r = await client.call_tool("ssh_session_command", {"session_id": sid, "command": "cd /var"})
+        assert not r.is_error
+        r = await client.call_tool("ssh_session_revive", {"session_id": sid})
+        assert r.is_error and "alive" in r.content[0].text
+        r = await client.call_tool("ssh_session_command", {"session_id": sid, "command": "exit 5"})
+        assert r.structured_content["exit_status"] == 5
+        r = await client.call_tool("ssh_session_revive", {"session_id": sid})
+        assert not r.is_error, r.content[0].text
+        assert (r.structured_content["session_id"], r.structured_content["cwd"],
+                r.structured_content["state"]) == (sid, "/var", "idle")
+        r = await client.call_tool("ssh_session_command", {"session_id": sid, "command": "pwd"})
+        assert r.structured_content["output"] == "/var\n"
