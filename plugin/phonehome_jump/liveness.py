@@ -48,6 +48,7 @@ class Link:
         self.answers = 0
         self.last_answer = time.monotonic()
         self._suspect_since: float | None = None
+        self._unanswered_logged = False
         self._cond = threading.Condition()
         self._kick = threading.Event()
         self._stop = threading.Event()
@@ -151,6 +152,15 @@ class Link:
         limit = self.interval * self.count
         if now - self.last_answer < limit:
             self._suspect_since = None
+            return
+        if self.answers == 0 and not any(o.failure() for o in self.outer):
+            # never answered, not even the first probe (sent at once): a server that ignores
+            # global requests, not a dead one. Declaring it down would kill healthy sessions.
+            if not self._unanswered_logged:
+                self._unanswered_logged = True
+                log.warning("%s %r (%s) has not answered any keepalive request; a silent drop "
+                            "of it cannot be detected (set keepalive: 0 to stop probing it)",
+                            self.kind, self.name, self.label)
             return
         if self._suspect_since is None:
             self._suspect_since = now
