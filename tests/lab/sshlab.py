@@ -15,7 +15,8 @@ Besides target1..N, ``stock1`` is a target whose sshd keeps OpenSSH's default se
 (``MaxStartups 10:30:100``: new connections are dropped at random past 10 unauthenticated
 ones), as most real servers do. :meth:`Lab.drop` makes a node silently drop every packet
 (iptables DROP inside its namespace: no RST, no ICMP, like a pulled cable or a firewall);
-:meth:`Lab.undrop` heals it.
+:meth:`Lab.undrop` heals it. Its inventory entry is :meth:`Lab.stock_host_yaml` (kept out of
+the lab inventory, so host counts there stay the same).
 
 Needs root, ``ip`` (iproute2), ``iptables``, ``sshd`` and ``sudo``. Used by the test suite, ``make demo``
 and ``bench/``.  ``python tests/lab/sshlab.py up|down|status [--state DIR] [--targets N]``.
@@ -243,6 +244,14 @@ PrintLastLog no
             except (ProcessLookupError, ValueError):
                 pass
 
+    def stock_host_yaml(self, name: str = "lab-stock1") -> str:
+        """An inventory host entry (under ``hosts:``) for the stock-sshd target.
+
+        Not in the lab inventory itself, so host counts there stay as they are.
+        """
+        return (f"  {name}: {{host: {self.addr('stock1')}, groups: [lab], "
+                "description: stock sshd settings (MaxStartups 10:30:100)}\n")
+
     def drop(self, name: str) -> None:
         """Silently drop every packet into and out of node ``name`` (no RST, no ICMP)."""
         ns = self.nodes[name].ns
@@ -272,9 +281,6 @@ PrintLastLog no
         hosts = []
         for n in targets:
             hosts.append(f"  lab-{n.name}: {{host: {n.addr}, groups: [lab]}}")
-        stock = self.nodes["stock1"]
-        hosts.append(f"  lab-stock1: {{host: {stock.addr}, groups: [lab], "
-                     "description: stock sshd settings (MaxStartups 10:30:100)}")
         first = targets[0]
         text = f"""\
 # The sshd lab's inventory, written by tests/lab/sshlab.py.
