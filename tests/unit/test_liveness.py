@@ -99,3 +99,24 @@ def test_check_probes_now():
     t0 = time.monotonic()
     assert not link.check(0.3) and time.monotonic() - t0 < 1.0
     t.close()
+
+
+def test_inventory_fields_and_defaults():
+    import pytest
+
+    from phonehome_jump.errors import InventoryError
+    from phonehome_jump.inventory import Inventory
+    inv = Inventory.from_text("""
+defaults: {keepalive_count: 5}
+jump_hosts:
+  gw: {host: gw.example.net, keepalive: 7}
+hosts:
+  a: {host: 10.0.0.1, via: gw}
+  b: {host: 10.0.0.2, keepalive: 0, keepalive_count: 2}
+""", "inv.yaml")
+    a, b = inv.target("a"), inv.target("b")
+    assert (a.endpoint.keepalive, a.endpoint.keepalive_count) == (15, 5)
+    assert (a.chain[0].keepalive, a.chain[0].keepalive_count) == (7, 5)
+    assert (b.endpoint.keepalive, b.endpoint.keepalive_count) == (0, 2)
+    with pytest.raises(InventoryError, match="keepalive_count"):
+        Inventory.from_text("hosts:\n  a: {host: x, keepalive_count: 0}\n", "inv.yaml")
