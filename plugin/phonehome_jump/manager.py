@@ -147,8 +147,7 @@ class SessionManager:
             while True:
                 attempt += 1
                 try:
-                    with login_gate(target.chain, ep):
-                        return hops, self._login(target, hops, framing)
+                    return hops, self._login(target, hops, framing)
                 except ConnectError as exc:
                     if exc.hop != target.name or exc.reason in (
                             "auth", "host-key", "local-file", "refused", "forwarding", "dns"):
@@ -180,14 +179,28 @@ class SessionManager:
             raise
 
     def _login(self, target: Target, hops: list[Hop], framing: str | None) -> Session:
-        sock = (open_tunnel(hops[-1].transport, target.endpoint, target.chain[-1]) if hops
-                else dial(target.endpoint))
+        # sshd counts a connection against MaxStartups from accept to authentication: the
+        # gate is held from the tunnel's open until Session.start says it has logged in
+        gate = login_gate(target.chain, target.endpoint)
+        gate.acquire()
+        held = [True]
+
+        def logged_in() -> None:
+            if held:
+                held.clear()
+                gate.release()
         try:
-            return Session.start(target, sock, cap=self.cap, framing=framing,
-                                 links=[h.link for h in hops if h.link is not None])
-        except BaseException:
-            sock.close()
-            raise
+            sock = (open_tunnel(hops[-1].transport, target.endpoint, target.chain[-1]) if hops
+                    else dial(target.endpoint))
+            try:
+                return Session.start(target, sock, cap=self.cap, framing=framing,
+                                     links=[h.link for h in hops if h.link is not None],
+                                     logged_in=logged_in)
+            except BaseException:
+                sock.close()
+                raise
+        finally:
+            logged_in()
 
     def _reserve(self, target: Target) -> None:
         with self._lock:

@@ -22,6 +22,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paramiko
@@ -62,11 +63,13 @@ class Session:
     # -- opening ----------------------------------------------------------------------
     @classmethod
     def start(cls, target: Target, sock: Any, *, cap: int = DEFAULT_CAP,
-              framing: str | None = None, links: list[Link] | tuple[Link, ...] = ()) -> "Session":
+              framing: str | None = None, links: list[Link] | tuple[Link, ...] = (),
+              logged_in: Callable[[], None] | None = None) -> "Session":
         """Log in to ``target`` over ``sock`` (a tunnel channel or a TCP socket) and frame the shell.
 
         ``links`` are the liveness links of the hops before it (first hop first); the
-        target's own link is added, so a failure is blamed on the right one.
+        target's own link is added, so a failure is blamed on the right one. ``logged_in``
+        is called once authentication is done (the caller paces logins up to there).
         """
         from netmiko import ConnectHandler   # heavy import, only when a session opens
 
@@ -95,6 +98,8 @@ class Session:
                 return client
             conn._build_ssh_client = build_with_known_hosts   # our parser, not paramiko's
             conn.establish_connection(width=PTY_WIDTH, height=1000)
+            if logged_in is not None:
+                logged_in()
         except Exception as exc:
             raise wrap_error(exc, ep, target.chain[-1] if target.chain else None) from exc
         chan = conn.remote_conn
