@@ -123,9 +123,10 @@ class Link:
                 timeout) and self.transport.is_active()
 
     def declare_down(self, why: str) -> None:
-        if self.down is not None:
-            return
-        self.down = f"{self.kind} {self.name!r} ({self.label}) {why}"
+        with self._cond:                  # the watcher and an open's diagnosis may race here
+            if self.down is not None:
+                return
+            self.down = f"{self.kind} {self.name!r} ({self.label}) {why}"
         log.warning("%s", self.down)
         _watcher.discard(self)
         self._stop.set()

@@ -287,7 +287,7 @@ class SessionManager:
         self.pool.release(old_hops)
         log.info("session %s to %s revived in %s", entry.id, target.name, session.cwd)
         self._record(entry, "revive", outcome="ok", cwd=session.cwd, previous=old.dead,
-                     duration=round(time.time() - started, 4))
+                     cwd_restored=restored, duration=round(time.time() - started, 4))
         if restored is False:
             log.warning("session %s: could not return to %s (%s is where the shell started)",
                         entry.id, cwd, session.cwd)
