@@ -221,7 +221,7 @@ def test_a_target_that_keeps_refusing_logins_says_so(lab, tmp_path):
         assert wait_for(lambda: subprocess.run(["ip", "netns", "exec", ns, "ss", "-Hltn",
                                                 f"sport = :{port}"], capture_output=True,
                                                text=True).stdout.strip(), 5)
-        inv = inventory(lab, tmp_path, extra=f"  refuser: {{host: {addr}, port: {port}, "
+        inv = inventory(lab, tmp_path, connect_timeout=3, extra=f"  refuser: {{host: {addr}, port: {port}, "
                                              "via: jump2, credentials: lab-key}\n")
         with SessionManager(inv) as m, pytest.raises(ConnectError) as err:
             m.open("refuser")
