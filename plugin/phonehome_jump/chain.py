@@ -88,11 +88,38 @@ def _hop_label(ep: Endpoint) -> str:
     return f"{ep.name} ({ep.username}@{ep.host}:{ep.port})"
 
 
-def wrap_error(exc: BaseException, ep: Endpoint, via: Endpoint | None) -> PhonehomeJumpError:
+def keep_open_failure_reasons(transport: paramiko.Transport) -> None:
+    """Keep the text a hop sends when it cannot open a tunnel ("Connection refused", "No
+    route to host"): paramiko logs it, then raises ChannelException with only the code."""
+    table = getattr(transport, "_handler_table", None)
+    original = table.get(paramiko.common.MSG_CHANNEL_OPEN_FAILURE) if isinstance(table, dict) else None
+    if original is None:         # another paramiko layout: the code alone still says enough
+        return
+
+    def parse(m: paramiko.Message) -> None:
+        try:
+            m.get_int()
+            m.get_int()
+            transport._phj_open_failure = m.get_text()    # type: ignore[attr-defined]
+        except Exception:  # a malformed message: paramiko's own parser deals with it
+            pass
+        m.rewind()
+        original(m)
+    table[paramiko.common.MSG_CHANNEL_OPEN_FAILURE] = parse
+
+
+def open_failure_reason(transport: Any) -> str | None:
+    """The hop's text for its last failed tunnel open, if it gave one."""
+    return getattr(transport, "_phj_open_failure", None) or None
+
+
+def wrap_error(exc: BaseException, ep: Endpoint, via: Endpoint | None,
+               detail: str | None = None) -> PhonehomeJumpError:
     """Turn a socket/paramiko/netmiko failure at one hop into a ConnectError naming that hop.
 
     Walks ``__cause__``/``__context__`` so that library wrappers (netmiko wraps paramiko)
-    still map to the precise reason.
+    still map to the precise reason. ``detail``: the previous hop's reason text for a failed
+    tunnel open.
     """
     seen: list[BaseException] = []
     cur: BaseException | None = exc
@@ -123,6 +150,20 @@ def wrap_error(exc: BaseException, ep: Endpoint, via: Endpoint | None) -> Phoneh
             parent = via.name if via else "the previous hop"
             if err.code == paramiko.OPEN_FAILED_CONNECT_FAILED:
                 # the hop tried and its connect failed: refused, unreachable or timed out
+                said = (detail or "").strip()
+                if said.lower() == "connection refused":
+                    return ConnectError(
+                        f"{parent} could not connect to {label}: nothing listens on "
+                        f"{ep.host}:{ep.port} ({parent} says: {said})", hop=ep.name,
+                        reason="refused", where=where,
+                        hint=f"is sshd running on {ep.host}, on port {ep.port}? check the port "
+                             "in the inventory")
+                if said:
+                    return ConnectError(
+                        f"{parent} could not connect to {label}: {said}", hop=ep.name,
+                        reason="unreachable", where=where,
+                        hint=f"check the address {ep.host} and routing/firewalls between "
+                             f"{parent} and it")
                 return ConnectError(
                     f"{parent} could not connect to {label}: nothing listens on "
                     f"{ep.host}:{ep.port} as seen from {parent} (connection refused), or it "
@@ -223,7 +264,7 @@ def open_tunnel(transport: paramiko.Transport, ep: Endpoint, via: Endpoint) -> p
                 where=f"hop {ep.name!r} ({ep.source})",
                 hint=f"{ep.host}:{ep.port} may drop connections from {via.name} (firewall), or "
                      f"{via.name} is slow; check the path, or raise connect_timeout") from exc
-        raise wrap_error(exc, ep, via) from exc
+        raise wrap_error(exc, ep, via, open_failure_reason(transport)) from exc
 
 
 def _ask_for_nodelay(transport: paramiko.Transport, ep: Endpoint) -> None:
@@ -394,7 +435,9 @@ class HopPool:
                 sock.close()
             if isinstance(exc, PhonehomeJumpError):
                 raise
-            raise wrap_error(exc, ep, parent.endpoint if parent else None) from exc
+            raise wrap_error(exc, ep, parent.endpoint if parent else None,
+                             open_failure_reason(parent.transport) if parent else None) from exc
+        keep_open_failure_reasons(hop.transport)
         outer = [h.link for h in self._chain_of(hop) if h.link is not None]
         hop.link = Link("hop", ep.name, f"{ep.username}@{ep.host}:{ep.port}", hop.transport,
                         interval=ep.keepalive, count=ep.keepalive_count, outer=outer,

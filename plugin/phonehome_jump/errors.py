@@ -53,7 +53,7 @@ class ConnectError(PhonehomeJumpError):
     """Reaching a hop or the target failed.
 
     ``hop`` is the inventory name of the endpoint that failed; ``reason`` is one of
-    dns, refused, timeout, auth, host-key, forwarding, protocol, closed, dead (stopped
+    dns, refused, unreachable, timeout, auth, host-key, forwarding, protocol, closed, dead (stopped
     answering liveness probes), busy (refused new connections before login), local-file.
     """
 

@@ -168,7 +168,19 @@ def test_target_whose_sshd_is_down_says_nothing_listens(lab, lab_inventory):
     text = str(err.value)
     assert (err.value.hop, err.value.reason) == ("lab-target3", "refused")
     assert f"nothing listens on {lab.addr('target3')}:22" in text and "jump2" in text
+    assert "Connection refused" in text           # what jump2 said, kept from its message
     assert "AllowTcpForwarding" not in text
+
+
+def test_target_that_is_unreachable_from_the_last_hop_says_why(lab, tmp_path):
+    gone = lab.addr("target3").rsplit(".", 1)[0] + ".250"      # on jump2's bridge, nobody there
+    inv = inventory(lab, tmp_path, extra=f"  gone: {{host: {gone}, via: jump2, "
+                                         "credentials: lab-key}\n")
+    with SessionManager(inv) as m, pytest.raises(ConnectError) as err:
+        m.open("gone")
+    text = str(err.value)
+    assert (err.value.hop, err.value.reason) == ("gone", "unreachable"), text
+    assert "jump2 could not connect" in text and "No route to host" in text
 
 
 def test_exit_is_a_normal_end_without_logout(manager):
