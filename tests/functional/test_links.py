@@ -94,6 +94,20 @@ def test_silent_drop_marks_sessions_dead_naming_the_link(lab, tmp_path, node, bl
         assert m.command(m.open("lab-target3").id, "echo back").output == "back\n"
 
 
+def test_silent_drop_of_a_direct_target_names_it(lab, tmp_path):
+    inv = inventory(lab, tmp_path)
+    with SessionManager(inv) as m:
+        sid = m.open("lab-jump1").id           # no hops: jump1 is the target here
+        th, box = blocked_command(m, sid)
+        lab.drop("jump1")
+        try:
+            th.join(INTERVAL * COUNT + SLACK + 2)
+        finally:
+            lab.undrop("jump1")
+    assert not th.is_alive() and isinstance(box.get("error"), SessionDeadError), box
+    assert "target 'lab-jump1'" in str(box["error"]) and "stopped answering" in str(box["error"])
+
+
 @pytest.mark.parametrize("node,up", [("jump1", "lab-target2"), ("jump2", "lab-target2"),
                                      ("jump1", "lab-jump2")])
 def test_open_through_a_silently_dead_jump_blames_that_jump(lab, tmp_path, node, up):
