@@ -275,7 +275,7 @@ class SessionManager:
                 mine = self._entries.get(entry.id) is entry
                 if mine:
                     old_hops, entry.hops, entry.session = entry.hops, hops, session
-                    entry.pending, entry.typed = None, ""
+                    unfinished, entry.pending, entry.typed = entry.pending, None, ""
         finally:
             self._unclaim(entry.id)
         if not mine:                            # closed while it was being revived
@@ -285,6 +285,8 @@ class SessionManager:
             raise SessionError(f"session {session_id!r} was closed while it was being revived")
         old.close()
         self.pool.release(old_hops)
+        if unfinished is not None:              # the command that was running when it died
+            self._record(entry, "command", command=unfinished, outcome="unfinished")
         log.info("session %s to %s revived in %s", entry.id, target.name, session.cwd)
         self._record(entry, "revive", outcome="ok", cwd=session.cwd, previous=old.dead,
                      cwd_restored=restored, duration=round(time.time() - started, 4))
