@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ def test_inventory_check_warns_before_connecting(lab, tmp_path):
     inv.write_text(lab.inventory.read_text().replace(f"key_file: {lab.key_file}",
                                                      f"key_file: {tmp_path / 'gone'}"))
     env = {k: v for k, v in os.environ.items() if k not in lab.env}
-    proc = subprocess.run([str(Path(os.sys.executable).parent / "phonehome-jump"), "inventory",
+    proc = subprocess.run([str(Path(sys.executable).parent / "phonehome-jump"), "inventory",
                            "check", str(inv)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "ok:" in proc.stdout
