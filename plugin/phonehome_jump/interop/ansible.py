@@ -15,7 +15,6 @@ becomes an ``env:`` reference, named in a note. Everything else is listed as not
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 import shlex

@@ -12,9 +12,12 @@ keys), extra ``IdentityFile`` lines, and every option phonehome-jump has no equi
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import glob
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +89,38 @@ def _blocks(lines: list[tuple[str, str]], notes: list[tuple[str, str]]) -> tuple
     return "\n".join(kept) + "\n", blocks
 
 
+@contextlib.contextmanager
+def _cheap_local_user() -> Iterator[None]:
+    """paramiko asks getpass.getuser() once per Host block per lookup (for `Match localuser`);
+    without USER/LOGNAME in the environment each call is a passwd lookup, which makes a
+    200-host import take seconds. Provide the same answer from the environment meanwhile."""
+    if any(os.environ.get(k) for k in ("LOGNAME", "USER", "LNAME", "USERNAME")):
+        yield
+        return
+    os.environ["USER"] = getpass.getuser()
+    try:
+        yield
+    finally:
+        os.environ.pop("USER", None)
+
+
 def import_ssh_config(path: str | os.PathLike[str]) -> Draft:
-    src = Path(path).expanduser()
+    with _cheap_local_user():
+        return _import(Path(path).expanduser())
+
+
+def _import(src: Path) -> Draft:
     raw_notes: list[tuple[str, str]] = []
     text, blocks = _blocks(_read(src, raw_notes), raw_notes)
-    config = paramiko.SSHConfig.from_text(text)
+    parsed = paramiko.SSHConfig.from_text(text)
+    cache: dict[str, dict[str, Any]] = {}
+
+    class config:   # noqa: N801 - memoised lookups: jumps look the same hosts up again
+        @staticmethod
+        def lookup(name: str) -> dict[str, Any]:
+            if name not in cache:
+                cache[name] = dict(parsed.lookup(name))
+            return cache[name]
     draft = Draft(source=str(src))
     for where, what in raw_notes:
         draft.note(where, what)
