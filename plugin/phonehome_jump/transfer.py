@@ -20,6 +20,7 @@ import os
 import posixpath
 import shlex
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -248,6 +249,11 @@ def download(client: paramiko.SSHClient, host: str, remote: str, local: str | os
                     if remote_sha256(client, remote, limit=have) == _sha_of(fh):
                         offset = have
             counter = _Counter(size, offset, progress)
+            # the host hashes its copy while we read ours: the check costs no extra pass
+            theirs_box: list[str | None] = []
+            hasher = threading.Thread(target=lambda: theirs_box.append(remote_sha256(client, remote)),
+                                      name="phj-remote-sha256", daemon=True)
+            hasher.start()
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if offset else os.O_TRUNC),
                          0o600)
             with os.fdopen(fd, "ab" if offset else "wb") as out:
@@ -261,7 +267,8 @@ def download(client: paramiko.SSHClient, host: str, remote: str, local: str | os
                         out.write(block)
                         counter.add(block)
             digest = counter.hash.hexdigest()
-            theirs = remote_sha256(client, remote)
+            hasher.join()
+            theirs = theirs_box[0] if theirs_box else None
             if counter.done != size or (theirs is not None and theirs != digest):
                 raise TransferError(f"checksum mismatch after download of {host}:{remote} "
                                     f"({counter.done:,} of {size:,} bytes)", where=where,
