@@ -148,7 +148,8 @@ def test_ansible_inventory_with_children_and_jump_args_reaches_targets(lab, tmp_
         path = tmp_path / "inventory.yml"
     path.write_text(text)
     inv = load_draft(import_ansible(path), tmp_path, lab.known_hosts)
-    assert set(inv.target("t1").tags) == {"lab", "web"}
+    assert set(inv.target("t1").groups) == {"lab", "web"}
+    assert [t.name for t in inv.targets(group="db")] == ["t3"]
     assert len(inv.target("t3").chain) == 2
     assert reach(inv, "t1", "t3") == {"t1": lab.addr("target1"), "t3": lab.addr("target3")}
 

@@ -4,13 +4,14 @@ Read as Ansible defines it, without Ansible installed: groups with ``hosts``, ``
 and ``vars`` (YAML), ``[group]``, ``[group:vars]`` and ``[group:children]`` sections (INI),
 ``group_vars/`` and ``host_vars/`` beside the file, and variable precedence all < parent
 group < child group < host. Each host gets its effective values (so the result does not
-depend on phonehome-jump's group order); its Ansible groups become tags.
+depend on phonehome-jump's group order); its Ansible groups become settings-free groups
+(membership, for ``--group`` filters).
 
 Carried over: ``ansible_host``, ``ansible_port``, ``ansible_user``,
 ``ansible_ssh_private_key_file``, ``ansible_network_os`` (as a netmiko device type) and
 jump settings in ``ansible_ssh_common_args``/``ansible_ssh_extra_args`` (``-J a,b`` or
-``-o ProxyJump=…``). A password (``ansible_password``/``ansible_ssh_pass``/``ansible_become_password``)
-becomes an ``env:`` reference, named in a note. Everything else is listed as not carried over.
+``-o ProxyJump=…``). A password (``ansible_password``/``ansible_ssh_pass``; the become
+password as ``sudo_password``) becomes an ``env:`` reference, named in a note. Everything else is listed as not carried over.
 """
 
 from __future__ import annotations
@@ -180,9 +181,11 @@ def import_ansible(path: str | os.PathLike[str]) -> Draft:
             hv.update(groups[gname].hosts.get(host) or {})
         hv.update(_vars_dir(base, "host_vars", host))
         draft.hosts[host] = _host(draft, host, hv, str(src), left)
-        tags = [g for g in gnames if g not in ("all", "ungrouped")]
-        if tags:
-            draft.hosts[host]["tags"] = tags
+        member = [g for g in gnames if g not in ("all", "ungrouped")]
+        if member:     # membership for --group filters; the settings are already on the host
+            draft.hosts[host]["groups"] = member
+            for g in member:
+                draft.groups.setdefault(g, {"description": f"Ansible group {g}"})
     for var, hosts in sorted(left.items()):
         shown = ", ".join(hosts[:5]) + (f", … ({len(hosts)} in all)" if len(hosts) > 5 else "")
         draft.note(str(src), f"variable {var} not carried over (hosts {shown})")

@@ -147,8 +147,10 @@ def import_nornir(paths: list[str]) -> Draft:
                     draft.jump_hosts.setdefault(jname, jspec)
                     via = [jname]          # the jump host carries the hops before it
             spec["via"] = via
-        if body.get("groups"):
-            spec["tags"] = [str(g) for g in body["groups"]]
+        if body.get("groups"):      # membership; the settings are already on the host
+            spec["groups"] = [str(g) for g in body["groups"] if str(g) in groups]
+            for g in spec["groups"]:
+                draft.groups.setdefault(g, {"description": f"Nornir group {g}"})
         draft.hosts[name] = spec
         for k in body:
             if k not in _KNOWN:
