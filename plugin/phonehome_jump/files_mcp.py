@@ -37,6 +37,12 @@ Confirm = Annotated[bool, Field(description="Confirm a copy the policy marks `co
 
 def register(mcp: Any, rt: Any, *, errors: Any, annotations: Any, actor: Any,
              max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    async def copy(tool: str, ctx: Context, op: Any) -> TransferOut:
+        """Run ``op(actor)`` (a manager upload/download) in a worker thread."""
+        with errors(tool):
+            who = actor(ctx, rt.owner(ctx))
+            r = await rt.call(lambda: op(who))
+            return TransferOut(**r.to_dict())
 
     @mcp.tool(annotations=annotations("Upload a file to a host", destructive=True))
     async def ssh_file_upload(
@@ -51,12 +57,9 @@ def register(mcp: Any, rt: Any, *, errors: Any, annotations: Any, actor: Any,
         SFTP (SCP where the host lacks SFTP); SHA-256 verified; mode and mtime kept; written
         under a temporary name and renamed into place only when complete.
         """
-        with errors("ssh_file_upload"):
-            owner = rt.owner(ctx)
-            r = await rt.call(lambda: rt.manager.upload(
-                host, local_path, remote_path, actor=actor(ctx, owner), confirm=confirm,
-                resume=resume, max_bytes=max_bytes))
-            return TransferOut(**r.to_dict())
+        return await copy("ssh_file_upload", ctx, lambda who: rt.manager.upload(
+            host, local_path, remote_path, actor=who, confirm=confirm, resume=resume,
+            max_bytes=max_bytes))
 
     @mcp.tool(annotations=annotations("Download a file from a host"))
     async def ssh_file_download(
@@ -67,9 +70,6 @@ def register(mcp: Any, rt: Any, *, errors: Any, annotations: Any, actor: Any,
         ctx: Context, resume: Resume = False, confirm: Confirm = False,
     ) -> TransferOut:
         """Copy a file from a host to the MCP server's machine, through its jump chain."""
-        with errors("ssh_file_download"):
-            owner = rt.owner(ctx)
-            r = await rt.call(lambda: rt.manager.download(
-                host, remote_path, local_path, actor=actor(ctx, owner), confirm=confirm,
-                resume=resume, max_bytes=max_bytes))
-            return TransferOut(**r.to_dict())
+        return await copy("ssh_file_download", ctx, lambda who: rt.manager.download(
+            host, remote_path, local_path, actor=who, confirm=confirm, resume=resume,
+            max_bytes=max_bytes))

@@ -20,7 +20,8 @@ import yaml
 
 from ..errors import InventoryError
 
-__all__ = ["Draft", "Note", "device_type_for", "env_name", "load_yaml"]
+__all__ = ["Draft", "Note", "device_type_for", "env_name", "jump_name", "load_yaml",
+           "parse_jump"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,45 @@ class Draft:
             name, i = f"{base}-{i}", i + 1
         self.credentials[name] = spec
         return name
+
+    def left_out(self, where: str, what: str, hosts: list[str]) -> None:
+        """One note for a setting many hosts have: ``what`` (hosts a, b, … (N in all))."""
+        shown = ", ".join(hosts[:5]) + (f", … ({len(hosts)} in all)" if len(hosts) > 5 else "")
+        self.note(where, f"{what} (hosts {shown})")
+
+    def device_type(self, spec: dict[str, Any], where: str, label: str, value: object) -> None:
+        """Set ``spec['device_type']`` from another tool's platform name, or note it."""
+        dt = device_type_for(str(value))
+        if dt:
+            spec["device_type"] = dt
+        else:
+            self.note(where, f"{label} {value!r} has no known netmiko device type; set "
+                             "device_type by hand")
+
+    def jumps(self, elements: list[str], where: str, hosts: Any = ()) -> list[str] | None:
+        """``via`` for a jump list: names in ``hosts`` are those hosts (hosts are hops); a
+        literal ``[user@]host[:port]`` becomes a jump host reached through the hops before it."""
+        via: list[str] = []
+        for element in (e.strip() for e in elements):
+            if element in hosts:
+                via.append(element)
+                continue
+            parsed = parse_jump(element)
+            if parsed is None:
+                self.note(where, f"jump {element!r} not understood; set via by hand")
+                return None
+            user, host, port = parsed
+            spec: dict[str, Any] = {"host": host}
+            if port:
+                spec["port"] = port
+            if user:
+                spec["username"] = user
+            if via:
+                spec["via"] = list(via)
+            name = jump_name(element)
+            self.jump_hosts.setdefault(name, spec)
+            via = [name]                 # that jump host carries the hops before it
+        return via or None
 
     def sections(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -158,6 +198,22 @@ def load_yaml(text: str, source: str) -> Any:
         elif isinstance(n, yaml.MappingNode):
             stack += [(c, path + (id(n),)) for kv in n.value for c in kv]
     return yaml.load(text, Loader=yaml.SafeLoader)
+
+
+_JUMP = re.compile(r"(?:ssh://)?(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:@]+)(?::(?P<port>\d+))?")
+
+
+def parse_jump(element: str) -> tuple[str | None, str, int | None] | None:
+    """``[ssh://][user@]host[:port]`` (host may be ``[v6]``) -> (user, host, port); None if not."""
+    m = _JUMP.fullmatch(element.strip())
+    if m is None:
+        return None
+    return m["user"], m["host"].strip("[]"), int(m["port"]) if m["port"] else None
+
+
+def jump_name(element: str) -> str:
+    """An inventory name for a literal jump element (``ops@gw:2222`` -> ``ops-gw-2222``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", element.strip()).strip("-")
 
 
 def env_name(*parts: str) -> str:

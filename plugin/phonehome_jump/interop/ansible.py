@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from ..errors import InventoryError
-from . import Draft, device_type_for, env_name, load_yaml
+from . import Draft, env_name, load_yaml
 
 _USED = {"ansible_host", "ansible_ssh_host", "ansible_port", "ansible_ssh_port", "ansible_user",
          "ansible_ssh_user", "ansible_ssh_private_key_file", "ansible_private_key_file",
@@ -187,8 +187,7 @@ def import_ansible(path: str | os.PathLike[str]) -> Draft:
             for g in member:
                 draft.groups.setdefault(g, {"description": f"Ansible group {g}"})
     for var, hosts in sorted(left.items()):
-        shown = ", ".join(hosts[:5]) + (f", … ({len(hosts)} in all)" if len(hosts) > 5 else "")
-        draft.note(str(src), f"variable {var} not carried over (hosts {shown})")
+        draft.left_out(str(src), f"variable {var} not carried over", hosts)
     if not draft.hosts:
         raise InventoryError(f"no hosts in {src}", where=str(src),
                              hint="pass an Ansible inventory that lists hosts")
@@ -222,14 +221,8 @@ def _host(draft: Draft, name: str, hv: dict[str, Any], src: str,
         svar = env_name(name, "sudo")
         draft.credentials[cred]["sudo_password"] = f"env:{svar}"
         draft.note(where, f"become password replaced by env:{svar} (sudo_password)")
-    os_name = hv.get("ansible_network_os")
-    if os_name:
-        dt = device_type_for(str(os_name))
-        if dt:
-            spec["device_type"] = dt
-        else:
-            draft.note(where, f"ansible_network_os {os_name!r} has no known netmiko device type; "
-                              "set device_type by hand")
+    if os_name := hv.get("ansible_network_os"):
+        draft.device_type(spec, where, "ansible_network_os", os_name)
     args = " ".join(str(hv.get(k) or "") for k in ("ansible_ssh_common_args", "ansible_ssh_extra_args"))
     via = _jumps(draft, args, where)
     if via:
@@ -261,22 +254,4 @@ def _jumps(draft: Draft, args: str, where: str) -> list[str] | None:
                 draft.note(where, f"ProxyCommand not carried over ({v}); write the hop as -J/ProxyJump")
     if not value or value.lower() == "none":
         return None
-    names = []
-    for element in value.split(","):
-        m = re.fullmatch(r"(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:]+)(?::(?P<port>\d+))?", element)
-        if m is None:
-            draft.note(where, f"jump {element!r} not understood; set via by hand")
-            return None
-        host = m["host"].strip("[]")
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", element)
-        if name not in draft.jump_hosts and name not in draft.hosts:
-            spec: dict[str, Any] = {"host": host}
-            if m["port"]:
-                spec["port"] = int(m["port"])
-            if m["user"]:
-                spec["username"] = m["user"]
-            if names:
-                spec["via"] = list(names)
-            draft.jump_hosts[name] = spec
-        names.append(name)
-    return names[-1:] if len(names) > 1 else names
+    return draft.jumps(value.split(","), where)

@@ -12,12 +12,11 @@ user's own variables).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from ..errors import InventoryError
-from . import Draft, device_type_for, env_name, load_yaml
+from . import Draft, env_name, load_yaml
 
 _ATTRS = ("hostname", "port", "username", "password", "platform")
 _KNOWN = set(_ATTRS) | {"groups", "data", "connection_options"}
@@ -119,34 +118,13 @@ def import_nornir(paths: list[str]) -> Draft:
         if secret is not None:
             draft.note(where, "netmiko enable secret not carried over; use a sudo_password/"
                               "secret reference by hand")
-        platform = netmiko("platform") or get("platform")
-        if platform:
-            dt = device_type_for(str(platform))
-            if dt:
-                spec["device_type"] = dt
-            else:
-                draft.note(where, f"platform {platform!r} has no known netmiko device type; "
-                                  "set device_type by hand")
+        if platform := netmiko("platform") or get("platform"):
+            draft.device_type(spec, where, "platform", platform)
         jump = data("proxyjump") or data("via") or data("jump_host")
         if jump:
-            names = [str(j).strip() for j in (jump.split(",") if isinstance(jump, str) else jump)]
-            via: list[str] = []
-            for j in names:
-                if j in hosts:
-                    via.append(j)
-                else:
-                    jname = re.sub(r"[^A-Za-z0-9_.-]+", "-", j)
-                    m = re.fullmatch(r"(?:(?P<user>[^@]+)@)?(?P<host>[^:]+)(?::(?P<port>\d+))?", j)
-                    jspec: dict[str, Any] = {"host": m["host"] if m else j}
-                    if m and m["user"]:
-                        jspec["username"] = m["user"]
-                    if m and m["port"]:
-                        jspec["port"] = int(m["port"])
-                    if via:
-                        jspec["via"] = list(via)
-                    draft.jump_hosts.setdefault(jname, jspec)
-                    via = [jname]          # the jump host carries the hops before it
-            spec["via"] = via
+            names = [str(j) for j in (jump.split(",") if isinstance(jump, str) else jump)]
+            if via := draft.jumps(names, where, hosts):
+                spec["via"] = via
         if body.get("groups"):      # membership; the settings are already on the host
             spec["groups"] = [str(g) for g in body["groups"] if str(g) in groups]
             for g in spec["groups"]:
@@ -156,8 +134,7 @@ def import_nornir(paths: list[str]) -> Draft:
             if k not in _KNOWN:
                 left.setdefault(k, []).append(name)
     for k, names in sorted(left.items()):
-        draft.note(src, f"attribute {k!r} not carried over (hosts {', '.join(names[:5])}"
-                        + (f", … ({len(names)} in all))" if len(names) > 5 else ")"))
+        draft.left_out(src, f"attribute {k!r} not carried over", names)
     if not draft.hosts:
         raise InventoryError("no hosts in the Nornir inventory", where=src,
                              hint="hosts.yaml lists no hosts")

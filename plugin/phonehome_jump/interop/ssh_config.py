@@ -24,7 +24,7 @@ from typing import Any
 import paramiko
 
 from ..errors import InventoryError
-from . import Draft
+from . import Draft, jump_name, parse_jump
 
 #: Options read here; every other option found on a host is listed as not carried over.
 _USED = {"hostname", "user", "port", "identityfile", "proxyjump", "proxycommand",
@@ -169,12 +169,11 @@ def _import(src: Path) -> Draft:
 
     def jump(element: str, where: str, first: bool) -> str | None:
         """The hop name for one ProxyJump element, defining a jump host when needed."""
-        m = re.fullmatch(r"(?:ssh://)?(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:]+)(?::(?P<port>\d+))?",
-                         element.strip())
-        if m is None:
+        parsed = parse_jump(element)
+        if parsed is None:
             draft.note(where, f"ProxyJump element {element!r} not understood; set via by hand")
             return None
-        host, user, port = m["host"].strip("[]"), m["user"], m["port"]
+        user, host, port = parsed
         cfg = config.lookup(host)
         own_jump = (cfg.get("proxyjump") or "none").lower() != "none"
         if host in aliases and not user and not port and (first or not own_jump):
@@ -182,10 +181,9 @@ def _import(src: Path) -> Draft:
         # OpenSSH ignores the own ProxyJump of every element but the first
         name = host if host not in aliases else f"{host}-hop"
         if user or port:
-            name = f"{user + '@' if user else ''}{name}{':' + port if port else ''}"
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+            name = jump_name(f"{user + '@' if user else ''}{name}{f':{port}' if port else ''}")
         if name not in draft.jump_hosts:
-            spec = settings(name, where, cfg, user=user, port=int(port) if port else None)
+            spec = settings(name, where, cfg, user=user, port=port)
             if first and own_jump:
                 via = chain_of(host, where, cfg.get("proxyjump", ""), seen=(host,))
                 if via:
@@ -218,8 +216,7 @@ def _import(src: Path) -> Draft:
             spec["via"] = via
         draft.hosts[alias] = spec
     for opt, hosts in sorted(options_seen.items()):
-        shown = ", ".join(hosts[:5]) + (f", … ({len(hosts)} in all)" if len(hosts) > 5 else "")
-        draft.note(str(src), f"option {opt} has no phonehome-jump equivalent (Host {shown})")
+        draft.left_out(str(src), f"option {opt} has no phonehome-jump equivalent", hosts)
     if not draft.hosts:
         raise InventoryError(f"no concrete Host entries in {src}", where=str(src),
                              hint="Host lines with wildcards only (Host *) define no host")
