@@ -689,6 +689,11 @@ def _expected(step: StepSpec, status: int | None) -> str | None:
     return f"exit status {status}, expected {want}"
 
 
+#: Seconds to wait for the prompt after a Ctrl-C; it ends as soon as the prompt is back (a
+#: loaded machine can take seconds, and a step still running would skip the host's next steps).
+INTERRUPT_WAIT = 20.0
+
+
 class _HostRun:
     """One host: one session, the steps in order."""
 
@@ -811,7 +816,7 @@ class _HostRun:
         if if_running and not res.running:
             return res
         self.m.send(sid, control="c", newline=False, owner=self.owner)
-        res = self.m.read(sid, owner=self.owner, wait=5)
+        res = self.m.read(sid, owner=self.owner, wait=INTERRUPT_WAIT)
         pieces.append(res.output)
         return res
 
