@@ -692,6 +692,7 @@ def _expected(step: StepSpec, status: int | None) -> str | None:
 #: Seconds to wait for the prompt after a Ctrl-C; it ends as soon as the prompt is back (a
 #: loaded machine can take seconds, and a step still running would skip the host's next steps).
 INTERRUPT_WAIT = 20.0
+INTERRUPT_REPEAT = 2.0          # seconds between repeated Ctrl-Cs while the prompt stays away
 
 
 class _HostRun:
@@ -815,10 +816,16 @@ class _HostRun:
         pieces.append(res.output)
         if if_running and not res.running:
             return res
-        self.m.send(sid, control="c", newline=False, owner=self.owner)
-        res = self.m.read(sid, owner=self.owner, wait=INTERRUPT_WAIT)
-        pieces.append(res.output)
-        return res
+        # A Ctrl-C can land in a program's own window (sudo switching its terminal to read a
+        # password loses it about a third of the time): press it again until the prompt is back.
+        deadline = time.monotonic() + INTERRUPT_WAIT
+        while True:
+            self.m.send(sid, control="c", newline=False, owner=self.owner)
+            res = self.m.read(sid, owner=self.owner,
+                              wait=max(0.0, min(INTERRUPT_REPEAT, deadline - time.monotonic())))
+            pieces.append(res.output)
+            if not res.running or time.monotonic() >= deadline:
+                return res
 
     def _copy(self, index: int, step: StepSpec, sr: StepResult, t0: float) -> str:
         kind, spec = step.copy  # type: ignore[misc]
