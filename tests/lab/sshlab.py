@@ -18,6 +18,8 @@ ones), as most real servers do. :meth:`Lab.drop` makes a node silently drop ever
 :meth:`Lab.undrop` heals it. Its inventory entry is :meth:`Lab.stock_host_yaml` (kept out of
 the lab inventory, so host counts there stay the same).
 
+Every node serves SFTP except target3 (``NO_SFTP``), where file copies use SCP.
+
 Needs root, ``ip`` (iproute2), ``iptables``, ``sshd`` and ``sudo``. Used by the test suite, ``make demo``
 and ``bench/``.  ``python tests/lab/sshlab.py up|down|status [--state DIR] [--targets N]``.
 """
@@ -46,6 +48,8 @@ DEFAULT_STATE = Path(os.environ.get("PHJ_LAB_STATE", f"/tmp/phonehome-jump-lab-{
 # The lab users are machine-wide, so their passwords are too (one file for every lab).
 ENV_FILE = Path("/var/lib/phonehome-jump-lab/env.json")
 USERS = ("phjkey", "phjpass", "phjsudo")
+#: The one node without an SFTP subsystem, so file copies fall back to SCP there.
+NO_SFTP = "target3"
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin/sshd"
 
 
@@ -218,6 +222,7 @@ AllowTcpForwarding yes
 UseDNS no
 PrintMotd no
 PrintLastLog no
+{"" if node.name == NO_SFTP else "Subsystem sftp internal-sftp"}
 """ + ("" if node.stock else "MaxStartups 200\nMaxSessions 100\n")
         (self.state / f"sshd_{node.name}.conf").write_text(cfg)
 

@@ -45,6 +45,8 @@ TOOLS = {   # name: (readOnly, destructive, idempotent, openWorld)
     "ssh_session_close": (False, True, True, True),
     "ssh_session_revive": (False, False, False, True),
     "ssh_run": (False, True, False, True),
+    "ssh_file_upload": (False, True, False, True),
+    "ssh_file_download": (False, False, False, True),
 }
 
 
