@@ -76,7 +76,8 @@ ssh_session_command, answer prompts with ssh_session_send (secret=true for passw
 collect output with ssh_session_read. A command still running after `wait` returns
 running=true: read it later, answer it, or send control='c'. Large output is capped: page it
 with ssh_session_read(offset=...). Close sessions when done. ssh_run is a one-shot command.
-For a [sudo] password prompt use ssh_session_send(sudo_password=true): the inventory's
+A session whose hop or shell went away is dead (the error names the hop); ssh_session_revive
+reopens it under the same id in the same directory (shell variables are lost). For a [sudo] password prompt use ssh_session_send(sudo_password=true): the inventory's
 password is typed without you seeing it. The inventory's policy may refuse a command (the
 error names the rule); set confirm=true only when the user really intends a command that asks
 for confirmation."""
@@ -310,6 +311,22 @@ def _errors(tool: str) -> Any:
                         "server log") from None
 
 
+def _titled(mcp: MCPServer) -> None:
+    """Every tool registered on ``mcp`` gets a top-level title: its annotations' title.
+
+    Clients show the top-level ``title`` (annotations.title is the older place); tools added
+    here or by other modules (workflows, files) get it without repeating it.
+    """
+    register = mcp.tool
+
+    def tool(*args: Any, **kwargs: Any) -> Any:
+        ann = kwargs.get("annotations")
+        if kwargs.get("title") is None and ann is not None and ann.title:
+            kwargs["title"] = ann.title
+        return register(*args, **kwargs)
+    mcp.tool = tool  # type: ignore[method-assign]
+
+
 def _wait(wait: float) -> float:
     return max(0.0, min(float(wait), MAX_WAIT))
 
@@ -356,9 +373,9 @@ def build_server(inventory: Inventory | str | Path, *,
     mcp: MCPServer = MCPServer("phonehome-jump", version=__version__, instructions=INSTRUCTIONS,
                                lifespan=rt.lifespan, log_level="WARNING")
     mcp.phonehome_jump = rt          # type: ignore[attr-defined]  # for tests and embedding
+    _titled(mcp)
 
-    @mcp.tool(title="List inventory hosts",
-              annotations=_annotations("List inventory hosts", read_only=True, idempotent=True,
+    @mcp.tool(annotations=_annotations("List inventory hosts", read_only=True, idempotent=True,
                                        open_world=False))
     async def inventory_list(
         group: Annotated[str | None, Field(description="Only hosts in this group.")] = None,
@@ -383,8 +400,7 @@ def build_server(inventory: Inventory | str | Path, *,
             page = _host_page(inv, group, tag, query, limit, offset, detail)
             return _tool_result(ctx, page, full_text, _hosts_summary)
 
-    @mcp.tool(title="Show an inventory host",
-              annotations=_annotations("Show an inventory host", read_only=True, idempotent=True,
+    @mcp.tool(annotations=_annotations("Show an inventory host", read_only=True, idempotent=True,
                                        open_world=False))
     async def inventory_show(host: HostName) -> HostDetail:
         """One host resolved: address, user, jump chain hop by hop, auth references (no secrets)."""
@@ -392,7 +408,7 @@ def build_server(inventory: Inventory | str | Path, *,
             s = inv.target(host).summary()
             return HostDetail(**{**s, "chain": [Hop(**h) for h in s["chain"]]})
 
-    @mcp.tool(title="Open an SSH session", annotations=_annotations("Open an SSH session"))
+    @mcp.tool(annotations=_annotations("Open an SSH session"))
     async def ssh_session_open(host: HostName, ctx: Context) -> SessionOut:
         """Open a persistent shell on a host through its jump chain; returns the session id.
 
@@ -406,8 +422,7 @@ def build_server(inventory: Inventory | str | Path, *,
                 f"connecting to {host} via {chain}", owner=owner)
             return _session_out(info)
 
-    @mcp.tool(title="Run a command in a session",
-              annotations=_annotations("Run a command in a session", destructive=True))
+    @mcp.tool(annotations=_annotations("Run a command in a session", destructive=True))
     async def ssh_session_command(
         session_id: SessionId,
         command: Annotated[str, Field(description="Shell command line (several lines run as one "
@@ -431,8 +446,7 @@ def build_server(inventory: Inventory | str | Path, *,
                 f"running on {session_id}", total=w, owner=owner, wait=w)
             return _tool_result(ctx, Output(**_output(session_id, r, waited=w)), full_text)
 
-    @mcp.tool(title="Type into a session",
-              annotations=_annotations("Type into a session", destructive=True))
+    @mcp.tool(annotations=_annotations("Type into a session", destructive=True))
     async def ssh_session_send(
         session_id: SessionId,
         ctx: Context,
@@ -458,8 +472,7 @@ def build_server(inventory: Inventory | str | Path, *,
                                                   confirm=confirm, sudo_password=sudo_password))
             return Sent(session_id=session_id, sent=True)
 
-    @mcp.tool(title="Read session output",
-              annotations=_annotations("Read session output", read_only=True))
+    @mcp.tool(annotations=_annotations("Read session output", read_only=True))
     async def ssh_session_read(
         session_id: SessionId,
         ctx: Context,
@@ -484,8 +497,7 @@ def build_server(inventory: Inventory | str | Path, *,
             return _tool_result(ctx, Output(**_output(session_id, r, waited=w if w else None)),
                                 full_text)
 
-    @mcp.tool(title="List open sessions",
-              annotations=_annotations("List open sessions", read_only=True, idempotent=True,
+    @mcp.tool(annotations=_annotations("List open sessions", read_only=True, idempotent=True,
                                        open_world=False))
     async def ssh_session_list(ctx: Context) -> SessionList:
         """The sessions this client has open: host, state (idle, running, dead), cwd."""
@@ -494,8 +506,7 @@ def build_server(inventory: Inventory | str | Path, *,
             infos = await rt.fast(lambda: rt.manager.list(owner=owner))   # no SSH: never queues
             return SessionList(sessions=[_session_out(i) for i in infos])
 
-    @mcp.tool(title="Close a session",
-              annotations=_annotations("Close a session", destructive=True, idempotent=True))
+    @mcp.tool(annotations=_annotations("Close a session", destructive=True, idempotent=True))
     async def ssh_session_close(session_id: SessionId, ctx: Context) -> Closed:
         """Close the session (a command still running in it is killed)."""
         with _errors("ssh_session_close"):
@@ -503,8 +514,18 @@ def build_server(inventory: Inventory | str | Path, *,
             await rt.call(lambda: rt.manager.close(session_id, owner=owner), owner=owner)
             return Closed(session_id=session_id, closed=True)
 
-    @mcp.tool(title="Run one command on a host",
-              annotations=_annotations("Run one command on a host", destructive=True))
+    @mcp.tool(annotations=_annotations("Revive a dead session"))
+    async def ssh_session_revive(session_id: SessionId, ctx: Context) -> SessionOut:
+        """Reopen a dead session (its hop or shell went away) under the same id, back in its
+        working directory; shell variables and jobs of the old shell are gone."""
+        with _errors("ssh_session_revive"):
+            owner = rt.owner(ctx)
+            info = await rt.call_with_progress(
+                ctx, lambda: rt.manager.revive(session_id, owner=owner),
+                f"reopening {session_id}", owner=owner)
+            return _session_out(info)
+
+    @mcp.tool(annotations=_annotations("Run one command on a host", destructive=True))
     async def ssh_run(
         host: HostName,
         command: Annotated[str, Field(description="Shell command line.")],
@@ -537,6 +558,9 @@ def build_server(inventory: Inventory | str | Path, *,
                 await rt.fast(lambda: _close_quietly(m, info.id, owner))
             return _tool_result(ctx, RunOutput(host=host, session_open=r.running,
                                                **_output(info.id, r, waited=w)), full_text)
+
+    from .files_mcp import register as register_files
+    register_files(mcp, rt, errors=_errors, annotations=_annotations, actor=_actor)
 
     if workflows is not None:
         from .workflow_mcp import register
