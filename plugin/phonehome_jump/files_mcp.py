@@ -40,8 +40,9 @@ def register(mcp: Any, rt: Any, *, errors: Any, annotations: Any, actor: Any,
     async def copy(tool: str, ctx: Context, op: Any) -> TransferOut:
         """Run ``op(actor)`` (a manager upload/download) in a worker thread."""
         with errors(tool):
-            who = actor(ctx, rt.owner(ctx))
-            r = await rt.call(lambda: op(who))
+            owner = rt.owner(ctx)
+            who = actor(ctx, owner)
+            r = await rt.call(lambda: op(who), owner=owner)   # one of the client's call slots
             return TransferOut(**r.to_dict())
 
     @mcp.tool(annotations=annotations("Upload a file to a host", destructive=True))
