@@ -221,8 +221,8 @@ def _tool_result(ctx: Context, model: BaseModel, full_text: bool,
     Clients of protocol 2025-06-18 and later read structuredContent (Claude Code gives the
     model only structuredContent when a result has it); the spec's serialized-JSON text block
     is a backwards-compatibility SHOULD, so they get a one-line summary instead of the output
-    a second time. Older
-    clients, and every client with ``serve --full-text-results``, get the whole JSON.
+    a second time. Older clients, and every client with ``serve --full-text-results``, get
+    the whole JSON.
     """
     data = model.model_dump(mode="json")
     version = ctx.protocol_version or ""
@@ -362,8 +362,10 @@ def build_server(inventory: Inventory | str | Path, *,
     ``agents`` maps ET Phone Home client sites to their agents' (host, port): sessions of
     hosts with that ``client`` run there. ``workflows``: a directory of workflow files for
     workflow_list/run/status (none: no workflow tools; ``serve`` defaults it to ./workflows
-    when that exists). ``manager_kwargs`` go to :class:`SessionManager`
-    (max_sessions, idle_timeout, cap, ...).
+    when that exists). ``calls_per_client``: blocking calls one client runs at once (the
+    rest queue; :mod:`.mcp_service`). ``full_text_results``: repeat every result's JSON in its
+    text block. ``manager_kwargs`` go to :class:`SessionManager` (max_sessions,
+    max_per_client, idle_timeout, running_timeout, cap, ...).
     """
     inv = inventory if isinstance(inventory, Inventory) else Inventory.load(inventory)
     check_sites(inv, agents or {})
