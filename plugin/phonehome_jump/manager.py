@@ -24,6 +24,7 @@ from .chain import Hop, HopPool, dial, open_tunnel
 from .errors import (LimitError, PhonehomeJumpError, PolicyError, SessionDeadError, SessionError,
                      UnknownSessionError)
 from .inventory import Inventory, Target
+from .prompts import prompt_waiting
 from .redact import MASK, add_secret
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
 
@@ -231,16 +232,22 @@ class SessionManager:
         sent as a secret), so a caller can answer a sudo prompt without ever knowing it.
         """
         entry = self._entry(session_id, owner)
+        # Decided from fresh output, not from what the last read saw: this takes in whatever
+        # arrived since (a command that has ended, the prompt after a Ctrl-C or an Enter).
+        fresh = self._guard(session_id, owner, lambda s: s.fresh_input())
         # typed without Enter, a line leaves the session "running" (typed input), yet the
         # shell is still at its prompt: the rest of that line is still a command line
         running = entry.session.running and not entry.typed
-        if (secret or sudo_password) and not running:
-            # typed at the prompt, a secret would run as a command line (history, logs, argv)
-            raise SessionError("no command is waiting for input, so the secret was not typed: "
-                               "at the shell prompt it would run as a command",
+        if (secret or sudo_password) and not (running and fresh and prompt_waiting(*fresh)):
+            # typed at the prompt (or buffered for the shell while a command that reads
+            # nothing runs), a secret would run as a command line (history, logs, argv)
+            why = ("no command is running" if not running or fresh is None else
+                   "the running command's newest output does not end in a prompt")
+            raise SessionError(f"{why}, so the secret was not typed: it could reach the shell "
+                               "prompt and run as a command",
                                where=f"host {entry.session.target.name!r}",
                                hint="run the command that asks for it first, then send the "
-                                    "secret while it waits (awaiting_input)")
+                                    "secret while it waits at its prompt (awaiting_input)")
         if sudo_password:
             target = entry.session.target
             ref = target.endpoint.auth.sudo_password

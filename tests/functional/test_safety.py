@@ -403,7 +403,7 @@ def test_a_line_typed_in_pieces_is_checked_whole_and_secrets_never_hit_the_promp
             m.send(sid, "")                                 # Enter: the whole line is checked
         m.send(sid, control="c", newline=False)             # drop the line: a fresh prompt
         assert not m.read(sid, wait=5).running
-        with pytest.raises(SessionError, match="no command is waiting for input"):
+        with pytest.raises(SessionError, match="the secret was not typed"):
             m.send(sid, "s3cret-typed-at-the-prompt", secret=True)
         r = m.command(sid, "echo still here")
         assert (r.output, r.exit_status) == ("still here\n", 0)
