@@ -13,6 +13,12 @@ shell prompt is a command and gets every rule. A line typed while a command runs
 that (already checked) command: deny and confirm still apply, ``read_only`` does not, and a
 send marked secret (a password answer) is not matched at all.
 
+Who confirms (:class:`Approval`): over MCP a person, through MCP elicitation (the model's
+``confirm=true`` alone never passes a confirm rule; see ``mcp_approval``); on the CLI the
+person who typed ``--confirm``; in a workflow the author of the file (a step's
+``confirm: true``); through the agent protocol the MCP server in front of it. The audit log
+records who approved, how and when.
+
 Matching: each rule is a Python regular expression searched in each part of the command line,
 the parts being split at ``;``, ``&&``, ``||``, ``|``, ``&`` and newlines (so ``ls; reboot``
 is refused by ``\\breboot\\b`` and ``^reboot`` alike). With ``read_only``, every part must
@@ -23,8 +29,10 @@ match an ``allow`` rule, and command substitution (``$(``, backticks) and output
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Annotated
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
@@ -50,15 +58,61 @@ Patterns = Annotated[tuple[str, ...], BeforeValidator(_as_tuple), AfterValidator
                                                {"type": "array", "items": {"type": "string"}}]})]
 
 
+McpApproval = Literal["elicit", "elicit-or-model", "refuse"]
+
+
 class PolicySpec(BaseModel):
     """Command rules (Python regular expressions, searched in each part of a command line)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     deny: Patterns = Field((), description="Refused, naming the rule that matched.")
-    confirm: Patterns = Field((), description="Refused unless the call confirms (MCP confirm=true, "
-                                              "CLI --confirm, workflow step confirm: true).")
+    confirm: Patterns = Field((), description="Refused unless a person approves: over MCP through "
+                                              "elicitation (see mcp_approval), CLI --confirm, "
+                                              "workflow step confirm: true.")
     read_only: bool | None = Field(None, description="true: only commands matching `allow` pass.")
     allow: Patterns = Field((), description="With read_only: the commands that pass.")
+    mcp_approval: McpApproval | None = Field(
+        None, description="Who passes a confirm rule over MCP. elicit (default): a person, "
+                          "through MCP elicitation; a client that cannot elicit is refused. "
+                          "elicit-or-model: as elicit, but a client that cannot elicit may "
+                          "pass it with the model's confirm=true (weaker: no person involved). "
+                          "refuse: never over MCP (CLI --confirm and workflow files only). "
+                          "First layer that sets it wins (host, groups, defaults).")
+
+
+@dataclass(frozen=True)
+class Approval:
+    """Who let a command through a confirm rule, how, and when (for the audit log).
+
+    ``via``: ``mcp-elicitation`` (a person answered the MCP client's dialog),
+    ``mcp-model-confirm`` (the model's confirm=true, only under ``mcp_approval:
+    elicit-or-model``), ``cli-confirm-flag``, ``workflow-file``, ``agent-protocol`` (the
+    caller of the agent protocol) or ``api`` (a Python caller's confirm=True).
+    """
+
+    via: str
+    by: str | None = None
+    at: float = field(default_factory=time.time)
+    #: the exact line a person was shown and approved (None: whatever the call sends)
+    command: str | None = None
+    rule: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The audit record's fields."""
+        return {"approved_via": self.via, "approved_by": self.by,
+                "approved_at": datetime.fromtimestamp(self.at, timezone.utc)
+                .isoformat(timespec="milliseconds")}
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"via": self.via, "by": self.by, "at": self.at, "command": self.command}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Approval:
+        def text(key: str) -> str | None:
+            return str(data[key]) if data.get(key) is not None else None
+        at = data.get("at")
+        return cls(text("via") or "agent-protocol", text("by"),
+                   float(at) if isinstance(at, (int, float)) else time.time(), text("command"))
 
 
 # A command line's parts: split at ; && || | & and newlines (quotes are not parsed: a
@@ -75,6 +129,7 @@ class Policy:
     confirm: tuple[str, ...] = ()
     read_only: bool = False
     allow: tuple[str, ...] = ()
+    mcp_approval: McpApproval = "elicit"
 
     @classmethod
     def resolve(cls, layers: list[PolicySpec | None]) -> Policy:
@@ -84,7 +139,8 @@ class Policy:
         def union(name: str) -> tuple[str, ...]:
             return tuple(dict.fromkeys(p for s in specs for p in getattr(s, name)))
         read_only = next((s.read_only for s in specs if s.read_only is not None), False)
-        return cls(union("deny"), union("confirm"), read_only, union("allow"))
+        approval = next((s.mcp_approval for s in specs if s.mcp_approval is not None), "elicit")
+        return cls(union("deny"), union("confirm"), read_only, union("allow"), approval)
 
     @property
     def empty(self) -> bool:
@@ -92,9 +148,24 @@ class Policy:
 
     def summary(self) -> dict[str, object]:
         return {"deny": list(self.deny), "confirm": list(self.confirm),
-                "read_only": self.read_only, "allow": list(self.allow)}
+                "read_only": self.read_only, "allow": list(self.allow),
+                "mcp_approval": self.mcp_approval}
 
-    def check(self, command: str, *, host: str, confirm: bool = False, at_prompt: bool = True,
+    def confirm_rule(self, command: str, *, host: str, at_prompt: bool = True,
+                     secret: bool = False) -> str | None:
+        """The confirm rule that alone stands between ``command`` and the host, if any.
+
+        None when the command passes unconfirmed, and None too when another rule refuses it
+        (deny, read_only: no approval would help; :meth:`check` then says why).
+        """
+        try:
+            self.check(command, host=host, at_prompt=at_prompt, secret=secret)
+        except PolicyError as err:
+            return err.rule if err.needs_confirm else None
+        return None
+
+    def check(self, command: str, *, host: str, confirm: bool | Approval = False,
+              at_prompt: bool = True,
               secret: bool = False) -> None:
         """Raise :class:`PolicyError` if ``command`` may not be sent to ``host``.
 
@@ -127,5 +198,6 @@ class Policy:
                 if any(re.search(rule, part) for part in parts):
                     raise PolicyError(f"command needs confirmation (rule {rule!r})", rule=rule,
                                       needs_confirm=True, where=where,
-                                      hint="if it is intended, repeat the call with confirm=true "
-                                           "(CLI: --confirm; workflow step: confirm: true)")
+                                      hint="a person must approve it: over MCP the client "
+                                           "asks its user (elicitation); CLI: --confirm; "
+                                           "workflow step: confirm: true")

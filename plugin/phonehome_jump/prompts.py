@@ -68,8 +68,11 @@ def asks_for_secret(tail: str, command: str | None = None) -> bool:
     """
     if SECRET_PROMPT.search(tail) is not None:
         return True
-    return (runs_password_program(command) and _PROMPT_SHAPE.search(tail) is not None
-            and QUESTION_PROMPT.search(tail) is None)
+    if not runs_password_program(command) or QUESTION_PROMPT.search(tail) is not None:
+        return False
+    m = _PROMPT_SHAPE.search(tail)
+    # "sudo: " is the start of sudo's own error message cut by a chunk boundary, not a prompt
+    return m is not None and m.group().strip().rstrip(":?") not in PASSWORD_PROGRAMS
 
 
 def awaiting_input(tail: str, command: str | None = None) -> bool:

@@ -162,9 +162,10 @@ class Session:
                 window = run.text()[max(before - 256, run.delivered, 0):]
                 if until is not None and until.search(window):
                     return True
-                # only output the caller has not seen yet can be a new question
+                # only output the caller has not seen yet can be a new question; by its words
+                # only (not by the program): a wait must not end at "prog: " cut mid-message
                 if stop_on_input and awaiting_input(
-                        run.text()[max(run.delivered, run.answered, run.length - 256):], run.command):
+                        run.text()[max(run.delivered, run.answered, run.length - 256):]):
                     return True
         return False
 

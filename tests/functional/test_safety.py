@@ -99,10 +99,11 @@ async def test_policy_through_mcp(lab, tmp_path):
         assert r.is_error and "deny rule" in r.content[0].text and "lab-target1" in r.content[0].text
         r = await client.call_tool("ssh_session_command",
                                    {"session_id": sid, "command": "touch /tmp/phj-confirmed"})
-        assert r.is_error and "confirm=true" in r.content[0].text
+        assert r.is_error and "needs a person's approval" in r.content[0].text
+        # the model's confirm=true alone does not pass it (this client cannot ask its user)
         r = await client.call_tool("ssh_session_command", {"session_id": sid, "confirm": True,
                                                            "command": "touch /tmp/phj-confirmed"})
-        assert not r.is_error and r.structured_content["exit_status"] == 0
+        assert r.is_error and "cannot ask its user" in r.content[0].text
         r = await client.call_tool("ssh_session_send", {"session_id": sid, "text": "shutdown"})
         assert r.is_error and "deny rule" in r.content[0].text
         r = await client.call_tool("ssh_run", {"host": "lab-readonly", "command": "touch /x"})
@@ -317,6 +318,16 @@ def test_policy_through_the_agent_protocol(lab, tmp_path):
         r = wire.ok("ssh_session_command", session_id=sid, command="touch /tmp/phj-confirmed",
                     confirm=True)
         assert r["exit_status"] == 0
+        # the MCP server in front of the agent passes its decision: who approved, how, when
+        approval = {"via": "mcp-elicitation", "by": "mcp:claude/c-1", "at": 0.0,
+                    "command": "touch /tmp/phj-confirmed"}
+        r = wire.ok("ssh_session_command", session_id=sid, command="touch /tmp/phj-confirmed",
+                    confirm=True, approval=approval)
+        assert r["exit_status"] == 0
+        # an approval of another line does not pass this one
+        err = wire.error("ssh_session_command", session_id=sid, confirm=True, approval=approval,
+                         command="touch /tmp/phj-confirmed-other")
+        assert err["code"] == -32007 and "confirm" in err["message"]
         assert wire.error("ssh_session_send", session_id=sid, text="shutdown")["code"] == -32007
         ro = wire.ok("ssh_session_open", host="lab-readonly")["session_id"]
         err = wire.error("ssh_session_command", session_id=ro, command="touch /tmp/x")
@@ -326,7 +337,11 @@ def test_policy_through_the_agent_protocol(lab, tmp_path):
     recs = records(audit)
     assert {r["actor"] for r in recs} == {"agent"}
     assert [r["outcome"] for r in recs if r["event"] == "policy_refusal"] == [
-        "refused", "needs_confirm", "refused", "refused"]
+        "refused", "needs_confirm", "needs_confirm", "refused", "refused"]
+    approvals = [r for r in recs if r["event"] == "approval"]
+    assert [(r["approved_via"], r["approved_by"]) for r in approvals] == [
+        ("agent-protocol", "agent"), ("mcp-elicitation", "mcp:claude/c-1")]
+    assert approvals[1]["approved_at"].startswith("1970-01-01T00:00:00")
 
 
 WORKFLOW_CANARY = """\

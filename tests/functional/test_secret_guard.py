@@ -91,8 +91,9 @@ def test_while_a_command_that_reads_nothing_runs(m):
 
 def test_a_custom_sudo_prompt_takes_the_answer_once(m, lab):
     sid = m.open("lab-sudo").id
-    r = m.command(sid, "sudo -k; sudo -p 'Say the magic word: ' id -u", wait=10)
-    assert r.running and r.awaiting_input and r.output.endswith("Say the magic word: ")
+    r = m.command(sid, "sudo -k; sudo -p 'Say the magic word: ' id -u", wait=10,
+                  until="word: $")
+    assert r.running and r.output.endswith("Say the magic word: ")
     m.send(sid, sudo_password=True)
     # answered: the prompt is still the last output until sudo prints its newline, yet it
     # asks for nothing any more; a second secret is refused

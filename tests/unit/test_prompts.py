@@ -65,6 +65,7 @@ def test_a_custom_prompt_counts_after_a_program_that_reads_passwords():
     assert not asks_for_secret(tail, "echo -n 'Say the magic word: '")
     assert not asks_for_secret("Say the magic word: \n", "sudo true")      # answered
     assert not asks_for_secret("total 0\n", "sudo ls /root")
+    assert not asks_for_secret("\nsudo: ", "sudo -k; sudo id")        # "sudo: a password is…" cut
     assert not runs_password_program("pseudo-sudoku") and not runs_password_program(None)
 
 
