@@ -158,6 +158,10 @@ def test_audit_records_a_scripted_session_completely(lab, tmp_path):
     assert late["duration"] >= 1.0
     assert (send["command"], typed["command"], typed["exit_status"]) == ("echo typed", "echo typed", 0)
     assert close["outcome"] == "closed"
+    assert [r["seq"] for r in recs] == list(range(1, 8))         # hash-chained, in order
+    proc = subprocess.run([str(SCRIPT), "audit", "verify", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "chain intact" in proc.stdout, proc.stderr
     transcript = (transcripts / f"{sid}.log").read_text()
     assert "$ sleep 1; echo late\nlate\n# exit 0, cwd /tmp" in transcript
     assert "» echo typed" in transcript
