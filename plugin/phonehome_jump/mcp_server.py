@@ -39,7 +39,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resolve import Elicit, ElicitationResult, Resolve
 from mcp_types import ToolAnnotations
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
 from .errors import PhonehomeJumpError, UnknownSessionError
@@ -371,8 +371,8 @@ def build_server(inventory: Inventory | str | Path, *,
     inv = inventory if isinstance(inventory, Inventory) else Inventory.load(inventory)
     check_sites(inv, agents or {})
     rt = _Runtime(inv, manager_kwargs, agents)
-    mcp: MCPServer = MCPServer("phonehome-jump", version=__version__, instructions=INSTRUCTIONS,
-                               lifespan=rt.lifespan, log_level="WARNING")
+    mcp: MCPServer = _Server("phonehome-jump", version=__version__, instructions=INSTRUCTIONS,
+                             lifespan=rt.lifespan, log_level="WARNING")
     mcp.phonehome_jump = rt          # type: ignore[attr-defined]  # for tests and embedding
 
     @mcp.tool(annotations=_annotations("List inventory hosts", read_only=True, idempotent=True,
@@ -573,6 +573,26 @@ def build_server(inventory: Inventory | str | Path, *,
         register(mcp, rt, Path(workflows), errors=_errors, wait_cap=MAX_WAIT,
                  annotations=_annotations)
     return mcp
+
+
+class _Server(MCPServer):
+    """MCPServer whose argument errors name the parameter and the problem, never the value:
+    the SDK's text repeats each rejected input (a malformed ``send(secret=true)`` would
+    return the secret in the error)."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None,
+                        *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context, *args, **kwargs)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, ValidationError):
+                raise
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
+                for err in cause.errors(include_url=False, include_input=False))
+            raise ToolError(f"Error executing tool {name}: invalid arguments: {problems} "
+                            "(see the tool's input schema)") from None
 
 
 def _actor(ctx: Context, owner: str) -> str:
