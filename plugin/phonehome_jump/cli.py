@@ -684,6 +684,7 @@ class _WorkflowProgress:
             line = (f"{r.status.upper()} in {r.duration:.2f}s"
                     + (f", failed step {', '.join(map(str, failed))}" if failed else "")
                     + (f": {r.error.splitlines()[0]}" if r.error else ""))
+        line = mask(line)           # a step's name is its command line, which may hold a secret
         if self.tty:
             self.state[e.host] = line
             self.draw()
