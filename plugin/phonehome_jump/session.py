@@ -272,7 +272,7 @@ class Session:
         """
         if self.dead:
             raise self._dead_error()
-        if self._lock.acquire(timeout=0.2):
+        if self._lock.acquire(blocking=False):     # never delays a send behind a long wait
             try:
                 run = self._run
                 if run is None or run.done:
