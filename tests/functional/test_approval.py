@@ -172,3 +172,46 @@ async def test_refuse_mode_never_runs_it_over_mcp(lab, tmp_path):
                        command="touch /tmp/phj-approved-r")
         assert r.is_error and "mcp_approval: refuse" in r.content[0].text
         assert "--confirm" in r.content[0].text and not yes.seen
+
+
+async def test_over_streamable_http_the_handshake_era_asks_mid_call(lab, tmp_path):
+    """The real transport a remote client uses: `serve --http` in its own process."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    inv = approval_inventory(lab, tmp_path)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "phonehome-jump"), "serve",
+                             "--inventory", str(inv), "--http", f"127.0.0.1:{port}"],
+                            env=dict(os.environ), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/mcp"
+        for person, ok in ((Person("accept"), True), (Person("decline"), False)):
+            async with create_mcp_http_client() as http, \
+                    Client(streamable_http_client(url, http_client=http),
+                           elicitation_callback=person) as client:
+                r = await call(client, "ssh_run", host="lab-target1",
+                               command="touch /tmp/phj-approved-http")
+                assert r.is_error is not ok, r.content[0].text
+                assert len(person.seen) == 1 and "lab-target1" in person.seen[0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    approvals = [r for r in records(tmp_path) if r["event"] == "approval"]
+    assert [r["approved_via"] for r in approvals] == ["mcp-elicitation"]
