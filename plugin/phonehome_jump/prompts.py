@@ -11,7 +11,12 @@ Two kinds of evidence say a prompt wants a secret:
 * the program that printed it: a command line that runs a program known to read passwords
   (``sudo``, ``su``, ``passwd``, ``openssl``, ``gpg``, ``ssh``, ``mysql -p``, …) and output
   that ends in a prompt-shaped line (text, then ``:`` or ``?`` and a space, no newline) — so a
-  custom ``sudo -p 'Secret please: '`` counts, whatever its words.
+  custom ``sudo -p 'Say the magic word: '`` counts, whatever its words. (The session's early
+  stop uses the words only: a wait must not end at ``sudo: `` cut from the middle of sudo's
+  error message; the guard and the shell use both.)
+
+The words err towards "secret": a wrong guess stars out a harmless answer, a missed one
+would echo and log a password.
 
 Every pattern is anchored with ``\\Z``, not ``$``: a prompt already answered (followed by a
 newline) asks for nothing.
@@ -41,12 +46,12 @@ INPUT_PROMPT = re.compile(SECRET_PROMPT.pattern + "|" + QUESTION_PROMPT.pattern.
                           re.IGNORECASE)
 
 #: Programs that read passwords from the terminal: after them, any prompt-shaped last line
-#: (``sudo -p 'Secret please: '``) is taken as asking for a secret.
+#: (``sudo -p 'Say the magic word: '``) is taken as asking for a secret.
 PASSWORD_PROGRAMS = frozenset({
     "sudo", "su", "doas", "passwd", "chpasswd", "openssl", "gpg", "gpg2", "ssh", "scp", "sftp",
     "ssh-keygen", "ssh-add", "mysql", "mariadb", "psql", "kinit", "htpasswd", "cryptsetup",
     "keytool", "pkcs12", "vault", "ansible-vault", "git", "smbclient", "ldapsearch", "ldapmodify",
-    "expect", "login", "runas", "pass", "age", "zip", "unzip", "7z", "openconnect",
+    "expect", "pass", "zip", "unzip", "7z", "openconnect",
 })
 #: A prompt-shaped last line: some text, then ``:`` or ``?`` and at least one space.
 _PROMPT_SHAPE = re.compile(r"(?:^|\n)[^\n]*\S[:?][ \t]+\Z")
