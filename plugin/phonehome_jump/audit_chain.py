@@ -34,7 +34,8 @@ OK, TAMPERED, UNREADABLE = 0, 1, 2
 
 def canonical(record: dict[str, Any]) -> bytes:
     return json.dumps({k: v for k, v in record.items() if k != "hash"}, sort_keys=True,
-                      separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+                      separators=(",", ":"), ensure_ascii=False,
+                      default=str).encode("utf-8", "surrogatepass")
 
 
 def digest(record: dict[str, Any]) -> str:
