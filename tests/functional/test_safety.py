@@ -119,10 +119,14 @@ def test_policy_through_the_cli(lab, tmp_path):
     unconfirmed = subprocess.run([str(SCRIPT), "run", "lab-target1", "--", "touch /tmp/phj-confirmed"],
                                  env=env, capture_output=True, text=True, timeout=120)
     assert unconfirmed.returncode == 77 and "--confirm" in unconfirmed.stderr
-    confirmed = subprocess.run([str(SCRIPT), "run", "--confirm", "lab-target1", "--",
-                                "touch /tmp/phj-confirmed && echo ok"],
+    audit = tmp_path / "cli-audit.jsonl"
+    confirmed = subprocess.run([str(SCRIPT), "--audit-log", str(audit), "run", "--confirm",
+                                "lab-target1", "--", "touch /tmp/phj-confirmed && echo ok"],
                                env=env, capture_output=True, text=True, timeout=120)
     assert (confirmed.returncode, confirmed.stdout) == (0, "ok\n")
+    (approval,) = [r for r in records(audit) if r["event"] == "approval"]
+    assert approval["approved_via"] == "cli-confirm-flag"
+    assert approval["approved_by"].startswith("cli:") and approval["approved_at"]
     scripted = subprocess.run([str(SCRIPT), "shell", "lab-readonly"], input="pwd\ntouch /tmp/y\n",
                               env=env, capture_output=True, text=True, timeout=120)
     assert scripted.returncode == 77 and "read-only" in scripted.stderr
@@ -295,6 +299,11 @@ def test_policy_and_audit_through_a_workflow(lab, tmp_path, monkeypatch):
     assert [(r["step"], r["outcome"]) for r in wf_steps] == [(1, "passed"), (2, "failed")]
     assert all(r["actor"] == "workflow:guarded" for r in recs)
     assert [r["event"] for r in recs if r["event"] == "policy_refusal"] == ["policy_refusal"]
+    # the file's author approved step 1: audited before it ran, as the workflow file's approval
+    (approval,) = [r for r in recs if r["event"] == "approval"]
+    assert (approval["approved_via"], approval["approved_by"]) == ("workflow-file", "workflow:guarded")
+    assert approval["command"].startswith("touch /tmp/phj-confirmed") and approval["approved_at"]
+    assert recs.index(approval) < next(i for i, r in enumerate(recs) if r["event"] == "command")
     # without the step's confirm, the confirm rule stops the run at step 1
     wf.write_text(GUARDED.replace("    confirm: true\n", ""))
     proc = subprocess.run([str(SCRIPT), "workflow", "run", str(wf), "--report", str(report)],
