@@ -90,14 +90,24 @@ def gate(needed: Callable[[], tuple[Target, str, str] | None], ctx: Context) -> 
                 target.policy.mcp_approval, can_elicit(ctx))
 
 
+def transfer_gate(inventory: Any, direction: str, host: str, remote: str, ctx: Context) -> Gate:
+    """The gate of a file copy (``files.upload``/``files.download: confirm``)."""
+    def needed() -> tuple[Target, str, str] | None:
+        target = inventory.target(host)
+        rule = target.policy.transfer_confirm_rule(direction, remote, host=target.name)
+        return (target, rule, f"{direction} {remote}") if rule is not None else None
+    return gate(needed, ctx)
+
+
 def question(g: Gate) -> Elicit[Approve] | str:
     """Ask the person (an :class:`Elicit` marker), or say that nobody is asked."""
     if g.rule is None or g.mode == "refuse" or not g.can_elicit:
         return NOT_ASKED
     chain = " → ".join(g.chain) or "directly"
-    return Elicit(f"Approve this command on host {g.host} (reached {'via ' if g.chain else ''}"
+    kind = "file copy" if g.rule.startswith("files.") else "command"
+    return Elicit(f"Approve this {kind} on host {g.host} (reached {'via ' if g.chain else ''}"
                   f"{chain})?\n\n    {mask(g.line)}\n\nThe inventory's policy asks a person to "
-                  f"confirm commands matching the rule  {g.rule}\nIt runs only if you approve; "
+                  f"confirm it (rule  {g.rule})\nIt runs only if you approve; "
                   f"the AI model cannot approve it.", Approve)
 
 

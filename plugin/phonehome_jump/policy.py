@@ -60,6 +60,21 @@ Patterns = Annotated[tuple[str, ...], BeforeValidator(_as_tuple), AfterValidator
 
 McpApproval = Literal["elicit", "elicit-or-model", "refuse"]
 
+Access = Literal["allow", "confirm", "deny"]
+
+
+class FilesSpec(BaseModel):
+    """File transfer rules (uploads and downloads through the chain)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    upload: Access | None = Field(None, description="allow, confirm or deny uploads. Default: "
+                                                    "deny on read_only hosts, else allow.")
+    download: Access | None = Field(None, description="allow, confirm or deny downloads. "
+                                                      "Default allow.")
+    paths: Patterns = Field((), description="When set, only remote paths matching one of these "
+                                            "regular expressions may be copied to or from.")
+    deny_paths: Patterns = Field((), description="Remote paths that may never be copied.")
+
 
 class PolicySpec(BaseModel):
     """Command rules (Python regular expressions, searched in each part of a command line)."""
@@ -71,6 +86,9 @@ class PolicySpec(BaseModel):
                                               "workflow step confirm: true.")
     read_only: bool | None = Field(None, description="true: only commands matching `allow` pass.")
     allow: Patterns = Field((), description="With read_only: the commands that pass.")
+    files: FilesSpec | None = Field(None, description="File transfer rules: upload/download "
+                                                      "allow|confirm|deny, allowed and denied "
+                                                      "remote paths.")
     mcp_approval: McpApproval | None = Field(
         None, description="Who passes a confirm rule over MCP. elicit (default): a person, "
                           "through MCP elicitation; a client that cannot elicit is refused. "
@@ -129,6 +147,10 @@ class Policy:
     confirm: tuple[str, ...] = ()
     read_only: bool = False
     allow: tuple[str, ...] = ()
+    upload: str | None = None            # allow | confirm | deny; None: by read_only
+    download: str = "allow"
+    paths: tuple[str, ...] = ()
+    deny_paths: tuple[str, ...] = ()
     mcp_approval: McpApproval = "elicit"
 
     @classmethod
@@ -140,7 +162,13 @@ class Policy:
             return tuple(dict.fromkeys(p for s in specs for p in getattr(s, name)))
         read_only = next((s.read_only for s in specs if s.read_only is not None), False)
         approval = next((s.mcp_approval for s in specs if s.mcp_approval is not None), "elicit")
-        return cls(union("deny"), union("confirm"), read_only, union("allow"), approval)
+        files = [s.files for s in specs if s.files is not None]
+        upload = next((f.upload for f in files if f.upload is not None), None)
+        download = next((f.download for f in files if f.download is not None), "allow")
+        return cls(union("deny"), union("confirm"), read_only, union("allow"), upload, download,
+                   tuple(dict.fromkeys(p for f in files for p in f.paths)),
+                   tuple(dict.fromkeys(p for f in files for p in f.deny_paths)),
+                   mcp_approval=approval)
 
     @property
     def empty(self) -> bool:
@@ -149,7 +177,48 @@ class Policy:
     def summary(self) -> dict[str, object]:
         return {"deny": list(self.deny), "confirm": list(self.confirm),
                 "read_only": self.read_only, "allow": list(self.allow),
-                "mcp_approval": self.mcp_approval}
+                "mcp_approval": self.mcp_approval,
+                "files": {"upload": self.upload_access, "download": self.download,
+                          "paths": list(self.paths), "deny_paths": list(self.deny_paths)}}
+
+    @property
+    def upload_access(self) -> str:
+        return self.upload or ("deny" if self.read_only else "allow")
+
+    def check_transfer(self, direction: str, remote_path: str, *, host: str,
+                       confirm: bool | Approval = False) -> None:
+        """Raise :class:`PolicyError` if ``direction`` (upload/download) of ``remote_path`` to
+        or from ``host`` is not allowed."""
+        where = f"host {host!r}"
+        access = self.upload_access if direction == "upload" else self.download
+        if access == "deny":
+            why = " (the host is read-only)" if direction == "upload" and self.upload is None else ""
+            raise PolicyError(f"{direction}s are refused on this host{why}", rule=f"files.{direction}",
+                              where=where, hint="the inventory's policy forbids it; ask its owner")
+        for rule in self.deny_paths:
+            if re.search(rule, remote_path):
+                raise PolicyError(f"{direction} of {remote_path!r} refused by the deny_paths rule "
+                                  f"{rule!r}", rule=rule, where=where,
+                                  hint="this path may not be copied on this host")
+        if self.paths and not any(re.search(rule, remote_path) for rule in self.paths):
+            raise PolicyError(f"{direction} of {remote_path!r} refused: it matches no files.paths "
+                              "rule", rule="files.paths", where=where,
+                              hint="allowed paths match: " + ", ".join(map(repr, self.paths)))
+        if access == "confirm" and not confirm:
+            raise PolicyError(f"{direction} needs confirmation (rule files.{direction})",
+                              rule=f"files.{direction}", needs_confirm=True, where=where,
+                              hint="a person must approve it: over MCP the client asks its "
+                                   "user (elicitation); CLI: --confirm; workflow step: "
+                                   "confirm: true")
+
+    def transfer_confirm_rule(self, direction: str, remote_path: str, *, host: str) -> str | None:
+        """As :meth:`confirm_rule`, for a file copy: ``files.upload``/``files.download`` when
+        only that ``confirm`` access stands in the way."""
+        try:
+            self.check_transfer(direction, remote_path, host=host)
+        except PolicyError as err:
+            return err.rule if err.needs_confirm else None
+        return None
 
     def confirm_rule(self, command: str, *, host: str, at_prompt: bool = True,
                      secret: bool = False) -> str | None:

@@ -215,3 +215,38 @@ async def test_over_streamable_http_the_handshake_era_asks_mid_call(lab, tmp_pat
         proc.wait(timeout=15)
     approvals = [r for r in records(tmp_path) if r["event"] == "approval"]
     assert [r["approved_via"] for r in approvals] == ["mcp-elicitation"]
+
+
+async def test_a_file_copy_marked_confirm_asks_the_person_too(lab, tmp_path):
+    home = "/home/phjkey"
+    text = lab.inventory.read_text().replace(
+        "  lab: {via: jump2, credentials: lab-key, tags: [lab]}",
+        "  lab: {via: jump2, credentials: lab-key, tags: [lab], policy: {files: {upload: confirm}}}")
+    inv = tmp_path / "files.yaml"
+    inv.write_text(text + f"audit: {{path: {tmp_path / 'audit.jsonl'}}}\n")
+    src = tmp_path / "f.txt"
+    src.write_text("approved copy\n")
+    token = secrets.token_hex(4)
+    args = {"host": "lab-target1", "local_path": str(src), "remote_path": f"{home}/f-{token}.txt"}
+    server = build_server(inv)
+    async with Client(server) as client:                    # cannot elicit: confirm=true is not enough
+        r = await call(client, "ssh_file_upload", confirm=True, **args)
+        assert r.is_error and "cannot ask its user" in r.content[0].text
+    no, yes = Person("decline"), Person("accept")
+    async with Client(server, elicitation_callback=no) as client:
+        r = await call(client, "ssh_file_upload", **args)
+        assert r.is_error and "declined" in r.content[0].text
+    async with Client(server, elicitation_callback=yes) as client:
+        r = await call(client, "ssh_file_upload", **args)
+        assert not r.is_error, r.content[0].text
+        assert r.structured_content["bytes"] == len("approved copy\n")
+        # downloads are allowed: nobody is asked
+        r = await call(client, "ssh_file_download", host="lab-target1",
+                       remote_path=f"{home}/f-{token}.txt", local_path=str(tmp_path / "back.txt"))
+        assert not r.is_error and (tmp_path / "back.txt").read_text() == "approved copy\n"
+    assert len(yes.seen) == 1 and "file copy" in yes.seen[0] and f"f-{token}.txt" in yes.seen[0]
+    recs = records(tmp_path)
+    assert [(r["approved_via"], r["rule"]) for r in recs if r["event"] == "approval"] == [
+        ("mcp-elicitation", "files.upload")]
+    assert [r["outcome"] for r in recs if r["event"] == "policy_refusal"] == [
+        "no_elicitation", "declined"]
