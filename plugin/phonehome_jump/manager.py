@@ -408,6 +408,8 @@ class SessionManager:
         """
         entry = self._entry(session_id, owner)
         target = entry.session.target
+        if secret and not command:
+            return None     # never shown to anyone; at a prompt the guard refuses it anyway
         if command:
             line, at_prompt = text, True
         else:

@@ -237,8 +237,8 @@ class Router:
             return self._local(session_id, owner, lambda: self.manager.approval_needed(
                 session_id, text, owner=owner, command=command, newline=newline,
                 control=control, secret=secret))
-        if not command and not ((newline and text) or "\n" in text or "\r" in text):
-            return None
+        if not command and (secret or not ((newline and text) or "\n" in text or "\r" in text)):
+            return None                         # a secret is never shown in a dialog
         target = self.inventory.target(rec.info.host)
         rule = target.policy.confirm_rule(text, host=target.name, at_prompt=command,
                                           secret=secret)

@@ -88,6 +88,10 @@ async def test_accept_runs_decline_refuses(lab, tmp_path, mode):
         assert not r.is_error and r.structured_content["exit_status"] == 0
         r = await call(other, "ssh_session_send", session_id=osid, text=f"touch /tmp/phj-approved-{token}-send")
         assert r.is_error and "declined" in r.content[0].text
+        # a secret is never put in a dialog: at the idle prompt the guard refuses it unasked
+        r = await call(client, "ssh_session_send", session_id=sid, secret=True,
+                       text=f"touch /tmp/phj-approved-{token}-secret")
+        assert r.is_error and "the secret was not typed" in r.content[0].text
         # a command without a confirm rule asks nobody
         assert (await call(client, "ssh_session_command", session_id=sid, command="true")).structured_content["exit_status"] == 0
 
