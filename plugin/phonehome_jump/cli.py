@@ -9,7 +9,7 @@
     shell HOST [--timeout S] [--confirm]           interactive (stdin is a tty) or scripted
     workflow check|run FILE ...                    multi-step YAML runbooks (workflow.py)
     serve [--http HOST:PORT] [--agent SITE=HOST:PORT]... [--workflows DIR]   the MCP server
-    agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (rpc.py)
+    agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (agent_server.py)
 
 Exit codes: the remote exit status for ``run`` (and the last command of a scripted ``shell``);
 0 ok; 1 other phonehome-jump errors (session, secrets, limits); 2 usage and inventory errors
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(loopback HOST:PORT, e.g. the ET Phone Home tunnel port); repeatable")
     p.set_defaults(func=cmd_serve)
 
-    # ET Phone Home: the agent protocol (length-prefixed JSON) beside the client (rpc.py)
+    # ET Phone Home: the agent protocol (length-prefixed JSON) beside the client (agent_server.py)
     p = commands.add_parser(
         "agent", parents=[common], help="serve the ET Phone Home agent protocol on loopback",
         description="Serve ssh_session_* and inventory_* over the ET Phone Home agent protocol "
@@ -205,7 +205,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from .rpc import serve_agent
+    from .agent_server import serve_agent
 
     return serve_agent(args.inventory, args.listen, state_file=args.state,
                        max_wait=args.max_wait, audit_log=args.audit_log)

@@ -46,7 +46,7 @@ from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
 from .redact import RedactingFilter
 from .routing import Router, check_sites, parse_agents
-from .rpc import is_loopback, parse_listen
+from .wire import is_loopback, parse_listen
 from .session import CommandResult
 
 log = logging.getLogger(__name__)

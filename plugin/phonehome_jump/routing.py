@@ -6,7 +6,7 @@ agent answers (for ET Phone Home: the client's tunnel port on the server's loopb
 :class:`Router` then offers the :class:`SessionManager` operations the MCP server calls:
 
 * a host with no ``client`` runs in-process, in the local manager, as without agents;
-* a host whose ``client`` has an agent runs there, through :class:`~.rpc.RemoteAgent`;
+* a host whose ``client`` has an agent runs there, through :class:`~.agent_client.RemoteAgent`;
 * a host whose ``client`` has no agent is refused with an error naming the site and the flag
   (dialing it from here would only time out: the site is where it is reachable from).
 
@@ -32,7 +32,8 @@ from .errors import AgentError, InventoryError, PhonehomeJumpError, UnknownSessi
 from .inventory import Inventory, _suggest
 from .manager import SessionInfo, SessionManager
 from .redact import add_secret
-from .rpc import NOT_RESTORED, RemoteAgent, is_loopback, parse_listen
+from .agent_client import RemoteAgent
+from .wire import NOT_RESTORED, is_loopback, parse_listen
 from .session import CommandResult
 
 log = logging.getLogger(__name__)
