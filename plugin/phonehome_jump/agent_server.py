@@ -9,7 +9,7 @@ connection, in order; the connection stays open for the next one.
 Methods (results are JSON objects; output results are ``CommandResult.to_dict()`` with
 ``output`` renamed ``stdout``, plus ``session_id``)::
 
-    ssh_session_open     host [framing]        host is an INVENTORY NAME (see below)
+    ssh_session_open     host [username port framing]   host: an inventory name, or an address
     ssh_session_command  session_id command [timeout until]   timeout = the wait, seconds
     ssh_session_send     session_id [text send_newline control secret]
     ssh_session_read     session_id [timeout offset until]
@@ -18,43 +18,47 @@ Methods (results are JSON objects; output results are ``CommandResult.to_dict()`
     ssh_session_restore  -                     reopen sessions after an agent restart
     inventory_list       [group tag query]
     inventory_show       host
+    heartbeat            -                     {"status": "alive"}, as the client answers
 
-Error codes: -32700 parse error (bad UTF-8/JSON), -32600 invalid request (not an object,
+Error codes: -32700 parse error (invalid JSON), -32600 invalid request (not an object,
 bad ``method``/``params``/``id``, oversized frame), -32601 unknown method, -32602 invalid
-params (unknown, missing or mistyped — the message names the parameter; also refused
-credentials and unknown inventory names), -32603 internal error (details only in the log);
-package errors keep their own ``err.code`` (errors.py: -32001 connect, -32002 session,
--32004 unknown session, -32005 limit, -32000 other) with ``str(err)`` as the message.
+params (unknown, missing or mistyped, text that is not valid UTF-8 — the message names the
+parameter; also refused credentials and unknown inventory names), -32603 internal error
+(details only in the log); package errors keep their own ``err.code`` (errors.py: -32001
+connect, -32002 session, -32004 unknown session, -32005 limit, -32000 other) with
+``str(err)`` as the message.
 
-Credentials never travel through this protocol. ``password``, ``key_file`` and
-``jump_hosts`` are refused (-32602, "add the host to the inventory"). The unmodified server
-always sends ``username`` and ``port`` (default 22), so those are accepted when they agree
-with the inventory (``port`` 22 is always ignored) and refused otherwise. There is no
-ad-hoc (non-inventory) host mode.
+Parameters as the unmodified ET Phone Home server sends them: open ``{host, username, port:
+22}``, command ``{session_id, command, timeout: 300}``, send ``{session_id, text,
+send_newline}``, read ``{session_id, timeout}``. ``host`` is an inventory name; an address
+picks the one inventory host with that address and ``username`` (and ``port`` unless 22).
+``username``/``port`` must otherwise agree with the inventory. Credentials never travel
+through this protocol: ``password``, ``key_file`` and ``jump_hosts`` are refused (-32602,
+"add the host to the inventory").
 
-Waits are capped at ``max_wait`` (25 s): the ET Phone Home server drops a request after 30 s,
-so a longer command comes back ``running: true`` and is continued with ``ssh_session_read``.
+No reply lost: every wait is capped at ``max_wait`` (default 8 s), under the 10 s the ET
+Phone Home server's health monitor leaves a queued call (it drops a request after 30 s
+otherwise), so a longer command comes back ``running: true`` and is continued with
+``ssh_session_read``. Should a reply with output still miss its caller (its connection closed
+before the caller sent another request on it), the next ``ssh_session_read`` of that session
+returns that output again: prepended to ``stdout`` when it continues it (``redelivered``
+counts those characters), else under ``missed_replies``.
+
+Secrets without a ``secret`` flag: a send that answers a password-like prompt (the running
+command's output ends in ``Password:``, ``[sudo] password for …:``, a passphrase or PIN) is
+sent as a secret: typed, then masked in output, audit and transcripts.
 
 Restore: the agent keeps, per open session, only ``id, host, cwd, created, framing`` in a JSON
 state file (mode 0600, replaced atomically whenever that set changes). After a restart,
 ``ssh_session_restore`` reopens every recorded session whose chain logs in with keys or the
 ssh-agent under the SAME id and runs ``cd <old cwd>``; sessions that need a password anywhere
 in their chain are listed under ``manual_required``; dead sessions of a running agent are
-reopened the same way. Until restored, a recorded id answers "call ssh_session_restore".
+reopened the same way. A reopen that fails (a hop down) keeps the record for the next restore.
+Until restored, a recorded id answers "call ssh_session_restore".
 
-Embedding in the ET Phone Home client agent (``client/agent.py``)::
-
-    from phonehome_jump.rpc import Dispatcher
-    self.phj = Dispatcher.from_inventory("~/.config/phonehome-jump/inventory",
-                                         state_file="~/.local/state/phonehome-jump/agent.json")
-    # first lines of Agent.handle_request():
-    if request.method in Dispatcher.METHODS:
-        r = self.phj.handle({"method": request.method, "params": request.params, "id": request.id})
-        return Response(id=r["id"], result=r.get("result"), error=r.get("error"))
-    # Agent.shutdown(): self.phj.close()
-
-Standalone, beside the ET Phone Home client: ``phonehome-jump agent --listen 127.0.0.1:7022
-[--state FILE]`` (:func:`serve_agent`). :class:`RemoteAgent` is the client side, used by
+In the ET Phone Home client's own process: :mod:`.etphonehome` (``phonehome-jump-reach``).
+Standalone, beside the client: ``phonehome-jump agent --listen 127.0.0.1:7022 [--state FILE]``
+(:func:`serve_agent`). :class:`~.agent_client.RemoteAgent` is the client side, used by
 ``phonehome-jump serve --agent SITE=HOST:PORT`` (:mod:`.routing`).
 """
 
@@ -82,6 +86,7 @@ from .errors import PhonehomeJumpError, UnknownNameError, UnknownSessionError
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
 from .redact import REDACTOR, RedactingFilter
+from .delivery import Delivery, DeliveryLedger
 from .session import CommandResult
 from .wire import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, NOT_RESTORED,
                    PARSE_ERROR, FrameError, RpcError, encode, error_reply, is_loopback,
@@ -89,7 +94,11 @@ from .wire import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_F
 
 log = logging.getLogger(__name__)
 
-MAX_WAIT = 25.0             # below the ET Phone Home server's 30 s request timeout
+# The ET Phone Home server drops a request after 30 s, and its health monitor lowers the shared
+# connection's timeout to 10 s while a heartbeat queues: every wait stays under that.
+MAX_WAIT = 8.0
+CALLER_TIMEOUT = 10.0       # a reply later than this may have missed its caller
+BACKLOG = 1024              # pending connects (a burst of callers; the kernel caps at somaxconn)
 
 
 # --------------------------------------------------------------------------- params
@@ -235,14 +244,16 @@ class Dispatcher:
 
     METHODS = frozenset({"ssh_session_open", "ssh_session_command", "ssh_session_send",
                          "ssh_session_read", "ssh_session_list", "ssh_session_close",
-                         "ssh_session_restore", "inventory_list", "inventory_show"})
+                         "ssh_session_restore", "inventory_list", "inventory_show",
+                         "heartbeat"})
 
     def __init__(self, manager: SessionManager, *, state_file: str | os.PathLike[str] | None = None,
-                 max_wait: float = MAX_WAIT) -> None:
+                 max_wait: float = MAX_WAIT, caller_timeout: float = CALLER_TIMEOUT) -> None:
         self.manager = manager
         self.inventory = manager.inventory
         self.actor = manager.actor or "agent"   # audit actor when the caller names none
         self.max_wait = max_wait
+        self._ledger = DeliveryLedger(caller_timeout)
         self._state = StateFile(state_file) if state_file else None
         self._state_lock = threading.Lock()
         self._restore_lock = threading.Lock()
@@ -260,15 +271,25 @@ class Dispatcher:
             "ssh_session_restore": (NoParams, self._restore),
             "inventory_list": (InventoryListParams, self._inventory_list),
             "inventory_show": (InventoryShowParams, self._inventory_show),
+            "heartbeat": (NoParams, lambda _: {"status": "alive"}),
         }
 
     @classmethod
     def from_inventory(cls, path: str | os.PathLike[str], *,
                        state_file: str | os.PathLike[str] | None = None,
+                       max_wait: float = MAX_WAIT, caller_timeout: float = CALLER_TIMEOUT,
                        **manager_kwargs: Any) -> Dispatcher:
+        """A dispatcher over a new manager; refuses (OSError) a state file it cannot write."""
         manager = SessionManager(Inventory.load(Path(path).expanduser()), **manager_kwargs)
+        dispatcher = cls(manager, state_file=state_file, max_wait=max_wait,
+                         caller_timeout=caller_timeout)
+        try:
+            dispatcher.sync(strict=True)
+        except OSError:
+            manager.shutdown()
+            raise
         manager.start_reaper()
-        return cls(manager, state_file=state_file)
+        return dispatcher
 
     def close(self) -> None:
         """Close every session; the state file keeps them for restore after a restart."""
@@ -281,12 +302,12 @@ class Dispatcher:
         try:
             if not isinstance(request, dict):
                 raise RpcError(INVALID_REQUEST, "invalid request: expected a JSON object")
-            if not _valid_id(request.get("id")):
+            if not _valid_id(request.get("id")) or _has_surrogate(request.get("id")):
                 raise RpcError(INVALID_REQUEST, "invalid request: 'id' must be a string, an "
                                                 "integer or null")
             rid = request.get("id")
             method = request.get("method")
-            if not isinstance(method, str):
+            if not isinstance(method, str) or _has_surrogate(method):
                 raise RpcError(INVALID_REQUEST, "invalid request: 'method' must be a string")
             params = request.get("params")
             params = {} if params is None else params
@@ -297,6 +318,8 @@ class Dispatcher:
                                                  f"{', '.join(sorted(self._table))})")
             model, impl = self._table[method]
             log.debug("request %r %s", rid, method)
+            self._ledger.request()
+            _check_text(method, params)
             return {"id": rid, "result": impl(_validate(method, model, params))}
         except RpcError as err:
             return error_reply(rid, err.code, err.message)
@@ -310,9 +333,9 @@ class Dispatcher:
     def respond(self, payload: bytes) -> bytes:
         """One frame payload → the encoded reply frame."""
         try:
-            request = json.loads(payload.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            reply = error_reply(None, PARSE_ERROR, f"parse error: not valid UTF-8 (byte {exc.start})")
+            # a byte that is not UTF-8 becomes a lone surrogate: the request (and its id) still
+            # parses, and the parameter holding it is refused by name (-32602)
+            request = json.loads(payload.decode("utf-8", errors="surrogateescape"))
         except (ValueError, RecursionError) as exc:
             reply = error_reply(None, PARSE_ERROR, f"parse error: invalid JSON "
                                                    f"({getattr(exc, 'msg', 'nested too deeply')})")
@@ -332,7 +355,7 @@ class Dispatcher:
                                "credentials never travel through the agent protocol. Add the host "
                                "to the phonehome-jump inventory (secrets as env:/file: references) "
                                "and pass its inventory name as 'host'")
-        target = self._target(p.host)
+        target = self._target(p.host, username=p.username, port=p.port)
         ep = target.endpoint
         if p.username is not None and p.username != ep.username:
             raise RpcError(INVALID_PARAMS, f"ssh_session_open: 'username' differs from the "
@@ -341,7 +364,7 @@ class Dispatcher:
         if p.port not in (None, 22, ep.port):
             raise RpcError(INVALID_PARAMS, f"ssh_session_open: 'port' {p.port} differs from the "
                            f"inventory's {ep.port} for host {p.host!r}; omit it or change the inventory")
-        info = self.manager.open(p.host, framing=p.framing, actor=p.actor or self.actor)
+        info = self.manager.open(target.name, framing=p.framing, actor=p.actor or self.actor)
         self.sync()
         return {**_session(info), "port": ep.port, "username": ep.username,
                 "proxied": bool(target.chain)}
@@ -349,23 +372,39 @@ class Dispatcher:
     def _command(self, p: CommandParams) -> dict[str, Any]:
         self._not_pending(p.session_id)
         wait = min(p.timeout, self.max_wait)
-        r = self.manager.command(p.session_id, p.command, wait=wait, until=p.until,
-                                 confirm=p.confirm)
+        started, reply = self._ledger.begin(p.session_id), None
+        try:
+            r = self.manager.command(p.session_id, p.command, wait=wait, until=p.until,
+                                     confirm=p.confirm)
+            reply = {**self._output(p.session_id, r, wait), "prompt_detected": not r.running}
+        finally:
+            self._ledger.end(p.session_id, started, reply)
         self.sync()
-        return {**self._output(p.session_id, r, wait), "prompt_detected": not r.running}
+        return reply
 
     def _send(self, p: SendParams) -> dict[str, Any]:
         self._not_pending(p.session_id)
+        # callers without a secret flag (the ET Phone Home server) answer password prompts too
+        secret = p.secret or (bool(p.text) and not p.sudo_password
+                              and self.manager.session(p.session_id).asks_for_secret())
         self.manager.send(p.session_id, p.text, newline=p.send_newline, control=p.control,
-                          secret=p.secret, confirm=p.confirm, sudo_password=p.sudo_password)
-        return {"session_id": p.session_id, "sent": True}
+                          secret=secret, confirm=p.confirm, sudo_password=p.sudo_password)
+        return {"session_id": p.session_id, "sent": True, "secret": secret or p.sudo_password}
 
     def _read(self, p: ReadParams) -> dict[str, Any]:
         self._not_pending(p.session_id)
         wait = min(p.timeout, self.max_wait)
-        r = self.manager.read(p.session_id, wait=wait, until=p.until, offset=p.offset)
+        started, reply = self._ledger.begin(p.session_id), None
+        try:
+            r = self.manager.read(p.session_id, wait=wait, until=p.until, offset=p.offset)
+            reply = {**self._output(p.session_id, r, wait), "has_more": r.running}
+            if p.offset is None:
+                reply = _with_missed(reply, self._ledger.missed(p.session_id))
+        finally:
+            # a page read by offset consumes nothing: losing it loses nothing
+            self._ledger.end(p.session_id, started, reply if p.offset is None else None)
         self.sync()
-        return {**self._output(p.session_id, r, wait), "has_more": r.running}
+        return reply
 
     def _list(self, _: NoParams) -> dict[str, Any]:
         sessions = [_session(i) for i in self.manager.list()]
@@ -382,6 +421,7 @@ class Dispatcher:
             self.manager.close(p.session_id)
         else:
             host = record["host"]     # never reopened: forgetting the record closes it
+        self._ledger.forget(p.session_id)
         self.sync()
         return {"session_id": p.session_id, "closed": True, "host": host}
 
@@ -406,8 +446,9 @@ class Dispatcher:
             for rec in records:
                 try:
                     target = self.inventory.target(rec["host"])
-                except PhonehomeJumpError as err:
-                    failed.append({"session_id": rec["id"], "host": rec["host"], "error": str(err)})
+                except PhonehomeJumpError as err:     # gone from the inventory: for good
+                    failed.append({"session_id": rec["id"], "host": rec["host"], "error": str(err),
+                                   "kept": False})
                     self._forget(rec["id"])
                     continue
                 if _needs_password(target):
@@ -420,10 +461,11 @@ class Dispatcher:
                 for rec, outcome in zip(todo, pool.map(self._reopen, todo)):
                     if isinstance(outcome, dict):
                         restored.append(outcome)
+                        self._forget(rec["id"])
                     else:
+                        # a hop down now may be up later: keep the record for the next restore
                         failed.append({"session_id": rec["id"], "host": rec["host"],
-                                       "error": str(outcome)})
-                    self._forget(rec["id"])
+                                       "error": str(outcome), "kept": True})
             self.sync()
             return {"restored": restored, "failed": failed, "manual_required": manual,
                     "alive": alive}
@@ -461,17 +503,33 @@ class Dispatcher:
         return self._target(p.host).summary()     # references and paths, never secret values
 
     # -- helpers ----------------------------------------------------------------------
-    def _target(self, host: str) -> Target:
+    def _target(self, host: str, *, username: str | None = None,
+                port: int | None = None) -> Target:
+        """The inventory host named ``host``; or, for an address (as the ET Phone Home server
+        sends it), the one inventory host at that address with that username (and port)."""
         try:
             return self.inventory.target(host)
         except UnknownNameError as err:
-            # callers written for raw hosts pass an address: point at the inventory names
-            named = [t.name for t in self.inventory.targets() if t.endpoint.host == host]
-            if named:
-                raise UnknownNameError(f"{host!r} is an address, not an inventory name",
-                                       hint=f"pass host={named[0]!r} (inventory hosts at that "
-                                            f"address: {', '.join(named)})") from None
-            raise err from None
+            at = [t for t in self.inventory.targets() if t.endpoint.host == host]
+            if not at:
+                raise err from None
+            fits = [t for t in at if (username is None or t.endpoint.username == username)
+                    and port in (None, 22, t.endpoint.port)]
+            if len(fits) == 1:
+                return fits[0]
+            listed = ", ".join(f"{t.name} ({t.endpoint.username}@{t.endpoint.host}:"
+                               f"{t.endpoint.port})" for t in at)
+            if not fits:
+                raise UnknownNameError(
+                    f"no inventory host at address {host!r} logs in as {username!r}"
+                    + (f" on port {port}" if port not in (None, 22) else ""),
+                    hint=f"inventory hosts at that address: {listed}; pass one of their names "
+                         "as host, or add this login to the inventory") from None
+            raise UnknownNameError(
+                f"{len(fits)} inventory hosts match address {host!r}"
+                + (f" and username {username!r}" if username else ""),
+                hint=f"pass the inventory name as host: {', '.join(t.name for t in fits)} "
+                     f"(at that address: {listed})") from None
 
     def _not_pending(self, session_id: str) -> None:
         if session_id in self._pending:
@@ -484,32 +542,102 @@ class Dispatcher:
         d = r.to_dict()
         d["stdout"] = d.pop("output")
         d["session_id"] = session_id
+        notes = []
         if r.running:
-            d["note"] = (f"still running after {wait:g}s: ssh_session_read for more "
+            notes.append(f"still running after {wait:g}s: ssh_session_read for more "
                          f"(waits are capped at {self.max_wait:g}s), ssh_session_send to answer "
                          "or control='c' to interrupt")
+        if r.omitted:
+            notes.append(_omitted_note(*r.omitted, r.total))
+        if notes:
+            d["note"] = "; ".join(notes)
         return d
 
     def _forget(self, session_id: str) -> None:
         with self._state_lock:
             self._pending.pop(session_id, None)
 
-    def sync(self) -> None:
-        """Rewrite the state file when the recorded set (ids, cwds) changed."""
+    def sync(self, *, strict: bool = False) -> None:
+        """Rewrite the state file when the recorded set (ids, cwds) changed.
+
+        ``strict`` (at start): write it even if unchanged, and raise OSError if that fails.
+        """
         if self._state is None:
             return
         with self._state_lock:
             records = [*self._pending.values(), *(_record(i) for i in self.manager.list())]
-            if records != self._saved:
+            if strict or records != self._saved:
                 try:
                     self._state.save(records)
                 except OSError as exc:
+                    if strict:
+                        raise
                     # the request itself succeeded: failing it now would orphan its session
                     log.warning("cannot write the agent state file %s: %s; a restore after a "
                                 "restart will miss these sessions (check the directory and "
                                 "free space)", self._state.path, exc.strerror or exc)
                     return
                 self._saved = records
+
+
+def _omitted_note(start: int, end: int, total: int) -> str:
+    """How to get a capped result's middle, also for callers that cannot pass ``offset``."""
+    return (f"characters {start}–{end} of {total} were left out of stdout to keep the reply "
+            f"small. To get them: ssh_session_read with offset={start} where offset can be "
+            "passed; through the ET Phone Home server's tools (no offset), rerun the command with its output to a "
+            "file on the target and read the file in parts (`CMD > /tmp/out.txt 2>&1`, then "
+            "`sed -n 1,200p /tmp/out.txt`, `sed -n 201,400p /tmp/out.txt`, …), or narrow it "
+            "(`| grep`, or on a network device `| include`/`| section`); while a command runs, "
+            "reading more often returns smaller pieces")
+
+
+def _with_missed(reply: dict[str, Any], missed: list[Delivery]) -> dict[str, Any]:
+    """Give a read the output of earlier replies that missed their caller.
+
+    The last missed reply, when this read continues it (same command, next offset), is put in
+    front of ``stdout`` so the result stays one contiguous piece of that command's output;
+    anything else comes under ``missed_replies`` (never mixed into another command's output).
+    """
+    if not missed:
+        return reply
+    reply = dict(reply)
+    last = missed[-1].reply
+    apart = [d.reply for d in missed]
+    if (not last.get("truncated") and last.get("command") == reply.get("command")
+            and last.get("next_offset") == reply.get("offset")):
+        apart.pop()
+        reply["stdout"] = last["stdout"] + reply["stdout"]
+        reply["offset"] = last["offset"]
+        reply["redelivered"] = len(last["stdout"])
+        note = (f"the first {reply['redelivered']} characters of stdout were sent before in a "
+                "reply that did not reach you (its connection closed)")
+        reply["note"] = f"{note}; {reply['note']}" if reply.get("note") else note
+    if apart:
+        reply["missed_replies"] = [{k: v for k, v in d.items() if k != "note"} for d in apart]
+        note = (f"missed_replies: {len(apart)} earlier repl{'y' if len(apart) == 1 else 'ies'} "
+                "of this session that did not reach you (their connection closed)")
+        reply["note"] = f"{note}; {reply['note']}" if reply.get("note") else note
+    return reply
+
+
+def _has_surrogate(value: Any) -> bool:
+    return isinstance(value, str) and not value.isascii() and any(
+        "\ud800" <= c <= "\udfff" for c in value)
+
+
+def _check_text(method: str, params: dict[str, Any], path: str = "") -> None:
+    """Refuse text that is not valid UTF-8 (a lone surrogate) before it reaches a session."""
+    for key, value in params.items():
+        name = f"{path}{key}"
+        if _has_surrogate(key) or _has_surrogate(value):
+            raise RpcError(INVALID_PARAMS, f"invalid params for {method}: parameter "
+                           f"{name.encode('utf-8', 'backslashreplace').decode()!r} is not valid "
+                           "UTF-8 text (a lone surrogate or a stray byte); nothing was sent. "
+                           "Send the text as UTF-8")
+        if isinstance(value, dict):
+            _check_text(method, value, f"{name}.")
+        elif isinstance(value, list):
+            _check_text(method, {str(i): v for i, v in enumerate(value)}, f"{name}.")
 
 
 def _valid_id(value: Any) -> bool:
@@ -554,6 +682,7 @@ class AgentServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = BACKLOG     # listen backlog: a burst of connects must not be refused
 
     def __init__(self, address: tuple[str, int], dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
@@ -564,7 +693,7 @@ class AgentServer(socketserver.ThreadingTCPServer):
 
 def serve_agent(inventory_path: str | None, listen: str = "127.0.0.1:7022", *,
                 state_file: str | None = None, max_wait: float = MAX_WAIT,
-                audit_log: str | None = None) -> int:
+                caller_timeout: float = CALLER_TIMEOUT, audit_log: str | None = None) -> int:
     """Serve the agent protocol on loopback until SIGTERM/SIGINT. Returns an exit code.
 
     The inventory is ``inventory_path``, else $PHONEHOME_JUMP_INVENTORY, else ./inventory;
@@ -594,9 +723,10 @@ def serve_agent(inventory_path: str | None, listen: str = "127.0.0.1:7022", *,
     except PhonehomeJumpError as err:
         print(f"phonehome-jump: {err}", file=sys.stderr)
         return 2
-    dispatcher = Dispatcher(manager, state_file=state, max_wait=max_wait)
+    dispatcher = Dispatcher(manager, state_file=state, max_wait=max_wait,
+                            caller_timeout=caller_timeout)
     try:
-        dispatcher.sync()       # fail now, not at the first open, if the state file is unwritable
+        dispatcher.sync(strict=True)   # fail now, not at the first open, if it is unwritable
     except OSError as exc:
         print(f"phonehome-jump: cannot write the state file {state}: {exc.strerror or exc}\n"
               "  try: --state PATH in a directory this user can write", file=sys.stderr)

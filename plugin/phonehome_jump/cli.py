@@ -188,16 +188,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", metavar="FILE",
                    help="non-secret session records for ssh_session_restore (default "
                         "$XDG_STATE_HOME/phonehome-jump/agent-sessions.json)")
-    p.add_argument("--max-wait", type=_timeout, default=25.0, metavar="S",
-                   help="cap on a request's wait (default 25: the ET Phone Home server gives "
-                        "up after 30 s)")
+    p.add_argument("--max-wait", type=_timeout, default=8.0, metavar="S",
+                   help="cap on a request's wait (default 8: under the 10 s the ET Phone Home "
+                        "server's health monitor leaves a queued call); keep it below "
+                        "--caller-timeout")
+    p.add_argument("--caller-timeout", type=_timeout, default=10.0, metavar="S",
+                   help="the caller's shortest timeout (default 10): a slower reply may have "
+                        "missed it, and its output comes back on the next read")
     p.set_defaults(func=cmd_agent)
     _add_workflow_commands(commands, common)
     return parser
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .mcp_server import serve   # the MCP SDK is only imported by the command that needs it
+    try:
+        from .mcp_server import serve   # the MCP SDK is only imported by the command that needs it
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("mcp"):
+            raise
+        print("phonehome-jump: `serve` needs the MCP SDK, which is not installed here\n"
+              "  try: pip install 'phonehome-jump[mcp]' in phonehome-jump's own environment (not "
+              "in the ET Phone Home server's: it pins its own mcp)", file=sys.stderr)
+        return 2
 
     return serve(args.inventory, http=args.http, token_file=args.token_file,
                  token_env=args.token_env, agents=args.agent,
@@ -208,7 +220,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from .agent_server import serve_agent
 
     return serve_agent(args.inventory, args.listen, state_file=args.state,
-                       max_wait=args.max_wait, audit_log=args.audit_log)
+                       max_wait=args.max_wait, caller_timeout=args.caller_timeout,
+                       audit_log=args.audit_log)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -46,8 +46,8 @@ from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
 from .redact import RedactingFilter
 from .routing import Router, check_sites, parse_agents
-from .wire import is_loopback, parse_listen
 from .session import CommandResult
+from .wire import is_loopback, parse_listen
 
 log = logging.getLogger(__name__)
 

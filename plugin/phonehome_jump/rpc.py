@@ -8,12 +8,12 @@ here.
 
 from __future__ import annotations
 
-from .agent_client import *  # noqa: F401,F403
-from .agent_client import RemoteAgent, remote_error  # noqa: F401
-from .agent_server import *  # noqa: F401,F403
-from .agent_server import (MAX_WAIT, AgentServer, Dispatcher, StateFile,  # noqa: F401
-                           default_state_file, serve_agent)
-from .wire import *  # noqa: F401,F403
+from .agent_client import (RemoteAgent, RemoteConnectError, RemoteError,  # noqa: F401
+                           RemoteInventoryError, RemoteLimitError, RemoteSessionError,
+                           RemoteUnknownSessionError, remote_error)
+from .agent_server import (BACKLOG, CALLER_TIMEOUT, MAX_WAIT, AgentServer,  # noqa: F401
+                           CommandParams, Dispatcher, OpenParams, ReadParams, SendParams,
+                           StateFile, default_state_file, serve_agent)
 from .wire import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, MAX_FRAME,  # noqa: F401
                    METHOD_NOT_FOUND, NOT_RESTORED, PARSE_ERROR, FrameError, RpcError, decode,
                    encode, error_reply, is_loopback, parse_listen, read_frame)

@@ -30,7 +30,7 @@ from .errors import SessionDeadError, SessionError
 from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
 from .output import DEFAULT_CAP, CommandResult, _Run
-from .prompts import CONTROL, awaiting_input, compile_pattern
+from .prompts import CONTROL, asks_for_secret, awaiting_input, compile_pattern
 from .redact import add_secret, mask
 
 __all__ = ["DEFAULT_CAP", "CommandResult", "Session", "compile_pattern"]
@@ -276,6 +276,25 @@ class Session:
         """The whole (masked) output of the current or last command."""
         with self._lock:
             return self._masked_text(self._run) if self._run is not None else ""
+
+    def asks_for_secret(self) -> bool:
+        """The running command's newest output ends with a password-like prompt.
+
+        Output that arrived since the last read is taken in first (nothing is consumed); when
+        another call holds the session (a command waiting), its tail as it stands is used.
+        """
+        run = self._run
+        if run is None or run.done:
+            return False
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._run is run and not run.done and not self.dead and self._chan.recv_ready():
+                    self._pump(time.monotonic())
+            except SessionError:
+                pass                    # a dead session: the send that follows will say so
+            finally:
+                self._lock.release()
+        return not run.done and asks_for_secret(run.tail[-512:])
 
     @property
     def running(self) -> bool:
