@@ -82,11 +82,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .delivery import Delivery, DeliveryLedger
 from .errors import PhonehomeJumpError, UnknownNameError, UnknownSessionError
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
 from .redact import REDACTOR, RedactingFilter
-from .delivery import Delivery, DeliveryLedger
 from .session import CommandResult
 from .wire import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, NOT_RESTORED,
                    PARSE_ERROR, FrameError, RpcError, encode, error_reply, is_loopback,
@@ -584,11 +584,12 @@ def _omitted_note(start: int, end: int, total: int) -> str:
     """How to get a capped result's middle, also for callers that cannot pass ``offset``."""
     return (f"characters {start}–{end} of {total} were left out of stdout to keep the reply "
             f"small. To get them: ssh_session_read with offset={start} where offset can be "
-            "passed; through the ET Phone Home server's tools (no offset), rerun the command with its output to a "
-            "file on the target and read the file in parts (`CMD > /tmp/out.txt 2>&1`, then "
-            "`sed -n 1,200p /tmp/out.txt`, `sed -n 201,400p /tmp/out.txt`, …), or narrow it "
-            "(`| grep`, or on a network device `| include`/`| section`); while a command runs, "
-            "reading more often returns smaller pieces")
+            "passed; through the ET Phone Home server's tools (no offset), rerun the command "
+            "with its output to a file on the target and read the file in parts "
+            "(`CMD > /tmp/out.txt 2>&1`, then `sed -n 1,200p /tmp/out.txt`, "
+            "`sed -n 201,400p /tmp/out.txt`, …), or narrow it (`| grep`, or on a network "
+            "device `| include`/`| section`); while a command runs, reading more often returns "
+            "smaller pieces")
 
 
 def _with_missed(reply: dict[str, Any], missed: list[Delivery]) -> dict[str, Any]:
