@@ -364,10 +364,27 @@ class Dispatcher:
         if p.port not in (None, 22, ep.port):
             raise RpcError(INVALID_PARAMS, f"ssh_session_open: 'port' {p.port} differs from the "
                            f"inventory's {ep.port} for host {p.host!r}; omit it or change the inventory")
-        info = self.manager.open(target.name, framing=p.framing, actor=p.actor or self.actor)
+        actor = p.actor or self.actor
+        # a login slower than the caller's timeout: its reply missed the caller, who now asks
+        # again. Hand over the session that open made rather than leave it orphaned.
+        key = f"open:{target.name}:{actor}"
+        missed_opens = self._ledger.missed(key)      # may wait for a login just finishing
+        live = {i.id: i for i in self.manager.list() if i.state != "dead"}
+        for missed in missed_opens:
+            sid = missed.reply["session_id"]
+            if sid in live and live[sid].framing == (p.framing or live[sid].framing):
+                return {**missed.reply, **_session(live[sid]), "recovered": True,
+                        "note": "this session was opened by an earlier ssh_session_open whose "
+                                "reply did not reach you (its connection closed)"}
+        started, reply = self._ledger.begin(key), None
+        try:
+            info = self.manager.open(target.name, framing=p.framing, actor=actor)
+            reply = {**_session(info), "port": ep.port, "username": ep.username,
+                     "proxied": bool(target.chain)}
+        finally:
+            self._ledger.end(key, started, reply)
         self.sync()
-        return {**_session(info), "port": ep.port, "username": ep.username,
-                "proxied": bool(target.chain)}
+        return reply
 
     def _command(self, p: CommandParams) -> dict[str, Any]:
         self._not_pending(p.session_id)

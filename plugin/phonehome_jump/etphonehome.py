@@ -20,6 +20,7 @@ them with ``Environment=``), or from ``--phj-*`` options placed before the clien
                                                        $PHONEHOME_JUMP_STATE, else in
                                                        $XDG_STATE_HOME/phonehome-jump)
     PHONEHOME_JUMP_MAX_WAIT     --phj-max-wait S       cap on a request's wait (8)
+    PHONEHOME_JUMP_CALLER_TIMEOUT                      the caller's shortest timeout (10)
     PHONEHOME_JUMP_AUDIT_LOG    --phj-audit-log FILE   audit log
     PHONEHOME_JUMP_CLIENT_PATH  --phj-client-path DIR  the client's code, when it is not
                                                        importable (a portable install:
@@ -153,6 +154,17 @@ def _settings(argv: list[str]) -> list[str]:
     return rest
 
 
+def _seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 3600:
+        raise ValueError(f"{name}={text!r}: want a number of seconds above 0 (default {default:g})")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """``phonehome-jump-reach [--phj-… VALUE] [reach's own arguments]``."""
     args = _settings(list(sys.argv[1:] if argv is None else argv))
@@ -170,22 +182,20 @@ def main(argv: list[str] | None = None) -> int:
         Path(os.environ["PHONEHOME_JUMP_STATE"]) / "agent-sessions.json"
         if os.environ.get("PHONEHOME_JUMP_STATE") else default_state_file())
     try:
-        max_wait = float(os.environ.get("PHONEHOME_JUMP_MAX_WAIT") or MAX_WAIT)
-        if not 0 < max_wait < 3600:
-            raise ValueError
-    except ValueError:
-        print("phonehome-jump-reach: PHONEHOME_JUMP_MAX_WAIT must be a number of seconds above 0",
-              file=sys.stderr)
+        max_wait = _seconds("PHONEHOME_JUMP_MAX_WAIT", MAX_WAIT)
+        caller_timeout = _seconds("PHONEHOME_JUMP_CALLER_TIMEOUT", CALLER_TIMEOUT)
+    except ValueError as exc:
+        print(f"phonehome-jump-reach: {exc}", file=sys.stderr)
         return 2
-    if max_wait >= CALLER_TIMEOUT:
-        print(f"phonehome-jump-reach: warning: PHONEHOME_JUMP_MAX_WAIT={max_wait:g} is not below "
-              f"the {CALLER_TIMEOUT:g} s the ET Phone Home server's health monitor leaves a queued "
-              "call: such replies can miss the server (their output comes back on the next read)",
-              file=sys.stderr)
+    if max_wait >= caller_timeout:
+        print(f"phonehome-jump-reach: warning: a wait of {max_wait:g} s is not below the caller's "
+              f"timeout ({caller_timeout:g} s; 10 s for a call the ET Phone Home server queues "
+              "behind a heartbeat): such replies can miss it (their output comes back on the "
+              "next read)", file=sys.stderr)
     try:
         check_client()
         dispatcher = Dispatcher.from_inventory(
-            inventory, state_file=state, max_wait=max_wait,
+            inventory, state_file=state, max_wait=max_wait, caller_timeout=caller_timeout,
             audit_path=os.environ.get("PHONEHOME_JUMP_AUDIT_LOG") or None, actor="agent")
     except PhonehomeJumpError as err:
         print(f"phonehome-jump-reach: {err}", file=sys.stderr)

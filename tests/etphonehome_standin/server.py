@@ -9,8 +9,9 @@ lock as the server's tool calls do) and prints ``{"tag": T, "result": ...}``, ``
 
 Ops: the server's session methods with its parameter shapes and defaults, ``health_check``
 (the health monitor's heartbeat: timeout lowered to 10 s, put back only on success),
-``raw`` (any method and params, e.g. the client's own methods) and ``retarget`` (the
-client re-registered with a new tunnel port).
+``raw`` (any method and params, e.g. the client's own methods), ``set_timeout`` (the
+shared connection's timeout, as the health monitor changes it) and ``retarget`` (the client
+re-registered with a new tunnel port).
 """
 
 import asyncio
@@ -129,6 +130,9 @@ async def run_op(conn: ClientConnection, msg: dict) -> None:
         if op == "retarget":
             await conn.disconnect()
             conn.port = int(args["port"])
+            out["result"] = True
+        elif op == "set_timeout":               # as the health monitor sets it
+            conn.timeout = float(args["seconds"])
             out["result"] = True
         else:
             out["result"] = await getattr(conn, op)(**args)

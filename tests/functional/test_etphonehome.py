@@ -170,6 +170,25 @@ def test_output_of_a_reply_that_missed_its_caller_comes_back_on_the_next_read(si
     assert hb.get("result") is True, hb      # the heartbeat reconnected after B gave up
 
 
+def test_an_open_whose_reply_missed_the_caller_is_handed_over_on_the_retry(site):
+    # a login slower than the caller's timeout (here the timeout is made shorter than the
+    # lab's login, as a slow chain would make the login longer than 10 s)
+    _, server = site.start(PHONEHOME_JUMP_CALLER_TIMEOUT="0.1")
+    server.ok("set_timeout", seconds=0.05)
+    first = server.call("ssh_session_open", host="lab-target3", username="phjkey")
+    assert first["exception"] == "TimeoutError", first
+    server.ok("set_timeout", seconds=30)
+    again = server.ok("ssh_session_open", host="lab-target3", username="phjkey")
+    assert again.get("recovered") is True and "did not reach you" in again["note"], (again, server.ok("ssh_session_list"))
+    listed = server.ok("ssh_session_list")["sessions"]
+    assert [x["session_id"] for x in listed] == [again["session_id"]]   # not two sessions
+    r = server.ok("ssh_session_command", session_id=again["session_id"], command="echo ok")
+    assert r["stdout"] == "ok\n"
+    # the next open is a new session again
+    other = server.ok("ssh_session_open", host="lab-target3", username="phjkey")
+    assert "recovered" not in other and other["session_id"] != again["session_id"]
+
+
 # ----------------------------------------------------------------------------- secrets
 
 def test_a_password_sent_without_a_secret_flag_is_masked(site, lab):
