@@ -89,7 +89,12 @@ def check_client() -> tuple[type, type]:
         agent_mod = importlib.import_module("client.agent")
         protocol = importlib.import_module("shared.protocol")
         reach = importlib.import_module("client.reach")
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:
+        if not (isinstance(exc, ModuleNotFoundError)
+                and exc.name in ("client", "shared", "client.agent", "client.reach",
+                                 "shared.protocol")):
+            raise _mismatch(f"importing client.agent, client.reach and shared.protocol "
+                            f"failed: {exc}") from None
         raise ClientMismatch(
             f"the ET Phone Home client is not importable here (no module {exc.name!r})",
             where="phonehome-jump-reach",

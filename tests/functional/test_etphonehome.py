@@ -295,6 +295,15 @@ def test_a_client_without_the_hook_is_refused_naming_version_and_hook(tmp_path):
     assert "ET Phone Home client 0.2.0" in proc.stderr
     assert "client.agent.Agent.handle_request(self, request)" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # a name the hook needs renamed in the client's own modules
+    (path / "client" / "reach.py").write_text("from shared.protocol import Reply\n")
+    (path / "client" / "agent.py").write_text(
+        "class Agent:\n    def handle_request(self, request):\n        return None\n")
+    proc = subprocess.run([REACH, "--phj-inventory", str(inv), "--phj-client-path", str(path),
+                           "--phj-state", str(tmp_path / "s.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "ET Phone Home client 0.2.0" in proc.stderr, proc.stderr
+    assert "cannot import name 'Reply'" in proc.stderr and "Traceback" not in proc.stderr
     # not importable at all: says where to point it
     proc = subprocess.run([REACH, "--phj-inventory", str(inv), "--phj-client-path",
                            str(tmp_path / "none"), "--phj-state", str(tmp_path / "s.json")],
