@@ -201,15 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        from .mcp_server import serve   # the MCP SDK is only imported by the command that needs it
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("mcp"):
-            raise
+    import importlib.util
+    if importlib.util.find_spec("mcp") is None:     # the `mcp` extra (it brings anyio too)
         print("phonehome-jump: `serve` needs the MCP SDK, which is not installed here\n"
               "  try: pip install 'phonehome-jump[mcp]' in phonehome-jump's own environment (not "
               "in the ET Phone Home server's: it pins its own mcp)", file=sys.stderr)
         return 2
+    from .mcp_server import serve   # the MCP SDK is only imported by the command that needs it
 
     return serve(args.inventory, http=args.http, token_file=args.token_file,
                  token_env=args.token_env, agents=args.agent,

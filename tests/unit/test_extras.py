@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 BLOCK_MCP = ("import sys\n"
-             "for name in ('mcp', 'mcp_types'):\n"
+             "for name in ('mcp', 'mcp_types', 'anyio'):\n"
              "    sys.modules[name] = None      # as if not installed\n")
 
 
