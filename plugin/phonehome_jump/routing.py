@@ -28,7 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from .errors import AgentError, InventoryError, PhonehomeJumpError, UnknownSessionError
+from .errors import (AgentError, InventoryError, PhonehomeJumpError, SessionError,
+                     UnknownSessionError)
 from .inventory import Inventory, _suggest
 from .manager import SessionInfo, SessionManager
 from .redact import add_secret
@@ -240,8 +241,21 @@ class Router:
             except UnknownSessionError as err:
                 if NOT_RESTORED not in str(err):
                     raise
-                agent.restore()    # the agent restarted, and no pooled connection noticed it
-                return op(agent)
+                # the agent restarted, and no pooled connection noticed it
+                restored = agent.restore()
+                try:
+                    return op(agent)
+                except UnknownSessionError as again:
+                    if NOT_RESTORED not in str(again):
+                        raise
+                    # the agent keeps the record (a hop down now): so does this server
+                    why = next((f["error"] for f in restored.get("failed", [])
+                                if f.get("session_id") == rec.remote_id), "not reopened")
+                    raise SessionError(
+                        f"session {rec.info.id!r} is recorded at site '{rec.site}' but could not "
+                        f"be reopened yet: {why}", where=f"site {rec.site!r}",
+                        hint="retry when the chain is reachable again (each retry tries to "
+                             "reopen it); ssh_session_close forgets it") from None
         except UnknownSessionError:
             # the agent no longer has it (closed there, or restarted without its state)
             with self._lock:

@@ -467,6 +467,37 @@ async def test_a_dead_agent_is_named_and_the_client_reconnects(sites, lab):
         assert "client site 'site-b'" in text and "--agent site-b=HOST:PORT" in text
 
 
+@pytest.mark.anyio
+async def test_a_routed_session_outlives_a_restore_during_a_jump1_outage(sites, lab):
+    inv, a, b = sites
+    server = build_server(inv, agents={"site-a": ("127.0.0.1", a.port), "site-b": ("127.0.0.1", b.port)})
+    async with Client(server) as client:
+        sid = (await ok(client, "ssh_session_open", host="lab-target2"))["session_id"]
+        await ok(client, "ssh_session_command", session_id=sid, command="cd /var")
+        port = b.port
+        b.stop(signal.SIGKILL)
+        subprocess.run(["kill", (lab.state / "jump1.pid").read_text().strip()], check=True)
+        try:
+            deadline = time.monotonic() + 10
+            while lab.reachable_directly("jump1"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            b2 = Agent(b.inventory, b.state, port=port)
+            # the automatic restore (reconnect) and the retried one both fail: kept, and said so
+            text = await error(client, "ssh_session_command", session_id=sid, command="pwd")
+            assert "could not be reopened yet" in text and "jump1" in text, text
+            listed = (await ok(client, "ssh_session_list"))["sessions"]
+            assert [x["session_id"] for x in listed] == [sid]
+        finally:
+            lab.start_sshd("jump1")                      # healed
+        try:
+            r = await ok(client, "ssh_session_command", session_id=sid, command="pwd")
+            assert (r["output"], r["cwd"]) == ("/var\n", "/var")
+            await ok(client, "ssh_session_close", session_id=sid)
+        finally:
+            b2.stop()
+
+
 def test_open_under_a_chosen_id_refuses_one_in_use(manager):
     from phonehome_jump.errors import SessionError
     info = manager.open("lab-target1", session_id="s-chosen")
