@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SETTLE = 2.0        # how long a read waits for a late reply on another connection to settle
+KEEP = 256          # sessions with missed replies kept (a session reaped unread drops out)
 
 
 @dataclass
@@ -98,3 +99,5 @@ class DeliveryLedger:
         for thread in [t for t in self._last if not t.is_alive()]:
             d = self._last.pop(thread)
             self._missed.setdefault(d.session_id, []).append(d)
+        while len(self._missed) > KEEP:                  # oldest first (insertion order)
+            del self._missed[next(iter(self._missed))]
