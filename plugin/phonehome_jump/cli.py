@@ -9,7 +9,7 @@
     shell HOST [--timeout S] [--confirm]           interactive (stdin is a tty) or scripted
     workflow check|run FILE ...                    multi-step YAML runbooks (workflow.py)
     serve [--http HOST:PORT] [--agent SITE=HOST:PORT]... [--workflows DIR]   the MCP server
-    agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (agent_server.py)
+    agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (agent_server)
 
 Exit codes: the remote exit status for ``run`` (and the last command of a scripted ``shell``);
 0 ok; 1 other phonehome-jump errors (session, secrets, limits); 2 usage and inventory errors

@@ -71,8 +71,8 @@ def client_version() -> str:
 
 
 def _client_where() -> str:
-    mod = sys.modules.get("client")
-    return str(Path(mod.__file__).parent) if mod is not None and mod.__file__ else "?"
+    where = getattr(sys.modules.get("client"), "__file__", None)   # None: a namespace package
+    return str(Path(where).parent) if where else "?"
 
 
 def _mismatch(why: str) -> ClientMismatch:
