@@ -368,7 +368,8 @@ class Dispatcher:
         # a login slower than the caller's timeout: its reply missed the caller, who now asks
         # again. Hand over the session that open made rather than leave it orphaned.
         key = f"open:{target.name}:{actor}"
-        missed_opens = self._ledger.missed(key)      # may wait for a login just finishing
+        # a late login may still be under way: wait for it (within this call's own wait cap)
+        missed_opens = self._ledger.missed(key, settle=self.max_wait)
         live = {i.id: i for i in self.manager.list() if i.state != "dead"}
         for missed in missed_opens:
             sid = missed.reply["session_id"]

@@ -67,14 +67,15 @@ class DeliveryLedger:
             if reply is not None:
                 self._last[me] = Delivery(session_id, reply, me, started, time.monotonic())
 
-    def missed(self, session_id: str) -> list[Delivery]:
+    def missed(self, session_id: str, settle: float = SETTLE) -> list[Delivery]:
         """Replies of ``session_id`` that missed their caller, oldest first (and forgets them).
 
         A reply on another connection that took longer than the caller's timeout is the one
-        most likely lost; its connection may still be closing, so wait briefly for it.
+        most likely lost; it may still be on its way, or its connection closing, so wait up
+        to ``settle`` seconds for it.
         """
         me = threading.current_thread()
-        deadline = time.monotonic() + SETTLE
+        deadline = time.monotonic() + settle
         while True:
             with self._lock:
                 self._collect()

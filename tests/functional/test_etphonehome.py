@@ -173,7 +173,7 @@ def test_output_of_a_reply_that_missed_its_caller_comes_back_on_the_next_read(si
 def test_an_open_whose_reply_missed_the_caller_is_handed_over_on_the_retry(site):
     # a login slower than the caller's timeout (here the timeout is made shorter than the
     # lab's login, as a slow chain would make the login longer than 10 s)
-    _, server = site.start(PHONEHOME_JUMP_CALLER_TIMEOUT="0.1")
+    _, server = site.start(PHONEHOME_JUMP_CALLER_TIMEOUT="0.01")
     server.ok("set_timeout", seconds=0.05)
     first = server.call("ssh_session_open", host="lab-target3", username="phjkey")
     assert first["exception"] == "TimeoutError", first
