@@ -18,6 +18,7 @@ from typing import Any
 from .errors import (AgentError, ConnectError, InventoryError, LimitError, PhonehomeJumpError,
                      SessionError, UnknownSessionError)
 from .manager import SessionInfo
+from .policy import Approval
 from .session import CommandResult
 from .wire import INTERNAL_ERROR, INVALID_PARAMS, FrameError, encode, read_frame
 
@@ -120,19 +121,23 @@ class RemoteAgent:
         return _info(self.call("ssh_session_open", params, timeout=self.open_timeout))
 
     def command(self, session_id: str, command: str, *, wait: float = 20.0,
-                until: str | None = None, confirm: bool = False) -> CommandResult:
+                until: str | None = None, confirm: bool | Approval = False) -> CommandResult:
         params = {"session_id": session_id, "command": command, "timeout": float(wait),
-                  "confirm": confirm}
+                  "confirm": bool(confirm)}
+        if isinstance(confirm, Approval):
+            params["approval"] = confirm.to_wire()
         if until is not None:
             params["until"] = until
         return _command_result(self.call("ssh_session_command", params, timeout=wait + 60))
 
     def send(self, session_id: str, text: str = "", *, newline: bool = True,
-             control: str | None = None, secret: bool = False, confirm: bool = False,
+             control: str | None = None, secret: bool = False, confirm: bool | Approval = False,
              sudo_password: bool = False) -> None:
         params: dict[str, Any] = {"session_id": session_id, "text": text,
-                                  "send_newline": newline, "secret": secret, "confirm": confirm,
-                                  "sudo_password": sudo_password}
+                                  "send_newline": newline, "secret": secret,
+                                  "confirm": bool(confirm), "sudo_password": sudo_password}
+        if isinstance(confirm, Approval):
+            params["approval"] = confirm.to_wire()
         if control is not None:
             params["control"] = control
         self.call("ssh_session_send", params, timeout=30)

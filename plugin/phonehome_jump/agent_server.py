@@ -86,6 +86,8 @@ from .delivery import Delivery, DeliveryLedger
 from .errors import PhonehomeJumpError, UnknownNameError, UnknownSessionError
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
+from .policy import Approval
+from .prompts import asks_for_secret
 from .redact import REDACTOR, RedactingFilter
 from .session import CommandResult
 from .wire import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, NOT_RESTORED,
@@ -130,6 +132,8 @@ class CommandParams(_Params):
     timeout: float = Field(20.0, ge=0, allow_inf_nan=False)
     until: str | None = None
     confirm: bool = False           # passes the policy's confirm rules
+    # who approved (the MCP server in front of the agent): {via, by, at, command}
+    approval: dict[str, Any] | None = None
 
 
 class SendParams(_Params):
@@ -139,6 +143,7 @@ class SendParams(_Params):
     control: str | None = None
     secret: bool = False
     confirm: bool = False
+    approval: dict[str, Any] | None = None
     sudo_password: bool = False     # type the inventory's sudo password (never on the wire)
 
 
@@ -164,6 +169,14 @@ class InventoryShowParams(_Params):
 
 
 _REFUSED = ("password", "key_file", "jump_hosts")
+
+
+def _approval(confirm: bool, approval: dict[str, Any] | None) -> bool | Approval:
+    """The decision of the MCP server in front of the agent (who approved, how, when); a bare
+    ``confirm: true`` is the agent-protocol caller's own."""
+    if approval is not None:
+        return Approval.from_wire(approval)
+    return Approval("agent-protocol") if confirm else False
 
 
 def _validate(method: str, model: type[_Params], params: dict[str, Any]) -> Any:
@@ -393,7 +406,7 @@ class Dispatcher:
         started, reply = self._ledger.begin(p.session_id), None
         try:
             r = self.manager.command(p.session_id, p.command, wait=wait, until=p.until,
-                                     confirm=p.confirm)
+                                     confirm=_approval(p.confirm, p.approval))
             reply = {**self._output(p.session_id, r, wait), "prompt_detected": not r.running}
         finally:
             self._ledger.end(p.session_id, started, reply)
@@ -403,10 +416,12 @@ class Dispatcher:
     def _send(self, p: SendParams) -> dict[str, Any]:
         self._not_pending(p.session_id)
         # callers without a secret flag (the ET Phone Home server) answer password prompts too
-        secret = p.secret or (bool(p.text) and not p.sudo_password
-                              and self.manager.session(p.session_id).asks_for_secret())
+        fresh = (self.manager.session(p.session_id).fresh_input()
+                 if p.text and not (p.secret or p.sudo_password) else None)
+        secret = p.secret or (fresh is not None and asks_for_secret(*fresh))
         self.manager.send(p.session_id, p.text, newline=p.send_newline, control=p.control,
-                          secret=secret, confirm=p.confirm, sudo_password=p.sudo_password)
+                          secret=secret, confirm=_approval(p.confirm, p.approval),
+                          sudo_password=p.sudo_password)
         return {"session_id": p.session_id, "sent": True, "secret": secret or p.sudo_password}
 
     def _read(self, p: ReadParams) -> dict[str, Any]:
