@@ -63,7 +63,7 @@ class Session:
         """Log in to ``target`` over ``sock`` (a tunnel channel or a TCP socket) and frame the shell."""
         from netmiko import ConnectHandler   # heavy import, only when a session opens
 
-        from .chain import HostKeyPolicy, credentials, wrap_error
+        from .chain import AnsweringSSHClient, HostKeyPolicy, credentials, wrap_error
         ep = target.endpoint
         creds = credentials(ep)
         framing = framing or ("sentinel" if target.device_type in SENTINEL_DEVICE_TYPES else "native")
@@ -78,6 +78,8 @@ class Session:
                 auth_timeout=ep.connect_timeout, banner_timeout=ep.connect_timeout,
                 keepalive=ep.keepalive, fast_cli=True, auto_connect=False)
             conn.key_policy = HostKeyPolicy(ep)   # strict or accept-new, as the inventory says
+            # netmiko's hook for the client class: no post-login stall on the target either
+            conn._get_ssh_client_instance = AnsweringSSHClient
             conn.establish_connection(width=PTY_WIDTH, height=1000)
         except Exception as exc:
             raise wrap_error(exc, ep, target.chain[-1] if target.chain else None) from exc
