@@ -22,6 +22,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import paramiko
@@ -42,12 +43,13 @@ class Session:
     """A persistent shell on one target. Thread-safe: one operation at a time."""
 
     def __init__(self, target: Target, conn: Any, channel: paramiko.Channel, framer: Framer,
-                 *, cap: int = DEFAULT_CAP) -> None:
+                 *, cap: int = DEFAULT_CAP, memory: int | None = None) -> None:
         self.target = target
         self._conn = conn                 # netmiko connection; never leaves this module
         self._chan = channel
         self.framer = framer
         self.cap = cap
+        self.memory = memory              # characters of a command's output kept in memory
         self._lock = threading.RLock()    # one reader/command at a time
         self._wlock = threading.Lock()    # writes; send() may answer while a command waits
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
@@ -59,7 +61,7 @@ class Session:
     # -- opening ----------------------------------------------------------------------
     @classmethod
     def start(cls, target: Target, sock: Any, *, cap: int = DEFAULT_CAP,
-              framing: str | None = None) -> "Session":
+              framing: str | None = None, memory: int | None = None) -> "Session":
         """Log in to ``target`` over ``sock`` (a tunnel channel or a TCP socket) and frame the shell."""
         from netmiko import ConnectHandler   # heavy import, only when a session opens
 
@@ -86,7 +88,7 @@ class Session:
         chan = conn.remote_conn
         chan.settimeout(None)
         framer: Framer = SentinelFramer() if framing == "sentinel" else NativeFramer()
-        session = cls(target, conn, chan, framer, cap=cap)   # its secrets: registered by resolve()
+        session = cls(target, conn, chan, framer, cap=cap, memory=memory)   # its secrets: registered by resolve()
         try:
             framer.setup(session)
             session.last_activity = time.time()
@@ -125,7 +127,7 @@ class Session:
         """
         run = self._run
         if setup:
-            run = self._run = _Run(None, time.monotonic())
+            run = self._new_run(None)
         assert run is not None
         while not run.done:
             remaining = deadline - time.monotonic()
@@ -161,11 +163,13 @@ class Session:
             if not run.done and (until or stop_on_input):
                 # a prompt may straddle chunks (look back), but output the caller was already
                 # given cannot match again (a second, identical prompt must be a new one)
-                window = run.text()[max(before - 256, run.delivered, 0):]
+                # (only the newest text is read: linear in the output, however long)
+                window = run.out.slice(max(before - 256, run.delivered, 0), run.length)
                 if until is not None and until.search(window):
                     return True
                 # only output the caller has not seen yet can be a new question
-                if stop_on_input and awaiting_input(run.text()[max(run.delivered, run.length - 256):]):
+                if stop_on_input and awaiting_input(
+                        run.out.slice(max(run.delivered, run.length - 256), run.length)):
                     return True
         return False
 
@@ -187,26 +191,32 @@ class Session:
         window = run.tail + text
         m = self.framer.pattern.search(window)
         if m is None:
-            run.chunks.append(text)
-            run.length += len(text)
+            run.out.append(text)
             run.tail = window[-4096:]
             return
         # The prompt may straddle chunks: cut the stored output back to where it began.
         keep = m.start() - len(run.tail)
         if keep >= 0:
-            run.chunks.append(text[:keep])
-            run.length += keep
+            run.out.append(text[:keep])
         else:
-            full = run.text()[: run.length + keep]
-            run.chunks, run.length = [full], len(full)
+            run.out.truncate(run.length + keep)
         run.exit_status, cwd = self.framer.end(m)
         if cwd is not None:
             self.cwd = cwd
         run.cwd = self.cwd
         run.done, run.ended = True, time.monotonic()
         if self.framer.name == "native":
-            cleaned = self.framer.clean(run.text(), run.command)
-            run.chunks, run.length = [cleaned], len(cleaned)
+            self._clean_native(run)
+
+    def _clean_native(self, run: _Run) -> None:
+        """The framer's cleanup (the echoed command) on the output; on a large one, its head."""
+        if run.length <= 65_536:
+            run.out.reset(self.framer.clean(run.out.text(), run.command))
+            return
+        head = run.out.slice(0, 65_536)
+        cleaned = self.framer.clean(head, run.command)
+        if head.endswith(cleaned) and not run.out.spilled:
+            run.out.drop_head(len(head) - len(cleaned))
 
     # -- public API -------------------------------------------------------------------
     def command(self, command: str, *, wait: float = 20.0, until: str | None = None) -> CommandResult:
@@ -219,7 +229,7 @@ class Session:
         with self._lock:
             self._check_idle()
             self._drain()
-            self._run = _Run(command, time.monotonic())
+            self._new_run(command)
             self._write(self.framer.wrap(command) if self.framer.name == "sentinel" else command.rstrip("\n") + "\n")
             stopped = self._pump(time.monotonic() + wait, until=pattern, stop_on_input=True)
             return self._result(awaiting=stopped)
@@ -251,7 +261,7 @@ class Session:
             self._lock.acquire()    # a short holder (a read of finished output): wait for it
         try:
             if self._run is None or self._run.done:
-                self._run = _Run(None, time.monotonic())   # typed at the shell: frame it like a command
+                self._new_run(None)     # typed at the shell: frame it like a command
             self._write(payload)
         finally:
             self._lock.release()
@@ -275,9 +285,17 @@ class Session:
         return self.read(wait=wait)
 
     def output_text(self) -> str:
-        """The whole (masked) output of the current or last command."""
+        """The whole (masked) output of the current or last command (see :meth:`output_pieces`)."""
+        return "".join(self.output_pieces())
+
+    def output_pieces(self, size: int = 1 << 20) -> Iterator[str]:
+        """The (masked) output of the current or last command, piece by piece: bounded memory."""
         with self._lock:
-            return self._masked_text(self._run) if self._run is not None else ""
+            run = self._run
+            if run is None:
+                return
+            for a in range(0, run.length, size):
+                yield run.masked(a, min(a + size, run.length))
 
     @property
     def running(self) -> bool:
@@ -290,6 +308,8 @@ class Session:
     def close(self) -> None:
         """Close at once, even while another call waits on output (it then ends as dead)."""
         self._die("the session was closed")
+        if self._run is not None and self._run.done:
+            self._run.out.close()     # a running command's reader still owns its buffer
         try:
             self._conn.disconnect()
         except Exception:  # already gone; nothing to report to the caller
@@ -309,36 +329,38 @@ class Session:
     def _mask(self, text: str) -> str:
         return mask(text)
 
-    def _masked_text(self, run: _Run) -> str:
-        """The run's whole output with every secret starred out, same length so offsets hold.
-
-        Masking the whole text (not each returned piece) also catches a secret that a page
-        boundary or the head/tail cut would split.
-        """
-        return mask(run.text(), keep_length=True)
+    def _new_run(self, command: str | None) -> _Run:
+        if self._run is not None:
+            self._run.out.close()
+        self._run = _Run(command, time.monotonic(), self.memory)
+        return self._run
 
     def _result(self, *, offset: int | None = None, awaiting: bool = False) -> CommandResult:
+        """One result from the run's output: read by offset and masked slice by slice, so its
+        cost is the size of what is returned, not of the whole output."""
         run = self._run
         assert run is not None
         self.last_activity = time.time()
-        text = self._masked_text(run)
-        total = len(text)
-        start = run.delivered if offset is None else max(0, min(offset, total))
-        piece = text[start:]
+        total = run.length
+        # while the command runs, its newest characters may be the start of a secret whose
+        # rest has not arrived: they wait for the next read (masking needs the whole of it)
+        end = total if run.done else max(total - run.pending(), run.delivered)
+        start = run.delivered if offset is None else max(0, min(offset, end))
         omitted = None
         truncated = False
-        if offset is not None and len(piece) > self.cap:        # paging: one page from offset
-            piece, next_offset, truncated = piece[: self.cap], start + self.cap, True
-        elif len(piece) > self.cap:                             # head and tail, middle omitted
+        if offset is not None and end - start > self.cap:       # paging: one page from offset
+            piece, next_offset, truncated = run.masked(start, start + self.cap), start + self.cap, True
+        elif end - start > self.cap:                            # head and tail, middle omitted
             half = self.cap // 2
-            omitted = (start + half, total - half)
-            piece = (piece[:half] + f"\n[… {omitted[1] - omitted[0]} characters omitted "
-                     f"({omitted[0]}–{omitted[1]}); read with offset={omitted[0]} …]\n" + piece[-half:])
-            next_offset, truncated = total, True
+            omitted = (start + half, end - half)
+            piece = (run.masked(start, start + half) + f"\n[… {omitted[1] - omitted[0]} characters "
+                     f"omitted ({omitted[0]}–{omitted[1]}); read with offset={omitted[0]} …]\n"
+                     + run.masked(end - half, end))
+            next_offset, truncated = end, True
         else:
-            next_offset = total
+            piece, next_offset = run.masked(start, end), end
         if offset is None:
-            run.delivered = total
+            run.delivered = end
         end = run.ended if run.done and run.ended else time.monotonic()
         return CommandResult(
             command=self._mask(run.command) if run.command else None, output=piece,
