@@ -50,7 +50,8 @@ class OutputBuffer:
     def __init__(self, memory: int | None = None) -> None:
         self.memory = max(memory if memory is not None else default_memory(), 4 * KEEP)
         self.length = 0                  # characters, spilled and in memory
-        self._chunks: list[str] = []     # in memory: characters [spilled, length)
+        self._chunks: list[str] = []     # in memory: characters [spilled, length) ...
+        self._starts: list[int] = []     # ... each chunk's offset (reads join only what they need)
         self._spilled = 0                # characters [0, spilled) are in the file
         self._file: BinaryIO | None = None
         self._bytes = 0                  # bytes written to the file
@@ -64,6 +65,7 @@ class OutputBuffer:
         if not text:
             return
         self._chunks.append(text)
+        self._starts.append(self.length)
         self.length += len(text)
         if self.length - self._spilled > self.memory:
             self._spill()
@@ -74,38 +76,44 @@ class OutputBuffer:
             return
         if length < self._spilled:      # cannot happen: KEEP covers the prompt search window
             raise ValueError("truncating into spilled output")
-        mem = self._memory_text()[: length - self._spilled]
-        self._chunks, self.length = ([mem] if mem else []), length
+        i = bisect.bisect_right(self._starts, length) - 1
+        if i >= 0:
+            self._chunks[i] = self._chunks[i][: length - self._starts[i]]
+        del self._chunks[i + 1:], self._starts[i + 1:]
+        self.length = length
 
     def reset(self, text: str) -> None:
         """Replace the whole output (native framing's cleanup of a small output)."""
         if self._spilled:
             raise ValueError("resetting spilled output")
-        self._chunks, self.length = ([text] if text else []), len(text)
-        if self.length > self.memory:
-            self._spill()
+        self._chunks, self._starts, self.length = [], [], 0
+        self.append(text)
 
     def drop_head(self, n: int) -> None:
         """Remove the first ``n`` characters (an echoed command line); only while in memory."""
         if n <= 0:
             return
-        self.reset(self._memory_text()[n:])
+        self.reset(self._memory(n, self.length))
 
-    def _memory_text(self) -> str:
-        if len(self._chunks) > 1:
-            self._chunks = ["".join(self._chunks)]
-        return self._chunks[0] if self._chunks else ""
+    def _memory(self, a: int, b: int) -> str:
+        """Characters ``[a, b)`` of the in-memory part, joining only the chunks they touch."""
+        chunks, starts = self._chunks, self._starts
+        i = max(bisect.bisect_right(starts, a) - 1, 0)
+        j = bisect.bisect_left(starts, b)
+        if j - i == 1:
+            return chunks[i][a - starts[i]: b - starts[i]]
+        return "".join(chunks[i:j])[a - starts[i]: b - starts[i]] if j > i else ""
 
     def _spill(self) -> None:
-        text = self._memory_text()
+        base = self._spilled
+        text = self._memory(base, self.length)
         cut = len(text) - KEEP
         if cut <= 0:
             return
-        base = self._spilled
         # Secrets never reach the disk. The kept part is masked too: a secret straddling the
         # cut is then starred on both sides (the next spill cannot see its start any more).
         masked = REDACTOR.mask_slice(text)
-        self._chunks = [masked[cut:]]
+        self._chunks, self._starts = [masked[cut:]], [base + cut]
         masked = masked[:cut]
         self._spilled = base + cut
         if self._lost is not None:       # the disk failed before: keep the gap honest
@@ -140,7 +148,7 @@ class OutputBuffer:
         if a >= b:
             return ""
         if a >= self._spilled:
-            return self._memory_text()[a - self._spilled: b - self._spilled]
+            return self._memory(a, b)
         if self._lost is not None and a < self._lost[1] and b > self._lost[0]:
             lo, hi = self._lost
             raise SessionError(
@@ -150,7 +158,7 @@ class OutputBuffer:
                 hint=f"read outside that range; free space in {tempfile.gettempdir()} "
                      f"or raise {ENV_MEMORY}")
         head = self._read_file(a, min(b, self._spilled))
-        return head + (self._memory_text()[: b - self._spilled] if b > self._spilled else "")
+        return head + (self._memory(self._spilled, b) if b > self._spilled else "")
 
     def _read_file(self, a: int, b: int) -> str:
         assert self._file is not None

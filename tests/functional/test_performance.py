@@ -20,7 +20,7 @@ def _eventually(check, timeout: float = 10.0) -> bool:
     return check()
 
 
-def test_every_login_answers_sshds_post_login_request(manager):
+def test_every_login_answers_sshds_post_login_request_and_uses_aes_gcm(manager):
     """Each hop and the target answer sshd's hostkeys-00 at once (no delayed-ACK stall)."""
     info = manager.open("lab-target1")
     session = manager.session(info.id)
@@ -31,6 +31,8 @@ def test_every_login_answers_sshds_post_login_request(manager):
     for name, t in transports:
         assert isinstance(t, AnsweringTransport), name
         assert _eventually(lambda: HOSTKEYS in t.answered), (name, t.answered)
+        # AES-GCM where the server offers it (OpenSSH does): no per-byte MAC compare in Python
+        assert (t.local_cipher, t.remote_cipher) == ("aes128-gcm@openssh.com",) * 2, name
     assert manager.command(info.id, "echo ok").output == "ok\n"
 
 
