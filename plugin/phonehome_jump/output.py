@@ -161,10 +161,17 @@ class OutputBuffer:
         return head + (self._memory(self._spilled, b) if b > self._spilled else "")
 
     def _read_file(self, a: int, b: int) -> str:
-        assert self._file is not None
         i = bisect.bisect_right(self._index, a) - 1
         j = bisect.bisect_left(self._index, b)
-        data = os.pread(self._file.fileno(), self._offsets[j] - self._offsets[i], self._offsets[i])
+        try:
+            if self._file is None:
+                raise ValueError("closed")
+            data = os.pread(self._file.fileno(), self._offsets[j] - self._offsets[i],
+                            self._offsets[i])
+        except (OSError, ValueError) as exc:   # closed with its session meanwhile
+            raise SessionError("this output is no longer kept: its session was closed",
+                               where="output buffer",
+                               hint="read output before closing the session") from exc
         text = data.decode("utf-8", "surrogatepass")
         return text[a - self._index[i]: b - self._index[i]]
 

@@ -131,3 +131,15 @@ def test_a_disk_that_fails_loses_a_named_range_not_the_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=tmp_path, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_reading_spilled_output_after_close_is_a_clear_error():
+    from phonehome_jump.errors import SessionError
+    buf = OutputBuffer(memory=70_000)
+    for i in range(50_000):
+        buf.append(f"{i}\n")
+    assert buf.slice(0, 6) == "0\n1\n2\n"
+    buf.close()
+    with pytest.raises(SessionError, match="session was closed"):
+        buf.slice(0, 6)
+    assert buf.slice(buf.length - 6, buf.length) == "49999\n"     # the newest part is in memory
