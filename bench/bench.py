@@ -626,7 +626,7 @@ class Bench:
         self.notes.append("output rows: every phonehome-jump output was paged through afterwards "
                           "(read with offset=) and its SHA-256 matched seq's; every OpenSSH output "
                           "file too. Peak RSS: phonehome-jump = VmHWM above the RSS before the "
-                          "command (in-process); OpenSSH = the ssh client's own peak (ru_maxrss)")
+                          "command (in-process); OpenSSH = the ssh client's own peak (its VmHWM, polled from /proc)")
 
     def paging(self) -> None:
         """Page through 30.9 MB with read(offset=), without and then with two secrets."""

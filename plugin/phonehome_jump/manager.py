@@ -25,6 +25,7 @@ from .errors import (LimitError, PhonehomeJumpError, PolicyError, SessionDeadErr
                      UnknownSessionError)
 from .inventory import Inventory, Target
 from .redact import MASK, add_secret
+from .output import default_memory
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class SessionManager:
         self.cap = cap
         # characters of one command's output a session keeps in memory; the rest goes to a
         # private temporary file (None: $PHONEHOME_JUMP_OUTPUT_MEMORY or 4,000,000)
-        self.output_memory = output_memory
+        self.output_memory = output_memory if output_memory is not None else default_memory()
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._opening: dict[str, int] = {}       # host -> opens in flight (count toward limits)

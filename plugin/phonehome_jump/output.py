@@ -5,7 +5,7 @@ The session feeds text in as it arrives; callers get :class:`CommandResult` page
 Every path is linear in the output: text is appended, never re-joined; a page or the
 newest text is read by offset without copying the rest; secrets are masked on the slice
 read (with just enough context either side, see :meth:`Redactor.mask_slice`). Memory is
-bounded: past ``memory`` characters, all but the newest few KiB go to a private temporary
+bounded: past ``memory`` characters, all but the newest 16 Ki go to a private temporary
 file (unlinked at once, mode 0600, secrets starred out before they are written), and reads
 come back from it by offset. Nothing is dropped, so offsets stay exact.
 """
@@ -31,7 +31,7 @@ BLOCK = 65_536                # characters per indexed block of the spill file
 
 
 def default_memory() -> int:
-    """``$PHONEHOME_JUMP_OUTPUT_MEMORY`` (characters, at least 64 KiB) or :data:`DEFAULT_MEMORY`."""
+    """``$PHONEHOME_JUMP_OUTPUT_MEMORY`` (characters, at least 65,536) or :data:`DEFAULT_MEMORY`."""
     raw = os.environ.get(ENV_MEMORY, "").strip().replace("_", "")
     if not raw:
         return DEFAULT_MEMORY

@@ -143,3 +143,16 @@ def test_reading_spilled_output_after_close_is_a_clear_error():
     with pytest.raises(SessionError, match="session was closed"):
         buf.slice(0, 6)
     assert buf.slice(buf.length - 6, buf.length) == "49999\n"     # the newest part is in memory
+
+
+def test_a_bad_memory_setting_is_refused_by_name(monkeypatch):
+    from phonehome_jump.errors import SessionError
+    from phonehome_jump.output import ENV_MEMORY, default_memory
+
+    monkeypatch.setenv(ENV_MEMORY, "lots")
+    with pytest.raises(SessionError, match=ENV_MEMORY):
+        default_memory()
+    monkeypatch.setenv(ENV_MEMORY, "8_000_000")
+    assert default_memory() == 8_000_000
+    monkeypatch.setenv(ENV_MEMORY, "10")          # below the floor: the floor
+    assert default_memory() == 4 * KEEP
