@@ -620,6 +620,17 @@ class Bench:
                     peak = max(peak, rss)
                     self.s(f"out{n}/cm").add(dt)
                 self.s(f"out{n}/cm").extra = f"; ssh peak RSS {mib(peak)}"
+                if n >= 100_000:     # the same through a pty, as a session's shell has one
+                    ok = 0
+                    for _ in range(rounds.get(n, 3)):
+                        dt, _ = run_child([SSH, "-tt", "-F", str(self.ossh.cfg), "-S",
+                                           str(self.ossh.cm_target), "cm-target1",
+                                           f"stty -onlcr; seq 1 {n}"], out)
+                        ok += file_digest(out) == want
+                        self.s(f"out{n}/cmtt").add(dt)
+                    self.notes.append(f"`seq 1 {n}` over the ControlMaster with a pty (`ssh -tt`, "
+                                      f"`stty -onlcr`), as a session's shell has one: "
+                                      f"{self.s(f'out{n}/cmtt').cell()}, output exact {ok}/{rounds.get(n, 3)}")
                 out.unlink()
         finally:
             self.ossh.stop_master("cm-target1", self.ossh.cm_target)
