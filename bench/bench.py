@@ -48,6 +48,7 @@ SSH = shutil.which("ssh") or "/usr/bin/ssh"
 SEQ_N = 5000
 SEQ_EXPECTED = "".join(f"{i}\n" for i in range(1, SEQ_N + 1))
 FANOUT = 50
+FILE_MB = 100         # the file copy rows: MiB each way
 WF_HOSTS = 20           # inventory entries behind one shared two-hop chain (spread over targets)
 WF_TEXT = """\
 name: bench
@@ -741,6 +742,47 @@ class Bench:
         self.s("runbig/fresh").extra = f"; ssh peak RSS {mib(ssh_peak)}"
         self.s("runtrue/phj").extra = f"; peak RSS {mib(base_rss)}"
 
+    def files(self) -> None:
+        """FILE_MB MiB up and down through jump1 → jump2, cold (a new manager each copy), beside
+        ``scp -J jump1,jump2`` (three fresh logins each); bytes checked on both sides."""
+        n = self.args.file_rounds
+        src = Path(tempfile.mkdtemp(prefix="phj-bench-files-")) / "blob"
+        try:
+            with open(src, "wb") as fh:
+                for _ in range(FILE_MB):
+                    fh.write(os.urandom(1 << 20))
+            digest = hashlib.sha256(src.read_bytes()).hexdigest()
+            back = src.with_name("back")
+            remote = "/tmp/phj-bench-blob"
+            log(f"files: {n} × {FILE_MB} MiB upload and download, phonehome-jump and scp -J")
+            for _ in range(n):
+                with SessionManager(self.inv) as m:
+                    dt, res = timed(lambda: m.upload(self.targets[0], str(src), remote))
+                assert res.sha256 == digest, res                       # type: ignore[union-attr]
+                self.s("up/phj").add(dt)
+                with SessionManager(self.inv) as m:
+                    dt, res = timed(lambda: m.download(self.targets[0], remote, str(back)))
+                assert res.sha256 == digest, res                       # type: ignore[union-attr]
+                self.s("down/phj").add(dt)
+                back.unlink()
+            scp = [shutil.which("scp") or "scp", "-q", "-F", str(self.ossh.cfg), "-J", "jump1,jump2"]
+            dest = f"phjkey@{self.lab.addr('target1')}:{remote}"
+            for _ in range(n):
+                dt, _ = timed(lambda: subprocess.run([*scp, str(src), dest], check=True,
+                                                     stdin=subprocess.DEVNULL, timeout=600))
+                self.s("up/fresh").add(dt)
+                dt, _ = timed(lambda: subprocess.run([*scp, dest, str(back)], check=True,
+                                                     stdin=subprocess.DEVNULL, timeout=600))
+                self.s("down/fresh").add(dt)
+                assert hashlib.sha256(back.read_bytes()).hexdigest() == digest
+                back.unlink()
+            for key in ("up", "down"):
+                ratio = self.r[f"{key}/phj"].median / self.r[f"{key}/fresh"].median
+                self.notes.append(f"{FILE_MB} MiB {key}load: phonehome-jump / scp -J = {ratio:.2f}× "
+                                  "(target ≤ 1.5×)")
+        finally:
+            shutil.rmtree(src.parent, ignore_errors=True)
+
 
 # ----------------------------------------------------------------------------- report
 
@@ -768,6 +810,8 @@ ROWS: list[tuple[str, str, Any]] = [
     ("pages", "the same, 2 secrets registered", None),
     ("runtrue", "`phonehome-jump run HOST -- true` (new process) vs `ssh -J`", ("×", 1.0, "fresh")),
     ("runbig", "`run HOST -- seq 1 1e7` (78.9 MB) to a file vs `ssh -J`", ("×", 2.0, "fresh")),
+    ("up", "100 MiB upload, cold, two jumps (SFTP vs scp -J)", None),
+    ("down", "100 MiB download, cold, two jumps (SFTP vs scp -J)", None),
 ]
 
 
@@ -844,9 +888,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fanouts", type=int, help="phonehome-jump fan-out rounds")
     ap.add_argument("--ssh-fanouts", type=int, help="OpenSSH fan-out rounds (each: master + fresh)")
     ap.add_argument("--workflows", type=int, default=5, help="workflow runs (default 5)")
+    ap.add_argument("--file-rounds", type=int, default=3, help="100 MiB copies each way (default 3)")
     ap.add_argument("--only", metavar="LIST",
                     help="comma-separated sections to run: commands,mcp,opens,fanout,workflow,"
-                         "output,paging,throughput,oneshot (default all)")
+                         "output,paging,throughput,oneshot,files (default all)")
     ap.add_argument("--max-lines", type=int, default=10_000_000,
                     help="largest `seq 1 N` of the output and one-shot rows (default 1e7)")
     ap.add_argument("--variant-rounds", type=int, default=2,
@@ -884,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.warm_up()
         only = set(a.only.split(",")) if a.only else None
         for section in ("commands", "mcp", "opens", "fanout", "workflow", "output", "throughput",
-                        "oneshot", "paging"):     # paging last: it registers secrets
+                        "oneshot", "files", "paging"):   # paging last: it registers secrets
             if only is None or section in only:
                 getattr(bench, section)()
     except KeyboardInterrupt:
