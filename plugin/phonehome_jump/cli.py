@@ -344,6 +344,9 @@ def cmd_inventory_check(args: argparse.Namespace) -> int:
     files = ", ".join(str(f) for f in inv.sources) or str(path)
     print(f"ok: {n} host{'s' * (n != 1)}, {g} group{'s' * (g != 1)} in "
           f"{len(inv.sources)} file{'s' * (len(inv.sources) != 1)}: {files}")
+    from .localfiles import preflight    # key files, env: variables, known_hosts lines
+    for warning in preflight(inv):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -6,9 +6,10 @@ half-way through a connect. All problems of one load are reported together, one
 
 Precedence (first value that is set wins):
 
-* ``port``, ``known_hosts``, ``host_key_policy``, ``keepalive``, ``connect_timeout``,
-  ``device_type``, ``credentials``, ``description``, ``client``: host -> its groups in the order listed ->
-  ``defaults`` -> built-in default (22, ``~/.ssh/known_hosts``, strict, 30, 10.0, linux).
+* ``port``, ``known_hosts``, ``host_key_policy``, ``keepalive``, ``keepalive_count``,
+  ``connect_timeout``, ``device_type``, ``credentials``, ``description``, ``client``: host -> its
+  groups in the order listed -> ``defaults`` -> built-in default (22, ``~/.ssh/known_hosts``,
+  strict, 15, 3, 10.0, linux).
 * ``username``: host.username > credentials.username > groups' username (in order) >
   defaults.username > local user (``getpass.getuser()``). A credential's username belongs to
   its secret, so it beats broad group/default settings; the host itself can still override.
@@ -176,7 +177,15 @@ class _Conn(BaseModel):
                           "seen for the first time (a changed key is always refused). "
                           "Default strict.")
     keepalive: int | None = Field(
-        None, ge=0, description="Seconds between SSH keepalives; 0 disables. Default 30.")
+        None, ge=0, le=86400,
+        description="Seconds between liveness probes (a keepalive@openssh.com request that "
+                    "must be answered, like OpenSSH's ServerAliveInterval), on every hop and "
+                    "the target; 0 disables. Default 15.")
+    keepalive_count: int | None = Field(
+        None, ge=1, le=1000,
+        description="Unanswered probes after which a hop or target is declared down and every "
+                    "session through it dead, naming it (like ServerAliveCountMax): detection "
+                    "within keepalive x keepalive_count seconds. Default 3.")
     connect_timeout: float | None = Field(
         None, gt=0, description="Seconds to wait for TCP connect and SSH handshake. Default 10.")
     via: Names | None = Field(
@@ -310,6 +319,7 @@ class Endpoint:
     keepalive: int
     connect_timeout: float
     source: str
+    keepalive_count: int = 3
 
     @property
     def key(self) -> tuple[str, str, int, str]:
@@ -757,7 +767,8 @@ class _Builder:
         return Endpoint(
             name=entry.name, host=entry.spec.host, port=pick("port", 22), username=username,
             auth=auth, known_hosts=Path(pick("known_hosts", "~/.ssh/known_hosts")).expanduser(),
-            host_key_policy=pick("host_key_policy", "strict"), keepalive=pick("keepalive", 30),
+            host_key_policy=pick("host_key_policy", "strict"), keepalive=pick("keepalive", 15),
+            keepalive_count=pick("keepalive_count", 3),
             connect_timeout=float(pick("connect_timeout", 10.0)), source=_fmt(*entry.at()))
 
     def _hop_endpoint(self, name: str) -> Endpoint | None:

@@ -28,7 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from .errors import AgentError, InventoryError, PhonehomeJumpError, UnknownSessionError
+from .errors import (AgentError, InventoryError, PhonehomeJumpError, SessionError,
+                     UnknownSessionError)
 from .inventory import Inventory, _suggest
 from .manager import SessionInfo, SessionManager
 from .redact import add_secret
@@ -141,6 +142,16 @@ class Router:
         self._call(rec, owner, lambda agent: agent.close(rec.remote_id))
         with self._lock:
             self._remote.pop(session_id, None)
+
+    def revive(self, session_id: str, *, owner: str | None = None) -> SessionInfo:
+        rec = self._find(session_id, owner)
+        if rec is None:
+            return self._local(session_id, owner, lambda: self.manager.revive(session_id,
+                                                                              owner=owner))
+        raise SessionError(f"session {session_id!r} runs at site {rec.site!r}: its agent "
+                           "reopens its sessions itself when it comes back",
+                           where=f"site {rec.site!r}",
+                           hint="close it and open a new session if it stays dead")
 
     def shutdown(self) -> None:
         """Close the remote sessions opened here (their clients are gone too), then the rest."""
