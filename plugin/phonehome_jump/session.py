@@ -211,9 +211,9 @@ class Session:
                     # `exit`: a normal end, with its status; a login shell's "logout" is not output
                     self.ended = status
                     self._die(f"the shell exited with status {status}")
-                    if run.text().endswith("logout\n") and run.length - 7 >= run.delivered:
-                        kept = run.text()[:-len("logout\n")]
-                        run.chunks, run.length = [kept], len(kept)
+                    end = run.length - len("logout\n")
+                    if end >= run.delivered and run.out.slice(end, run.length) == "logout\n":
+                        run.out.truncate(end)
                     run.exit_status, run.cwd, run.done, run.ended = status, self.cwd, True, time.monotonic()
                     return False
                 self._die(self.blame())
