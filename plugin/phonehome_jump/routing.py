@@ -6,7 +6,7 @@ agent answers (for ET Phone Home: the client's tunnel port on the server's loopb
 :class:`Router` then offers the :class:`SessionManager` operations the MCP server calls:
 
 * a host with no ``client`` runs in-process, in the local manager, as without agents;
-* a host whose ``client`` has an agent runs there, through :class:`~.rpc.RemoteAgent`;
+* a host whose ``client`` has an agent runs there, through :class:`~.agent_client.RemoteAgent`;
 * a host whose ``client`` has no agent is refused with an error naming the site and the flag
   (dialing it from here would only time out: the site is where it is reachable from).
 
@@ -30,10 +30,12 @@ from typing import TypeVar
 
 from .errors import (AgentError, InventoryError, PhonehomeJumpError, SessionError,
                      UnknownSessionError)
-from .inventory import Inventory, _suggest
+from .inventory import Inventory, Target, _suggest
 from .manager import SessionInfo, SessionManager
+from .policy import Approval
 from .redact import add_secret
-from .rpc import NOT_RESTORED, RemoteAgent, is_loopback, parse_listen
+from .agent_client import RemoteAgent
+from .wire import NOT_RESTORED, is_loopback, parse_listen
 from .session import CommandResult
 
 log = logging.getLogger(__name__)
@@ -175,7 +177,8 @@ class Router:
 
     # -- operations -------------------------------------------------------------------
     def command(self, session_id: str, command: str, *, owner: str | None = None,
-                wait: float = 20.0, until: str | None = None, confirm: bool = False) -> CommandResult:
+                wait: float = 20.0, until: str | None = None,
+                confirm: bool | Approval = False) -> CommandResult:
         rec = self._find(session_id, owner)
         if rec is None:
             return self._local(session_id, owner, lambda: self.manager.command(
@@ -186,7 +189,7 @@ class Router:
 
     def send(self, session_id: str, text: str = "", *, owner: str | None = None,
              newline: bool = True, control: str | None = None, secret: bool = False,
-             confirm: bool = False, sudo_password: bool = False) -> None:
+             confirm: bool | Approval = False, sudo_password: bool = False) -> None:
         rec = self._find(session_id, owner)
         if rec is None:
             return self._local(session_id, owner, lambda: self.manager.send(
@@ -237,9 +240,25 @@ class Router:
                         self._remote.pop(r.info.id, None)
         return sorted(infos, key=lambda i: i.created)
 
+    def approval_needed(self, session_id: str, text: str = "", *, owner: str | None = None,
+                        command: bool = False, newline: bool = True, control: str | None = None,
+                        secret: bool = False) -> tuple[Target, str, str] | None:
+        """As :meth:`SessionManager.approval_needed`; routed sessions by this server's policy."""
+        rec = self._find(session_id, owner)
+        if rec is None:
+            return self._local(session_id, owner, lambda: self.manager.approval_needed(
+                session_id, text, owner=owner, command=command, newline=newline,
+                control=control, secret=secret))
+        if not command and (secret or not ((newline and text) or "\n" in text or "\r" in text)):
+            return None                         # a secret is never shown in a dialog
+        target = self.inventory.target(rec.info.host)
+        rule = target.policy.confirm_rule(text, host=target.name, at_prompt=command,
+                                          secret=secret)
+        return (target, rule, text) if rule is not None else None
+
     # -- internals --------------------------------------------------------------------
-    def _check_policy(self, rec: _Remote, text: str, *, confirm: bool, at_prompt: bool,
-                      secret: bool = False) -> None:
+    def _check_policy(self, rec: _Remote, text: str, *, confirm: bool | Approval,
+                      at_prompt: bool, secret: bool = False) -> None:
         """This server's inventory policy applies to routed sessions too (the agent then
         applies its own): a rule written here holds whichever site runs the session."""
         self.manager.check_policy(self.inventory.target(rec.info.host), text, confirm=confirm,
@@ -264,8 +283,21 @@ class Router:
             except UnknownSessionError as err:
                 if NOT_RESTORED not in str(err):
                     raise
-                agent.restore()    # the agent restarted, and no pooled connection noticed it
-                return op(agent)
+                # the agent restarted, and no pooled connection noticed it
+                restored = agent.restore()
+                try:
+                    return op(agent)
+                except UnknownSessionError as again:
+                    if NOT_RESTORED not in str(again):
+                        raise
+                    # the agent keeps the record (a hop down now): so does this server
+                    why = next((f["error"] for f in restored.get("failed", [])
+                                if f.get("session_id") == rec.remote_id), "not reopened")
+                    raise SessionError(
+                        f"session {rec.info.id!r} is recorded at site '{rec.site}' but could not "
+                        f"be reopened yet: {why}", where=f"site {rec.site!r}",
+                        hint="retry when the chain is reachable again (each retry tries to "
+                             "reopen it); ssh_session_close forgets it") from None
         except UnknownSessionError:
             # the agent no longer has it (closed there, or restarted without its state)
             with self._lock:
