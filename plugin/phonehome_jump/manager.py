@@ -21,8 +21,8 @@ from typing import Any
 
 from .audit import AuditLog, AuditSpec
 from .chain import Hop, HopPool, dial, open_tunnel
-from .errors import (LimitError, PhonehomeJumpError, PolicyError, SessionDeadError, SessionError,
-                     UnknownSessionError)
+from .errors import (LimitError, PatternTimeoutError, PhonehomeJumpError, PolicyError,
+                     SessionDeadError, SessionError, UnknownSessionError)
 from .inventory import Inventory, Target
 from .redact import MASK, add_secret
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
@@ -214,6 +214,8 @@ class SessionManager:
         try:
             result = self._guard(session_id, owner,
                                  lambda s: s.command(command, wait=wait, until=until))
+        except PatternTimeoutError:
+            raise                               # sent and still running: audited when it ends
         except PhonehomeJumpError as err:
             if not busy:                        # sent, and the session died under it (reboot)
                 entry.pending = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import SessionError
+from .patterns import SafePattern, compile_safe
 
 #: Ends the wait of a command early (it keeps running): the program asks for input.
 #: ``\Z``, not ``$``: a prompt already answered (followed by a newline) asks for nothing.
@@ -33,12 +33,9 @@ def asks_for_secret(tail: str) -> bool:
 CONTROL = {"c": "\x03", "d": "\x04", "z": "\x1a", "\\": "\x1c", "[": "\x1b", "l": "\x0c", "u": "\x15"}
 
 
-def compile_pattern(pattern: str | None) -> re.Pattern[str] | None:
-    """An ``until`` pattern, compiled; SessionError if it is not a valid regular expression."""
+def compile_pattern(pattern: str | None) -> SafePattern | None:
+    """An ``until`` pattern, compiled with a time limit per search (:mod:`.patterns`);
+    PatternError (a SessionError) if it is not a valid regular expression."""
     if pattern is None:
         return None
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise SessionError(f"invalid 'until' pattern {pattern!r}: {exc}",
-                           hint="pass a Python regular expression") from exc
+    return compile_safe(pattern, what="'until' pattern")

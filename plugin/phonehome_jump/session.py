@@ -18,7 +18,6 @@ Two framings:
 from __future__ import annotations
 
 import codecs
-import re
 import socket
 import threading
 import time
@@ -30,6 +29,7 @@ from .errors import SessionDeadError, SessionError
 from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
 from .output import DEFAULT_CAP, CommandResult, _Run
+from .patterns import SafePattern
 from .prompts import CONTROL, awaiting_input, compile_pattern
 from .redact import add_secret, mask
 
@@ -115,7 +115,7 @@ class Session:
         return SessionDeadError(f"session is dead: {self.dead}", where=f"host {self.target.name!r}",
                                 hint="close it and open a new session")
 
-    def _pump(self, deadline: float, *, setup: bool = False, until: re.Pattern[str] | None = None,
+    def _pump(self, deadline: float, *, setup: bool = False, until: SafePattern | None = None,
               stop_on_input: bool = False) -> bool:
         """Read until the prompt ends the current run, ``until`` matches, or the deadline.
 

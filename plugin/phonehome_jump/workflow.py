@@ -42,14 +42,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic import field_validator, model_validator
 
-from .errors import (PhonehomeJumpError, PolicyError, SecretError, WorkflowError,
-                     WorkflowLockedError)
-from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _LineLoader, _suggest
+from .errors import (PatternError, PatternTimeoutError, PhonehomeJumpError, PolicyError,
+                     SecretError, WorkflowError, WorkflowLockedError)
+from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _suggest
 from .manager import SessionManager
+from .patterns import MULTILINE, compile_safe
+from .yamlload import YamlProblem, parse_yaml, read_text
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,12 @@ __all__ = [
     "Workflow", "WorkflowFile", "StepSpec", "AnswerSpec", "AssertSpec", "CaptureSpec",
     "TargetsSpec", "WorkflowProblems", "StepResult", "HostResult", "RunResult", "Event",
     "WorkflowLock", "run_workflow", "plan", "junit_xml", "parse_vars", "discover",
+    "discover_loaded", "load_cached",
 ]
 
 BUILTIN_VARS = ("host", "workflow")
+MAX_WORKFLOW_BYTES = 2**20       # one workflow file (1 MiB)
+POLL = 0.5                      # seconds a step waits between checks for cancellation
 STATE_ENV = "PHONEHOME_JUMP_STATE"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -103,9 +107,9 @@ def _as_tuple(value: Any) -> Any:
 
 def _regex(value: str) -> str:
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"is not a valid regular expression ({exc})") from None
+        compile_safe(value, flags=MULTILINE)
+    except PatternError as exc:
+        raise ValueError(f"is not a valid regular expression ({exc.detail})") from None
     return value
 
 
@@ -359,9 +363,16 @@ class Workflow:
     def load(cls, path: str | os.PathLike[str]) -> Workflow:
         file = Path(path)
         try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise WorkflowError(f"cannot read workflow file: {getattr(exc, 'strerror', None) or exc}",
+            text = read_text(file, MAX_WORKFLOW_BYTES)
+        except YamlProblem as exc:
+            raise WorkflowProblems([(str(file), exc.what)]) from None
+        except UnicodeDecodeError as exc:
+            line = exc.object[:exc.start].count(b"\n") + 1
+            raise WorkflowError(f"the file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                                f"at offset {exc.start})", where=f"{file}:{line}",
+                                hint="save it as UTF-8") from None
+        except OSError as exc:
+            raise WorkflowError(f"cannot read workflow file: {exc.strerror or exc}",
                                 where=str(file), hint="check the path and its permissions") from exc
         return cls.from_text(text, str(file))
 
@@ -369,19 +380,10 @@ class Workflow:
     def from_text(cls, text: str, source: str = "<string>") -> Workflow:
         problems: list[tuple[int | None, str]] = []
         try:
-            loader = _LineLoader(text)
-            data = loader.build()
-            loader.dispose()
-        except yaml.reader.ReaderError as exc:
-            raise WorkflowProblems([(_fmt(source, text[:exc.position].count("\n") + 1),
-                                     f"invalid YAML: character #x{exc.character:04x} is not "
-                                     "allowed")]) from None
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            raise WorkflowProblems([(_fmt(source, mark.line + 1 if mark else None),
-                                     f"invalid YAML: {exc.problem or exc.context}")]) from None
-        problems += loader.problems
-        lines = loader.lines
+            data, lines, found = parse_yaml(text, MAX_WORKFLOW_BYTES)
+        except YamlProblem as exc:
+            raise WorkflowProblems([(_fmt(source, exc.line), exc.what)]) from None
+        problems += found
         wf = None
         if not isinstance(data, dict):
             problems.append((1, "a workflow must be a mapping with name, targets and steps"))
@@ -507,19 +509,52 @@ def parse_vars(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def discover(directory: str | os.PathLike[str]) -> dict[str, Path | WorkflowError]:
-    """Workflow name -> file (or its load error, keyed by file stem) for a directory."""
-    out: dict[str, Path | WorkflowError] = {}
+_CACHE: dict[Path, tuple[tuple[int, ...], Workflow | WorkflowError]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_cached(file: Path) -> Workflow | WorkflowError:
+    """The workflow in ``file`` (or why it cannot be loaded), parsed again only when the file
+    changed (inode, size, mtime, ctime): listing a directory does not re-parse every file."""
+    try:
+        st = file.stat()
+    except OSError as exc:
+        return WorkflowError(f"cannot read workflow file: {exc.strerror or exc}", where=str(file),
+                             hint="check the path and its permissions")
+    key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(file)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    try:
+        loaded: Workflow | WorkflowError = Workflow.load(file)
+    except WorkflowError as exc:
+        loaded = exc
+    except (MemoryError, RecursionError) as exc:   # one bad file never breaks the others
+        loaded = WorkflowError(f"cannot load the workflow ({type(exc).__name__})",
+                               where=str(file), hint="check the file; it may be far too big")
+    with _CACHE_LOCK:
+        _CACHE[file] = (key, loaded)
+    return loaded
+
+
+def discover_loaded(directory: str | os.PathLike[str]) -> dict[str, Workflow | WorkflowError]:
+    """Workflow name -> workflow (or its load error, keyed by file stem) for a directory."""
+    out: dict[str, Workflow | WorkflowError] = {}
     root = Path(directory)
     if not root.is_dir():
         return out
     for file in sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml")
-                       and not p.name.startswith(".")):
-        try:
-            out.setdefault(Workflow.load(file).name, file)
-        except WorkflowError as exc:
-            out.setdefault(file.stem, exc)
+                       and not p.name.startswith(".") and p.is_file()):
+        loaded = load_cached(file)
+        out.setdefault(loaded.name if isinstance(loaded, Workflow) else file.stem, loaded)
     return out
+
+
+def discover(directory: str | os.PathLike[str]) -> dict[str, Path | WorkflowError]:
+    """Workflow name -> file (or its load error, keyed by file stem) for a directory."""
+    return {name: Path(wf.file) if isinstance(wf, Workflow) else wf
+            for name, wf in discover_loaded(directory).items()}
 
 
 # --------------------------------------------------------------------------- results
@@ -720,8 +755,19 @@ class _HostRun:
         pieces: list[str] = []
         try:
             self._execute(sid, index, step, sr, pieces, t0)
-        except _StepProblem as problem:
-            sr.message = problem.message
+        except (_StepProblem, PatternError) as problem:
+            # a pattern that is invalid with its variables, or that backtracks past its time
+            # limit: the step fails; a command still running is interrupted
+            sr.message = (problem.message if isinstance(problem, _StepProblem)
+                          else _one_line(problem, self.host))
+            res = self.m.read(sid, owner=self.owner, wait=0)
+            pieces.append(res.output)
+            if res.running:
+                sr.message += "; interrupted the command (Ctrl-C)"
+                res = self._interrupt(sid, pieces)
+            if res.running or not sr.output:
+                sr.output, sr.exit_status = "".join(pieces), res.exit_status
+                sr.duration = round(time.monotonic() - t0, 4)
         except (PolicyError, SecretError) as err:
             # refused before it was sent (policy), or while it runs (an answer's secret is
             # unset, a typed answer is refused): then interrupt it so the session stays usable
@@ -742,13 +788,21 @@ class _HostRun:
         except ValueError as exc:
             raise _StepProblem(f"cannot substitute variables: {exc}") from None
 
-    def _search(self, index: int, pattern: str, output: str) -> re.Match[str] | None:
-        regex = self._sub(index, pattern, regex=True)
+    def _search(self, index: int, pattern: str, output: str, *, what: str = "pattern",
+                substitute: bool = True) -> Any:
+        """A match of the step's pattern in ``output`` (``^``/``$`` at each line), or None.
+
+        Matched with a time limit (:mod:`.patterns`): a pattern that backtracks for ever
+        fails this step instead of hanging the run past its step_timeout.
+        """
+        regex = self._sub(index, pattern, regex=True) if substitute else pattern
         try:
-            return re.search(regex, output, re.MULTILINE)
-        except re.error as exc:
-            raise _StepProblem(f"{pattern!r} with the variables substituted is not a valid "
-                               f"regular expression ({exc})") from None
+            return compile_safe(regex, what=what, flags=MULTILINE).search(output)
+        except PatternError as exc:
+            if regex != pattern and not isinstance(exc, PatternTimeoutError):
+                raise _StepProblem(f"{pattern!r} with the variables substituted is not a valid "
+                                   f"regular expression ({exc.detail})") from None
+            raise _StepProblem(_one_line(exc, self.host)) from None
 
     def _missing(self, index: int, name: str) -> str:
         """Why ``name`` has no value at step ``index`` (check() already caught the rest)."""
@@ -783,15 +837,17 @@ class _HostRun:
         def until() -> str | None:
             return answers[0].prompt if answers else None
 
-        res = self.m.command(sid, command, owner=self.owner, wait=timeout, until=until(),
-                             confirm=step.confirm)
+        # waits in short slices, so a cancelled run (Ctrl-C) stops within one of them
+        res = self.m.command(sid, command, owner=self.owner, wait=min(timeout, POLL),
+                             until=until(), confirm=step.confirm)
         while True:
             pieces.append(res.output)
             truncated |= res.truncated
             if not res.running:
                 break
             text = "".join(pieces)
-            if answers and re.search(answers[0].prompt, text[seen:], re.MULTILINE):
+            if answers and self._search(index, answers[0].prompt, text[seen:], what="answer "
+                                        "prompt", substitute=False):
                 ans = answers.pop(0)
                 value, secret = _resolve_answer(ans, self.m.inventory, self.host)
                 self.m.send(sid, value, owner=self.owner, secret=secret)
@@ -805,8 +861,8 @@ class _HostRun:
                 sr.output, sr.duration = _join(pieces), round(time.monotonic() - t0, 4)
                 sr.exit_status = res.exit_status
                 return
-            res = self.m.read(sid, owner=self.owner, wait=max(0.0, deadline - time.monotonic()),
-                              until=until())
+            res = self.m.read(sid, owner=self.owner,
+                              wait=min(POLL, max(0.0, deadline - time.monotonic())), until=until())
         if truncated:                             # the whole output, not head + tail
             pieces[:] = [_all_output(self.m, sid, self.owner)]
         output = "".join(pieces)
