@@ -46,6 +46,7 @@ from pydantic_core import core_schema
 
 from .audit import AuditSpec
 from .errors import InventoryError, SecretError, UnknownNameError
+from .inputs import Seconds, Whole, check_text
 from .policy import Policy, PolicySpec
 from .redact import add_secret
 from .yamlload import KeyPath as _KeyPath
@@ -156,7 +157,7 @@ def _as_tuple(value: Any) -> Any:
 
 Names = Annotated[tuple[str, ...], BeforeValidator(_as_tuple), WithJsonSchema(
     {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})]
-Port = Annotated[int, Field(ge=1, le=65535)]
+Port = Annotated[Whole, Field(ge=1, le=65535)]
 # numbers are accepted where text is expected: engineers write `username: 1234`, `host: 7750`
 _CFG = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
@@ -174,10 +175,12 @@ class _Conn(BaseModel):
         None, description="strict: refuse unknown host keys; accept-new: trust and record a key "
                           "seen for the first time (a changed key is always refused). "
                           "Default strict.")
-    keepalive: int | None = Field(
-        None, ge=0, description="Seconds between SSH keepalives; 0 disables. Default 30.")
-    connect_timeout: float | None = Field(
-        None, gt=0, description="Seconds to wait for TCP connect and SSH handshake. Default 10.")
+    keepalive: Whole | None = Field(
+        None, ge=0, le=86400, description="Seconds between SSH keepalives; 0 disables. "
+                                          "Default 30.")
+    connect_timeout: Seconds | None = Field(
+        None, gt=0, le=3600, description="Seconds to wait for TCP connect and SSH handshake "
+                                         "(at most 3600). Default 10.")
     via: Names | None = Field(
         None, description="Jump host name, or list of names, to go through (first hop first). "
                           "A hop's own via is prepended. [] means direct.")
@@ -378,6 +381,7 @@ _PLAIN = {
     "literal_error": "must be one of {expected}", "bool_type": "must be true or false",
     "bool_parsing": "must be true or false", "string_type": "must be text",
     "string_too_short": "must not be empty", "tuple_type": "must be a name or a list of names",
+    "finite_number": "must be a finite number",
 }
 
 
@@ -786,6 +790,7 @@ class Inventory:
         return cls(builder.finish(), builder.entries["groups"], (), builder.audit_spec)
 
     def target(self, name: str) -> Target:
+        check_text(name, "host")
         try:
             return self._targets[name]
         except KeyError:
@@ -801,6 +806,8 @@ class Inventory:
     def targets(self, group: str | None = None, tag: str | None = None,
                 query: str | None = None) -> list[Target]:
         """Sorted by name; query: case-insensitive substring of name, host or description."""
+        for param, value in (("group", group), ("tag", tag), ("query", query)):
+            check_text(value, param)
         if group is not None and group not in self._groups:
             raise UnknownNameError(f"unknown group '{group}'" + _suggest(group, self._groups),
                                    hint="check the name against the inventory's host list (inventory list)")

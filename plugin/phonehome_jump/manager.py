@@ -23,6 +23,7 @@ from .audit import AuditLog, AuditSpec
 from .chain import Hop, HopPool, dial, open_tunnel
 from .errors import (LimitError, PatternTimeoutError, PhonehomeJumpError, PolicyError,
                      SessionDeadError, SessionError, UnknownSessionError)
+from .inputs import check_text
 from .inventory import Inventory, Target
 from .redact import MASK, add_secret
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
@@ -92,6 +93,7 @@ class SessionManager:
         old id); it is refused with SessionError while a session (or an open) already has it.
         ``actor`` names who acts in the audit log (default: the manager's actor).
         """
+        check_text(session_id, "session_id", where=f"host {host!r}")
         target = self.inventory.target(host)   # UnknownNameError with suggestions
         actor = actor or self.actor
         chain = [h.name for h in target.chain]
@@ -204,6 +206,9 @@ class SessionManager:
                 wait: float = 20.0, until: str | None = None, confirm: bool = False) -> CommandResult:
         """Run ``command`` (policy-checked, audited); see :meth:`Session.command`."""
         entry = self._entry(session_id, owner)
+        where = f"host {entry.session.target.name!r}"
+        check_text(command, "command", where=where)     # refused before anything runs
+        check_text(until, "until", where=where)
         compile_pattern(until)                  # a bad pattern is refused before anything runs
         self._check_policy(entry, command, confirm=confirm, at_prompt=True)
         if self.audit:
@@ -233,6 +238,12 @@ class SessionManager:
         sent as a secret), so a caller can answer a sudo prompt without ever knowing it.
         """
         entry = self._entry(session_id, owner)
+        where = f"host {entry.session.target.name!r}"
+        check_text(text, "text", where=where)
+        check_text(control, "control", where=where)
+        if not text and not sudo_password and (control == "" or (control is None and not newline)):
+            return          # nothing to type: a no-op changes nothing (and is not audited)
+        control = control or None
         # typed without Enter, a line leaves the session "running" (typed input), yet the
         # shell is still at its prompt: the rest of that line is still a command line
         running = entry.session.running and not entry.typed
@@ -268,7 +279,9 @@ class SessionManager:
         if not running:
             if ends_line and entry.pending is None and line.strip():
                 entry.pending = line.strip()    # a command typed at the prompt: audit its end
-            entry.typed = "" if ends_line or control else entry.typed + text
+            # Ctrl-C/Ctrl-U discard the typed line (the session makes sure of it)
+            key = control.lower().removeprefix("ctrl-").removeprefix("^") if control else None
+            entry.typed = "" if ends_line or key in ("c", "u") else entry.typed + text
         shown = MASK if secret else text
         self._record(entry, "send", command=shown if text else None,
                      control=control, outcome="sent")
@@ -280,6 +293,7 @@ class SessionManager:
         entry = self._entry(session_id, owner)
         if offset is not None:      # paging a finished output works even on a dead session
             return entry.session.read(offset=offset)
+        check_text(until, "until", where=f"host {entry.session.target.name!r}")
         compile_pattern(until)
         result = self._guard(session_id, owner, lambda s: s.read(wait=wait, until=until))
         self._finished(entry, result, None)

@@ -6,7 +6,8 @@ These patterns are therefore compiled and run by the `regex` package:
 
 * dialect: Python's ``re`` syntax (``regex.VERSION0``, the same meaning as ``re``);
 * at most :data:`MAX_PATTERN` characters;
-* each search gives up after :data:`MATCH_TIMEOUT` seconds (:class:`PatternTimeoutError`);
+* each search gives up after :data:`MATCH_TIMEOUT` seconds of processor time
+  (:class:`PatternTimeoutError`; on a busy machine that is longer on the clock);
 * matching releases the GIL, so other threads (other clients' calls) run meanwhile.
 """
 

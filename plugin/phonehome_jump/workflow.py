@@ -47,6 +47,7 @@ from pydantic import field_validator, model_validator
 
 from .errors import (PatternError, PatternTimeoutError, PhonehomeJumpError, PolicyError,
                      SecretError, WorkflowError, WorkflowLockedError)
+from .inputs import MAX_SECONDS, Seconds, Whole
 from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _suggest
 from .manager import SessionManager
 from .patterns import MULTILINE, compile_safe
@@ -186,7 +187,8 @@ def _capture(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
-ExitCodes = Annotated[tuple[int, ...], BeforeValidator(_as_tuple)]
+ExitCodes = Annotated[tuple[Annotated[Whole, Field(ge=0, le=255)], ...],
+                     BeforeValidator(_as_tuple)]
 
 
 class StepSpec(BaseModel):
@@ -205,8 +207,9 @@ class StepSpec(BaseModel):
     assert_: AssertSpec | None = Field(None, alias="assert", description="Output checks.")
     on_fail: Literal["stop", "continue"] = Field(
         "stop", description="stop: skip this host's remaining steps (default); continue: go on.")
-    timeout: float | None = Field(None, gt=0, description="Seconds for this step (default: "
-                                                          "the workflow's step_timeout).")
+    timeout: Seconds | None = Field(None, gt=0, le=MAX_SECONDS,
+                                    description="Seconds for this step (default: the "
+                                                "workflow's step_timeout).")
     confirm: bool = Field(False, description="Confirm a command the host's policy asks to "
                                              "confirm (the runbook's author confirms in writing).")
 
@@ -242,8 +245,9 @@ class WorkflowFile(BaseModel):
     name: str = Field(min_length=1, description="Workflow name (MCP workflow_run uses it).")
     description: str | None = Field(None, description="What the workflow is for.")
     targets: TargetsSpec
-    concurrency: int = Field(10, ge=1, le=100, description="Hosts in parallel. Default 10.")
-    step_timeout: float = Field(60.0, gt=0, description="Default seconds per step. Default 60.")
+    concurrency: Whole = Field(10, ge=1, le=100, description="Hosts in parallel. Default 10.")
+    step_timeout: Seconds = Field(60.0, gt=0, le=MAX_SECONDS,
+                                  description="Default seconds per step. Default 60.")
     vars: dict[str, str] = Field({}, description="Variables for ${name}; --var overrides.")
     steps: tuple[StepSpec, ...] = Field(min_length=1, description="Run in order on each host.")
 

@@ -20,6 +20,7 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
 from .errors import PhonehomeJumpError, UnknownNameError, WorkflowError
+from .inputs import Seconds, check_text
 from .workflow import HostResult, RunResult, Workflow, WorkflowLock, discover_loaded, run_workflow
 
 MAX_STEP_OUTPUT = 8000          # characters of one step's output in a tool result
@@ -144,7 +145,7 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
                         "list is refused).")] = None,
         vars: Annotated[dict[str, str] | None, Field(description="Variables to set or override "
                                                                  "(not secrets).")] = None,
-        wait: Annotated[float, Field(ge=0, description=f"Seconds to wait for the run (at most "
+        wait: Annotated[Seconds, Field(ge=0, description=f"Seconds to wait for the run (at most "
                                                        f"{wait_cap:g}); a longer run returns "
                                                        "running=true and a run_id.")] = 20.0,
     ) -> WorkflowRunOut:
@@ -154,6 +155,12 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
         returned with the results so far; collect the rest with workflow_status(run_id).
         """
         with errors("workflow_run"):
+            check_text(name, "name")
+            for h in hosts or ():
+                check_text(h, "hosts")
+            for k, v in (vars or {}).items():
+                check_text(k, "vars")
+                check_text(v, f"vars.{k}")
             owner = rt.owner(ctx)
             wf = await rt.call(lambda: find(name))
             values = dict(vars or {})
@@ -197,7 +204,7 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
     async def workflow_status(
         run_id: Annotated[str, Field(description="run_id from workflow_run.")],
         ctx: Context,
-        wait: Annotated[float, Field(ge=0, description=f"Seconds to wait for the run to finish "
+        wait: Annotated[Seconds, Field(ge=0, description=f"Seconds to wait for the run to finish "
                                                        f"(at most {wait_cap:g}).")] = 20.0,
     ) -> WorkflowRunOut:
         """Results of a workflow run so far (or final); waits up to `wait` for it to finish."""

