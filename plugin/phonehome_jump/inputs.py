@@ -84,8 +84,16 @@ def no_bool(value: Any) -> Any:
     return value
 
 
+def finite(value: Any) -> Any:
+    """pydantic BeforeValidator: no .inf / .nan (before range checks, for a clear message)."""
+    value = no_bool(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, not {value}")
+    return value
+
+
 Whole = Annotated[int, BeforeValidator(no_bool)]
-Seconds = Annotated[float, BeforeValidator(no_bool), Field(allow_inf_nan=False)]
+Seconds = Annotated[float, BeforeValidator(finite), Field(allow_inf_nan=False)]
 
 
 def seconds_arg(text: str) -> float:

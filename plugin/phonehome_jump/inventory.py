@@ -363,6 +363,17 @@ class InventoryProblems(InventoryError):
 
 # --------------------------------------------------------------------------- validation
 
+# device types known without importing netmiko's drivers (all of them are netmiko's)
+_BUILTIN_DEVICE_TYPES = frozenset({"linux", "generic", "ovs_linux", "terminal_server"})
+
+
+def known_device_types() -> frozenset[str]:
+    """netmiko's device types that run over SSH (its telnet and serial variants cannot go
+    through a jump chain)."""
+    from netmiko.ssh_dispatcher import CLASS_MAPPER   # heavy: only when a network OS is named
+    return frozenset(d for d in CLASS_MAPPER if not d.endswith(("_telnet", "_serial")))
+
+
 def _suggest(name: str, choices: Iterable[str]) -> str:
     choices = sorted(choices)
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
@@ -628,6 +639,26 @@ class _Builder:
                 ok = False
         return chain if ok else None
 
+    def check_device_types(self) -> None:
+        """A device_type netmiko does not know is an error at load, with the closest names
+        (it used to surface only after connecting, with hundreds of names)."""
+        owners = self.default_parts + [e for sec in ("groups", "hosts")
+                                       for e in self.entries[sec].values()]
+        used = [(e, e.spec.device_type) for e in owners
+                if e.spec is not None and e.spec.device_type is not None]
+        if all(d in _BUILTIN_DEVICE_TYPES for _, d in used):
+            return                  # the common case: no need to import netmiko's drivers
+        known = known_device_types()
+        for entry, dtype in used:
+            if dtype not in known:
+                close = difflib.get_close_matches(dtype, sorted(known), n=5, cutoff=0.5)
+                more = (" (did you mean " + ", ".join(f"'{c}'" for c in close) + "?)" if close
+                        else "")
+                self.add(entry.at("device_type"),
+                         f"{entry.label}: unknown device_type '{dtype}'{more}; it must be "
+                         f"one of netmiko's {len(known)} SSH device types (netmiko's "
+                         "PLATFORMS.md lists them)")
+
     # -- phase 3: resolve
     def _username(self, entry: _Entry, *candidates: str | None) -> str:
         for value in candidates:
@@ -710,6 +741,7 @@ class _Builder:
 
     def finish(self) -> dict[str, Target]:
         self.check()
+        self.check_device_types()
         targets = {}
         if not self.problems:  # resolving half-valid data would only repeat known problems
             for name in sorted(self.entries["hosts"]):

@@ -207,3 +207,122 @@ def test_workflow_pattern_limits_apply_at_load():
     with pytest.raises(WorkflowError) as info:
         Workflow.from_text(text, "wf.yaml")
     assert f"wf.yaml:5: steps[0].assert.regex is not a valid regular expression" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- numbers, names
+
+@pytest.mark.parametrize("text, message", [
+    ("hosts: {a: {host: x, port: true}}", "host 'a': port must be a number, not true"),
+    ("hosts: {a: {host: x, port: 70000}}", "host 'a': port must be a whole number between 1 "
+                                           "and 65535, got 70000"),
+    ("defaults: {connect_timeout: 1e300}\nhosts: {a: {host: x}}",
+     'defaults: connect_timeout must be at most 3600, got "1e300"'),
+    ("defaults: {connect_timeout: .inf}\nhosts: {a: {host: x}}",
+     "defaults: connect_timeout must be a finite number"),
+    ("defaults: {connect_timeout: .nan}\nhosts: {a: {host: x}}",
+     "defaults: connect_timeout must be a finite number"),
+    ("defaults: {keepalive: false}\nhosts: {a: {host: x}}",
+     "defaults: keepalive must be a number, not false"),
+    ("audit: {path: /tmp/a.log, backups: true}", "audit: backups must be a number, not true"),
+])
+def test_inventory_numbers_are_strict_finite_and_in_range(text, message):
+    assert inventory_problem(text).startswith(f"inv.yaml:1: {message}")
+
+
+def test_inventory_numbers_that_are_fine():
+    inv = Inventory.from_text("defaults: {connect_timeout: 1e3, keepalive: 0}\n"
+                              "hosts: {a: {host: x, port: 2222}}", "inv.yaml")
+    ep = inv.target("a").endpoint
+    assert (ep.port, ep.connect_timeout, ep.keepalive) == (2222, 1000.0, 0)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("concurrency", "true", "concurrency must be a number, not true"),
+    ("step_timeout", ".inf", "step_timeout must be a finite number, not inf"),
+    ("step_timeout", ".nan", "step_timeout must be a finite number"),
+    ("step_timeout", "1e12", "step_timeout must be at most 604800"),
+])
+def test_workflow_numbers(field, value, message):
+    with pytest.raises(WorkflowError) as info:
+        Workflow.from_text(WF.format(name="n") + f"{field}: {value}\n", "wf.yaml")
+    assert message in str(info.value)
+    with pytest.raises(WorkflowError) as info:
+        Workflow.from_text(WF.format(name="n") + "    expect_exit: [0, true, 300]\n", "wf.yaml")
+    assert "expect_exit" in str(info.value)
+
+
+def test_unknown_device_type_is_caught_at_load_with_the_closest_names():
+    msg = inventory_problem("hosts:\n  r1: {host: x, device_type: cisco_iso}\n"
+                            "  r2: {host: y, device_type: nonexistent_os}\n")
+    assert "inv.yaml:2: host 'r1': unknown device_type 'cisco_iso' (did you mean 'cisco_ios'" in msg
+    assert "inv.yaml:3: host 'r2': unknown device_type 'nonexistent_os'" in msg
+    assert msg.count("\n") == 2          # two problems, not hundreds of platform names
+    ok = Inventory.from_text("groups: {g: {device_type: juniper_junos}}\n"
+                             "hosts: {a: {host: x, groups: [g]}}", "inv.yaml")
+    assert ok.target("a").device_type == "juniper_junos"
+
+
+def test_cli_numbers_are_checked_at_parse(capsys):
+    from phonehome_jump.cli import main
+    for args, message in ((["run", "--timeout", "inf", "h", "--", "true"],
+                           "must be a finite number of seconds, not 'inf'"),
+                          (["run", "--timeout", "1e12", "h", "--", "true"],
+                           "must be at most 604800 seconds"),
+                          (["run", "--timeout", "nan", "h", "--", "true"],
+                           "must be a finite number of seconds"),
+                          (["workflow", "run", "--concurrency", "0", "x.yaml"],
+                           "must be from 1 to 100, not 0")):
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_text_checks():
+    from phonehome_jump.inputs import check_text, repair_json_line
+    assert check_text("café ✓ 😀", "command") == "café ✓ 😀"
+    for bad, what in (("a\ud800", "a lone surrogate U+D800"), ("a\udcff", "the byte 0xff"),
+                      ("a\ufffd", "U+FFFD")):
+        with pytest.raises(Exception) as info:
+            check_text(bad, "text", where="host 'h'")
+        assert f"host 'h': text contains {what}" in str(info.value)
+        str(info.value).encode("utf-8")       # the message itself can always be sent
+    assert repair_json_line(r'{"a":"x\ud800y"}') == r'{"a":"x\ufffdy"}'
+    assert repair_json_line(r'{"a":"\udc00"}') == r'{"a":"\ufffd"}'
+    assert repair_json_line(r'{"a":"\ud83d\ude00"}') == r'{"a":"\ud83d\ude00"}'   # a pair
+    assert repair_json_line(r'{"a":"\\ud800"}') == r'{"a":"\\ud800"}'          # backslash
+
+
+# ----------------------------------------------------------------------------- MCP arguments
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_mcp_numeric_and_text_arguments_are_checked():
+    from mcp import Client
+
+    from phonehome_jump.mcp_server import build_server
+    inv = Inventory.from_text("hosts: {h1: {host: 192.0.2.1}}", "inv.yaml")
+    async with Client(build_server(inv)) as client:
+        for args, expected in (({"session_id": "s", "wait": True}, "must be a number, not true"),
+                               ({"session_id": "s", "wait": -1}, "greater than or equal to 0"),
+                               ({"session_id": "s", "offset": True}, "must be a number, not true")):
+            r = await client.call_tool("ssh_session_read", args)
+            assert r.is_error and expected in r.content[0].text, r.content
+        r = await client.call_tool("inventory_show", {"host": "h1\ufffd"})
+        assert r.is_error and "host contains U+FFFD" in r.content[0].text
+        r = await client.call_tool("inventory_list", {"query": "x\ufffd"})
+        assert r.is_error and "query contains U+FFFD" in r.content[0].text
+        r = await client.call_tool("ssh_session_open", {"host": "h1\ud800"})
+        assert r.is_error and "host contains a lone surrogate U+D800" in r.content[0].text
+
+
+def test_a_backtracking_policy_rule_refuses_instead_of_hanging():
+    from phonehome_jump.errors import PolicyError
+    inv = Inventory.from_text("hosts: {h: {host: x, policy: {deny: ['(a|aa)+$']}}}", "inv.yaml")
+    policy = inv.target("h").policy
+    policy.check("echo fine", host="h")
+    with pytest.raises(PolicyError) as info:
+        policy.check("echo " + "a" * 60 + "b", host="h")
+    assert "command refused: the policy rule '(a|aa)+$' took more than 1s" in str(info.value)
