@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import gc
 import getpass
 import json
 import os
@@ -809,11 +810,13 @@ class Inventory:
                 builder.parse(text, str(file))
             return cls(builder.finish(), builder.entries["groups"], files, builder.audit_spec)
         except MemoryError:
-            raise InventoryError("ran out of memory while loading the inventory",
-                                 where=str(root),
-                                 hint=f"an inventory holds at most {MAX_HOSTS} hosts and "
-                                      f"{MAX_INVENTORY_BYTES // 2**20} MiB; give the process "
-                                      "more memory or split the inventory") from None
+            pass    # leave the handler first: its traceback holds the half-built data
+        del builder
+        gc.collect()
+        raise InventoryError("ran out of memory while loading the inventory", where=str(root),
+                             hint=f"an inventory holds at most {MAX_HOSTS} hosts and "
+                                  f"{MAX_INVENTORY_BYTES // 2**20} MiB; give the process "
+                                  "more memory or split the inventory")
 
     @classmethod
     def from_text(cls, text: str, source: str = "<string>") -> Inventory:

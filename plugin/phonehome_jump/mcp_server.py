@@ -350,7 +350,9 @@ Wait = Annotated[Seconds, Field(ge=0, description=f"Seconds to wait for the comm
                                                 "If it is still running then, running=true is "
                                                 "returned and the command keeps running.")]
 Until = Annotated[str | None, Field(description="Python regular expression: stop waiting early "
-                                                "when new output matches it (e.g. a prompt).")]
+                                                "when new output matches it (e.g. a prompt). "
+                                                "At most 2000 characters; a search that takes "
+                                                "more than 1 s is given up with an error.")]
 
 
 def build_server(inventory: Inventory | str | Path, *,

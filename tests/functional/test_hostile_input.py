@@ -343,3 +343,28 @@ def test_ctrl_u_and_ctrl_c_discard_a_typed_line(manager, key):
     manager.send(sid, "joined")
     r = manager.read(sid, wait=10)
     assert (r.output, r.running) == ("joined\n", False)
+
+
+# ----------------------------------------------------------------------------- memory
+
+MEMORY_CHILD = r"""
+import resource, sys
+from phonehome_jump.cli import main
+vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:"))
+limit = vm * 1024 + 40 * 2**20            # 40 MB more than now: far less than the load needs
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.exit(main(["inventory", "check", sys.argv[1]]))
+"""
+
+
+def test_out_of_memory_while_loading_is_a_clear_error(tmp_path):
+    f = tmp_path / "big.yaml"
+    f.write_text("hosts:\n" + "".join(f"  h{i:05d}: {{host: 10.1.{i // 250}.{i % 250}, "
+                                      f"tags: [a, b], description: host number {i}}}\n"
+                                      for i in range(15000)))
+    r = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(f)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 2, r
+    assert r.stderr.startswith(f"phonehome-jump: {f}: ran out of memory while loading the "
+                               "inventory\n  try: an inventory holds at most 20000 hosts"), r.stderr
+    assert "Traceback" not in r.stderr
