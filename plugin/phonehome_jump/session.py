@@ -257,6 +257,8 @@ class Session:
             if run is not None and not run.done:
                 # Another call is waiting on this command's output: this is an answer or a
                 # Ctrl-C for it, so write now rather than after that call's wait.
+                if key == "u" and self._partial and self.framer.name == "sentinel":
+                    data = (text + CONTROL["c"]).encode("utf-8")    # see _discard_line
                 self._write_bytes(data)
                 if key in ("c", "u") or "\n" in payload or "\r" in payload:
                     self._partial = False
@@ -295,6 +297,7 @@ class Session:
             return
         self._write_bytes((text + CONTROL["c"]).encode("utf-8"))
         self._pump(time.monotonic() + DISCARD_WAIT)
+
     def read(self, *, wait: float = 0.0, until: str | None = None, offset: int | None = None) -> CommandResult:
         """Collect pending output (waiting up to ``wait`` for the prompt or ``until``), or page.
 

@@ -47,7 +47,7 @@ from pydantic import field_validator, model_validator
 
 from .errors import (PatternError, PatternTimeoutError, PhonehomeJumpError, PolicyError,
                      SecretError, WorkflowError, WorkflowLockedError)
-from .inputs import MAX_SECONDS, Seconds, Whole
+from .inputs import MAX_SECONDS, Seconds, Whole, check_text
 from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _suggest
 from .manager import SessionManager
 from .patterns import MULTILINE, compile_safe
@@ -506,6 +506,7 @@ def parse_vars(items: Iterable[str]) -> dict[str, str]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
+        check_text(value, f"--var {key}", where="--var")
         if not sep or not _NAME.fullmatch(key):
             raise WorkflowError(f"--var wants NAME=VALUE, got {item.split('=')[0]!r}...",
                                 where="--var", hint="e.g. --var service=em7")

@@ -326,3 +326,28 @@ def test_a_backtracking_policy_rule_refuses_instead_of_hanging():
     with pytest.raises(PolicyError) as info:
         policy.check("echo " + "a" * 60 + "b", host="h")
     assert "command refused: the policy rule '(a|aa)+$' took more than 1s" in str(info.value)
+
+
+def test_agent_numeric_params_are_strict():
+    from phonehome_jump.rpc import CommandParams, OpenParams, ReadParams, RpcError, _validate
+    for method, model, params, expected in (
+            ("ssh_session_command", CommandParams,
+             {"session_id": "s", "command": "c", "timeout": True}, "must be a number, not true"),
+            ("ssh_session_read", ReadParams, {"session_id": "s", "timeout": 1e400},
+             "must be a finite number"),
+            ("ssh_session_read", ReadParams, {"session_id": "s", "offset": False},
+             "must be a number, not false"),
+            ("ssh_session_open", OpenParams, {"host": "h", "port": True},
+             "must be a number, not true")):
+        with pytest.raises(RpcError) as info:
+            _validate(method, model, params)
+        assert expected in info.value.message, info.value.message
+
+
+def test_var_values_must_be_text():
+    from phonehome_jump.errors import InputError
+    from phonehome_jump.workflow import parse_vars
+    assert parse_vars(["a=café"]) == {"a": "café"}
+    with pytest.raises(InputError) as info:
+        parse_vars(["a=caf\udce9"])
+    assert str(info.value).startswith("--var: --var a contains the byte 0xe9, which is not UTF-8")
