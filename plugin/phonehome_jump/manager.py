@@ -27,6 +27,7 @@ from .inputs import check_text
 from .inventory import Inventory, Target
 from .redact import MASK, add_secret
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
+from .transfer import TransferResult, download, upload
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +298,63 @@ class SessionManager:
         compile_pattern(until)
         result = self._guard(session_id, owner, lambda s: s.read(wait=wait, until=until))
         self._finished(entry, result, None)
+        return result
+
+    # -- files ------------------------------------------------------------------------
+    def upload(self, host: str, local: str, remote: str, *, actor: str | None = None,
+               confirm: bool = False, resume: bool = False, preserve: bool = True,
+               progress: Any = None, max_bytes: int | None = None) -> TransferResult:
+        """Copy local file ``local`` to ``remote`` on inventory host ``host`` (see transfer.py)."""
+        return self._transfer("upload", host, local, remote, actor=actor, confirm=confirm,
+                              resume=resume, preserve=preserve, progress=progress,
+                              max_bytes=max_bytes)
+
+    def download(self, host: str, remote: str, local: str, *, actor: str | None = None,
+                 confirm: bool = False, resume: bool = False, preserve: bool = True,
+                 progress: Any = None, max_bytes: int | None = None) -> TransferResult:
+        """Copy ``remote`` on inventory host ``host`` to local path ``local``."""
+        return self._transfer("download", host, local, remote, actor=actor, confirm=confirm,
+                              resume=resume, preserve=preserve, progress=progress,
+                              max_bytes=max_bytes)
+
+    def _transfer(self, direction: str, host: str, local: str, remote: str, *,
+                  actor: str | None, confirm: bool, **kw: Any) -> TransferResult:
+        target = self.inventory.target(host)
+        check_text(str(remote), "remote path", where=f"host {target.name!r}")
+        check_text(str(local), "local path", where=f"host {target.name!r}")
+        actor = actor or self.actor
+        chain = [h.name for h in target.chain]
+        try:
+            target.policy.check_transfer(direction, remote, host=target.name, confirm=confirm)
+        except PolicyError as err:
+            self.record("policy_refusal", strict=False, actor=actor, host=target.name,
+                        chain=chain, command=f"{direction} {remote}", rule=err.rule,
+                        outcome="needs_confirm" if err.needs_confirm else "refused")
+            raise
+        if self.audit:
+            self.audit.check()
+        started = time.time()
+        hops: list[Hop] = []
+        try:
+            # the target itself joins the shared pool as the chain's last "hop"
+            hops = self.pool.acquire((*target.chain, target.endpoint))
+            op = upload if direction == "upload" else download
+            args = (local, remote) if direction == "upload" else (remote, local)
+            result = op(hops[-1].client, target.name, *args, **kw)
+        except BaseException as exc:
+            self.record("transfer", strict=False, actor=actor, host=target.name, chain=chain,
+                        direction=direction, local=str(local), remote=remote, outcome="error",
+                        error=str(exc) if isinstance(exc, PhonehomeJumpError) else type(exc).__name__,
+                        duration=round(time.time() - started, 4))
+            raise
+        finally:
+            self.pool.release(hops)
+        self.record("transfer", strict=False, actor=actor, host=target.name, chain=chain,
+                    direction=direction, local=result.local, remote=result.remote,
+                    bytes=result.bytes, sha256=result.sha256, protocol=result.protocol,
+                    resumed_from=result.resumed_from, outcome="ok", duration=result.duration)
+        log.info("%s %s %s:%s (%d bytes)", direction, result.local, target.name, result.remote,
+                 result.bytes)
         return result
 
     # -- policy and audit ---------------------------------------------------------------

@@ -527,6 +527,9 @@ def build_server(inventory: Inventory | str | Path, *,
                 await rt.call(lambda: _close_quietly(m, info.id, owner))
             return RunOutput(host=host, session_open=r.running, **_output(info.id, r, waited=w))
 
+    from .files_mcp import register as register_files
+    register_files(mcp, rt, errors=_errors, annotations=_annotations, actor=_actor)
+
     if workflows is not None:
         from .workflow_mcp import register
         register(mcp, rt, Path(workflows), errors=_errors, wait_cap=MAX_WAIT,

@@ -120,6 +120,20 @@ class Router:
             self._remote[info.id] = _Remote(site, remote.id, owner, info)
         return info
 
+    def upload(self, host: str, local: str, remote: str, **kw: object) -> object:
+        return self._files_host(host).upload(host, local, remote, **kw)
+
+    def download(self, host: str, remote: str, local: str, **kw: object) -> object:
+        return self._files_host(host).download(host, remote, local, **kw)
+
+    def _files_host(self, host: str) -> SessionManager:
+        site = self.inventory.target(host).client
+        if site is not None:
+            raise AgentError(f"file copies to hosts behind ET Phone Home client site '{site}' are "
+                             "not routed through agents", where=f"host {host!r}",
+                             hint="run the copy on that site's machine (phonehome-jump cp)")
+        return self.manager
+
     def close(self, session_id: str, *, owner: str | None = None) -> None:
         rec = self._find(session_id, owner)
         if rec is None:

@@ -11,6 +11,8 @@ and an env file (passwords) into its state directory. Users:
 - ``phjpass`` password auth
 - ``phjsudo`` password auth, may sudo with its password
 
+Every node serves SFTP except target3 (``NO_SFTP``), where file copies use SCP.
+
 Needs root, ``ip`` (iproute2), ``sshd`` and ``sudo``. Used by the test suite, ``make demo``
 and ``bench/``.  ``python tests/lab/sshlab.py up|down|status [--state DIR] [--targets N]``.
 """
@@ -39,6 +41,8 @@ DEFAULT_STATE = Path(os.environ.get("PHJ_LAB_STATE", f"/tmp/phonehome-jump-lab-{
 # The lab users are machine-wide, so their passwords are too (one file for every lab).
 ENV_FILE = Path("/var/lib/phonehome-jump-lab/env.json")
 USERS = ("phjkey", "phjpass", "phjsudo")
+#: The one node without an SFTP subsystem, so file copies fall back to SCP there.
+NO_SFTP = "target3"
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin/sshd"
 
 
@@ -210,6 +214,7 @@ MaxStartups 200
 MaxSessions 100
 PrintMotd no
 PrintLastLog no
+{"" if node.name == NO_SFTP else "Subsystem sftp internal-sftp"}
 """
         (self.state / f"sshd_{node.name}.conf").write_text(cfg)
 

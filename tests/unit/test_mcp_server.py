@@ -44,6 +44,8 @@ TOOLS = {   # name: (readOnly, destructive, idempotent, openWorld)
     "ssh_session_list": (True, False, True, False),
     "ssh_session_close": (False, True, True, True),
     "ssh_run": (False, True, False, True),
+    "ssh_file_upload": (False, True, False, True),
+    "ssh_file_download": (False, False, False, True),
 }
 
 
