@@ -320,8 +320,8 @@ class SessionManager:
     def _transfer(self, direction: str, host: str, local: str, remote: str, *,
                   actor: str | None, confirm: bool, **kw: Any) -> TransferResult:
         target = self.inventory.target(host)
+        # the remote path travels as UTF-8 text (a local one may hold any bytes: the OS's)
         check_text(str(remote), "remote path", where=f"host {target.name!r}")
-        check_text(str(local), "local path", where=f"host {target.name!r}")
         actor = actor or self.actor
         chain = [h.name for h in target.chain]
         try:
