@@ -351,3 +351,25 @@ def test_var_values_must_be_text():
     with pytest.raises(InputError) as info:
         parse_vars(["a=caf\udce9"])
     assert str(info.value).startswith("--var: --var a contains the byte 0xe9, which is not UTF-8")
+
+
+@pytest.mark.anyio
+async def test_workflow_list_over_mcp_survives_a_bad_file(tmp_path):
+    from mcp import Client
+
+    from phonehome_jump.mcp_server import build_server
+    (tmp_path / "good.yaml").write_text(WF.format(name="good").replace("web1", "h1"))
+    (tmp_path / "bomb.yaml").write_text(bomb())
+    (tmp_path / "loop.yaml").write_text("x: &a [*a]\n")
+    inv = Inventory.from_text("hosts: {h1: {host: 192.0.2.1}}", "inv.yaml")
+    async with Client(build_server(inv, workflows=tmp_path)) as client:
+        for _ in range(2):                        # the second listing comes from the cache
+            r = await client.call_tool("workflow_list", {})
+            assert not r.is_error, r.content
+            found = {w["name"]: w for w in r.structured_content["workflows"]}
+            assert sorted(found) == ["bomb", "good", "loop"]
+            assert found["good"]["problem"] is None and found["good"]["steps"] == ["uptime"]
+            assert "bomb.yaml:6: alias *e expands" in found["bomb"]["problem"]
+            assert "loop.yaml:1: recursive alias" in found["loop"]["problem"]
+        r = await client.call_tool("workflow_run", {"name": "bomb"})
+        assert r.is_error and "alias bomb" in r.content[0].text
