@@ -107,8 +107,10 @@ def _as_tuple(value: Any) -> Any:
 
 
 def _regex(value: str) -> str:
+    # checked as it will run: each ${name} becomes its (escaped) value, here a plain letter
+    probe = BracedTemplate(value).safe_substitute({n: "x" for n in names_in(value)})
     try:
-        compile_safe(value, flags=MULTILINE)
+        compile_safe(probe, flags=MULTILINE)
     except PatternError as exc:
         raise ValueError(f"is not a valid regular expression ({exc.detail})") from None
     return value

@@ -373,3 +373,9 @@ async def test_workflow_list_over_mcp_survives_a_bad_file(tmp_path):
             assert "loop.yaml:1: recursive alias" in found["loop"]["problem"]
         r = await client.call_tool("workflow_run", {"name": "bomb"})
         assert r.is_error and "alias bomb" in r.content[0].text
+
+
+def test_workflow_patterns_with_variables_are_checked_as_they_will_run():
+    wf = Workflow.from_text(WF.format(name="v") + "    assert: {regex: '^${sum} +x'}\n"
+                            "    capture: {name: out, regex: '=${sum}'}\n", "wf.yaml")
+    assert wf.spec.steps[0].assert_.regex == "^${sum} +x"
