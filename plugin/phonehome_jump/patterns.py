@@ -4,7 +4,8 @@ A caller's pattern must never freeze the process: ``(a|aa)+$`` against a line of
 Python's ``re`` backtrack for minutes while it holds the GIL, so every other client waits.
 These patterns are therefore compiled and run by the `regex` package:
 
-* dialect: Python's ``re`` syntax (``regex.VERSION0``, the same meaning as ``re``);
+* dialect: Python's ``re`` syntax (``regex.VERSION0``, the same meaning as ``re``; braces that
+  are not a repeat count stay literal, as in ``re``, rather than the package's fuzzy matching);
 * at most :data:`MAX_PATTERN` characters;
 * each search gives up after :data:`MATCH_TIMEOUT` seconds of processor time
   (:class:`PatternTimeoutError`; on a busy machine that is longer on the clock);
@@ -55,6 +56,18 @@ class SafePattern:
         return f"SafePattern({self.pattern!r})"
 
 
+# An escape (kept whole, \N{NAME} included), or a brace that does not start a repeat count.
+_BRACES = regex.compile(r"\\N\{[^}]*\}|\\.|\{(?!\d*(?:,\d*)?\})", regex.DOTALL)
+
+
+def _re_braces(pattern: str) -> str:
+    """``re``'s meaning of braces: one that does not start a repeat count (``{2}``, ``{1,3}``)
+    is a literal brace, while the regex package would read ``x{ip}`` as fuzzy matching."""
+    if "{" not in pattern:
+        return pattern
+    return _BRACES.sub(lambda m: m.group() if m.group()[0] == "\\" else "\\{", pattern)
+
+
 def compile_safe(pattern: str, *, what: str = "pattern", flags: int = 0) -> SafePattern:
     """Compile a caller's pattern; PatternError (naming ``what``) if it is not usable."""
     if not isinstance(pattern, str):
@@ -65,7 +78,7 @@ def compile_safe(pattern: str, *, what: str = "pattern", flags: int = 0) -> Safe
         err.detail = f"{len(pattern)} characters; at most {MAX_PATTERN}"
         raise err
     try:
-        compiled = regex.compile(pattern, flags | regex.VERSION0)
+        compiled = regex.compile(_re_braces(pattern), flags | regex.VERSION0)
     except (regex.error, ValueError, OverflowError, RecursionError) as exc:
         err = PatternError(f"invalid {what} {pattern!r}: {exc}",
                            hint="pass a Python regular expression (re syntax)")

@@ -379,3 +379,13 @@ def test_workflow_patterns_with_variables_are_checked_as_they_will_run():
     wf = Workflow.from_text(WF.format(name="v") + "    assert: {regex: '^${sum} +x'}\n"
                             "    capture: {name: out, regex: '=${sum}'}\n", "wf.yaml")
     assert wf.spec.steps[0].assert_.regex == "^${sum} +x"
+
+
+@pytest.mark.parametrize("pattern, text", [
+    (r"x{ip}", "x{ip}"), (r"\${sum}", "${sum}"), (r"\N{EM DASH}", "\u2014"), (r"a{2}b", "aab"),
+    (r"a{2,}b", "aaab"), (r"[{]x", "{x"), (r"\{ab\}", "{ab}"), (r"\\{x}", "\\{x}"),
+])
+def test_braces_mean_what_they_mean_in_re(pattern, text):
+    import re
+    assert re.search(pattern, text)
+    assert compile_safe(pattern).search(text), pattern
