@@ -6,9 +6,10 @@ half-way through a connect. All problems of one load are reported together, one
 
 Precedence (first value that is set wins):
 
-* ``port``, ``known_hosts``, ``host_key_policy``, ``keepalive``, ``connect_timeout``,
-  ``device_type``, ``credentials``, ``description``, ``client``: host -> its groups in the order listed ->
-  ``defaults`` -> built-in default (22, ``~/.ssh/known_hosts``, strict, 30, 10.0, linux).
+* ``port``, ``known_hosts``, ``host_key_policy``, ``keepalive``, ``keepalive_count``,
+  ``connect_timeout``, ``device_type``, ``credentials``, ``description``, ``client``: host -> its
+  groups in the order listed -> ``defaults`` -> built-in default (22, ``~/.ssh/known_hosts``,
+  strict, 15, 3, 10.0, linux).
 * ``username``: host.username > credentials.username > groups' username (in order) >
   defaults.username > local user (``getpass.getuser()``). A credential's username belongs to
   its secret, so it beats broad group/default settings; the host itself can still override.
@@ -26,8 +27,8 @@ Chains: ``chain(hop) = expand(hop.via) + [hop]``. A via list ``[a, b]`` is ``cha
 ``b``; ``b``'s own via prefix must be empty or equal to the chain so far, otherwise it is a
 conflict. A hop may appear only once in a chain; cycles are errors naming the cycle.
 
-Secrets are references only (``env:NAME`` / ``file:PATH``), read when :meth:`SecretRef.resolve`
-is called. Paths are ``~``-expanded; relative paths are relative to the working directory.
+Secrets are references only (``env:NAME`` / ``file:PATH`` / ``keyring:SERVICE/USER`` /
+``cmd:COMMAND``, see :mod:`.secret_sources`), read when :meth:`SecretRef.resolve` is called. Paths are ``~``-expanded; relative paths are relative to the working directory.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from .errors import InventoryError, SecretError, UnknownNameError
 from .inputs import Seconds, Whole, check_text
 from .policy import Policy, PolicySpec
 from .redact import add_secret
+from .secret_sources import from_command, from_keyring, parse_cmd, parse_keyring
 from .yamlload import KeyPath as _KeyPath
 from .yamlload import YamlProblem, parse_yaml, read_text
 
@@ -74,23 +76,29 @@ _SECRET_FIELDS = frozenset({"password", "passphrase", "sudo_password"})
 
 @dataclass(frozen=True, repr=False)
 class SecretRef:
-    """A pointer to a secret (``env:NAME`` / ``file:PATH``); only resolve() reads the value."""
+    """A pointer to a secret (``env:NAME`` / ``file:PATH`` / ``keyring:SERVICE/USER`` /
+    ``cmd:COMMAND``); only resolve() reads the value."""
 
-    kind: Literal["env", "file"]
+    kind: Literal["env", "file", "keyring", "cmd"]
     name: str  # variable name, or the file path as written
 
     @classmethod
     def parse(cls, text: object) -> SecretRef:
         """Parse a reference; ValueError messages never echo the input (it may be a password)."""
         literal = ("must be a reference, not a literal secret: write env:VAR_NAME (and export "
-                   "VAR_NAME) or file:/path/to/secret (mode 0600) instead")
+                   "VAR_NAME), file:/path/to/secret (mode 0600), keyring:SERVICE/USERNAME or "
+                   "cmd:COMMAND (its output is the secret) instead")
         if isinstance(text, SecretRef):
             return text
         if not isinstance(text, str):
             raise ValueError(literal)
         kind, sep, rest = text.partition(":")
-        if not sep or kind not in ("env", "file"):
+        if not sep or kind not in ("env", "file", "keyring", "cmd"):
             raise ValueError(literal)
+        if kind == "keyring":
+            return cls(kind, parse_keyring(rest))
+        if kind == "cmd":
+            return cls(kind, parse_cmd(rest))
         if kind == "env" and not _ENV_NAME.fullmatch(rest):
             raise ValueError("env: reference needs a variable name of letters, digits and _ "
                              "(e.g. env:SL1_PASSWORD)")
@@ -106,6 +114,11 @@ class SecretRef:
 
     def resolve(self, context: str) -> str:
         """Read the secret now; ``context`` (e.g. "hop 'dmz-gw' password") goes into errors."""
+        if self.kind in ("keyring", "cmd"):
+            read = from_keyring if self.kind == "keyring" else from_command
+            value = read(self.name, str(self), context)
+            add_secret(value)   # masked wherever text leaves the plugin from now on
+            return value
         if self.kind == "env":
             value = os.environ.get(self.name)
             if not value:
@@ -151,7 +164,8 @@ class SecretRef:
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
-        return {"type": "string", "pattern": r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$"}
+        return {"type": "string",
+                "pattern": r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|keyring:.+/.+|cmd:.*\S.*)$"}
 
 
 # --------------------------------------------------------------------------- file models
@@ -181,8 +195,15 @@ class _Conn(BaseModel):
                           "seen for the first time (a changed key is always refused). "
                           "Default strict.")
     keepalive: Whole | None = Field(
-        None, ge=0, le=86400, description="Seconds between SSH keepalives; 0 disables. "
-                                          "Default 30.")
+        None, ge=0, le=86400,
+        description="Seconds between liveness probes (a keepalive@openssh.com request that "
+                    "must be answered, like OpenSSH's ServerAliveInterval), on every hop and "
+                    "the target; 0 disables. Default 15.")
+    keepalive_count: Whole | None = Field(
+        None, ge=1, le=1000,
+        description="Unanswered probes after which a hop or target is declared down and every "
+                    "session through it dead, naming it (like ServerAliveCountMax): detection "
+                    "within keepalive x keepalive_count seconds. Default 3.")
     connect_timeout: Seconds | None = Field(
         None, gt=0, le=3600, description="Seconds to wait for TCP connect and SSH handshake "
                                          "(at most 3600). Default 10.")
@@ -317,6 +338,7 @@ class Endpoint:
     keepalive: int
     connect_timeout: float
     source: str
+    keepalive_count: int = 3
 
     @property
     def key(self) -> tuple[str, str, int, str]:
@@ -731,7 +753,8 @@ class _Builder:
         return Endpoint(
             name=entry.name, host=entry.spec.host, port=pick("port", 22), username=username,
             auth=auth, known_hosts=Path(pick("known_hosts", "~/.ssh/known_hosts")).expanduser(),
-            host_key_policy=pick("host_key_policy", "strict"), keepalive=pick("keepalive", 30),
+            host_key_policy=pick("host_key_policy", "strict"), keepalive=pick("keepalive", 15),
+            keepalive_count=pick("keepalive_count", 3),
             connect_timeout=float(pick("connect_timeout", 10.0)), source=_fmt(*entry.at()))
 
     def _hop_endpoint(self, name: str) -> Endpoint | None:

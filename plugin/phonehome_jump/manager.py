@@ -13,18 +13,22 @@ send goes out, and every open, close, command, send and refusal is written to th
 from __future__ import annotations
 
 import logging
+import random
 import secrets
+import shlex
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from .audit import AuditLog, AuditSpec
-from .chain import Hop, HopPool, dial, open_tunnel
-from .errors import (LimitError, PatternTimeoutError, PhonehomeJumpError, PolicyError,
-                     SessionDeadError, SessionError, UnknownSessionError)
+from .chain import Hop, HopPool, diagnose, dial, early_eof, login_gate, open_tunnel
+from .errors import (ConnectError, LimitError, PatternTimeoutError, PhonehomeJumpError,
+                     PolicyError, SessionDeadError, SessionError, UnknownSessionError)
 from .inputs import check_text
 from .inventory import Inventory, Target
+from .policy import Approval
+from .prompts import prompt_waiting
 from .redact import MASK, add_secret
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
 from .transfer import TransferResult, download, upload
@@ -110,10 +114,7 @@ class SessionManager:
             raise
         hops: list[Hop] = []
         try:
-            hops = self.pool.acquire(target.chain)
-            sock = (open_tunnel(hops[-1].transport, target.endpoint, target.chain[-1]) if hops
-                    else dial(target.endpoint))
-            session = Session.start(target, sock, cap=self.cap, framing=framing)
+            hops, session = self._connect(target, framing)
         except BaseException as exc:
             self.pool.release(hops)
             self._unreserve(target.name)
@@ -135,6 +136,76 @@ class SessionManager:
             self.audit.transcript(entry.id, f"# session {entry.id} to {target.name} via "
                                   f"{' -> '.join(chain) or 'direct'}, actor {actor or '-'}\n")
         return self._info(entry)
+
+    def _connect(self, target: Target, framing: str | None) -> tuple[list[Hop], Session]:
+        """Hops (shared), a tunnel and a login to ``target``; the failure blamed on the right hop.
+
+        Logins to one target are paced (a stock sshd drops new connections at random past
+        MaxStartups), and a login the target cut before authentication is retried with
+        backoff; when it keeps happening the error says the target refused new connections.
+        """
+        hops = self.pool.acquire(target.chain)
+        ep = target.endpoint
+        deadline = time.monotonic() + max(ep.connect_timeout, 3.0)
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                try:
+                    return hops, self._login(target, hops, framing)
+                except ConnectError as exc:
+                    if exc.hop != target.name or exc.reason in (
+                            "auth", "host-key", "local-file", "refused", "forwarding", "dns"):
+                        raise
+                    if hops and (blame := diagnose(hops, target.name)) is not None:
+                        raise blame from exc
+                    pause = min(0.1 * 2 ** (attempt - 1), 1.0) * (0.5 + random.random())
+                    early = exc.reason == "closed" and early_eof(exc)
+                    if not early or time.monotonic() + pause > deadline:
+                        if early and attempt > 1:
+                            raise ConnectError(
+                                f"{target.name} refused new connections: it closed {attempt} "
+                                "connections in a row before login", hop=target.name,
+                                reason="busy", where=exc.where,
+                                hint="sshd does this while too many logins to it are in progress "
+                                     "at once (MaxStartups, 10:30:100 by default) or when it is "
+                                     "overloaded: open fewer sessions at once, retry later, or "
+                                     "raise MaxStartups on the target") from exc
+                        raise
+                    log.info("%s closed a new connection before login (attempt %d); retrying "
+                             "in %.2fs", target.name, attempt, pause)
+                    time.sleep(pause)
+                except SessionError as exc:
+                    if hops and (blame := diagnose(hops, target.name)) is not None:
+                        raise blame from exc
+                    raise
+        except BaseException:
+            self.pool.release(hops)
+            raise
+
+    def _login(self, target: Target, hops: list[Hop], framing: str | None) -> Session:
+        # sshd counts a connection against MaxStartups from accept to authentication: the
+        # gate is held from the tunnel's open until Session.start says it has logged in
+        gate = login_gate(target.chain, target.endpoint)
+        gate.acquire()
+        held = [True]
+
+        def logged_in() -> None:
+            if held:
+                held.clear()
+                gate.release()
+        try:
+            sock = (open_tunnel(hops[-1].transport, target.endpoint, target.chain[-1]) if hops
+                    else dial(target.endpoint))
+            try:
+                return Session.start(target, sock, cap=self.cap, framing=framing,
+                                     links=[h.link for h in hops if h.link is not None],
+                                     logged_in=logged_in)
+            except BaseException:
+                sock.close()
+                raise
+        finally:
+            logged_in()
 
     def _reserve(self, target: Target) -> None:
         with self._lock:
@@ -171,6 +242,64 @@ class SessionManager:
         with self._lock:
             self._opening[name] -= 1
 
+    def revive(self, session_id: str, *, owner: str | None = None) -> SessionInfo:
+        """Reopen a dead (or ended) session under the same id, in its last working directory.
+
+        The hops are dialed anew where they went down; the new shell starts where the old one
+        last was (``cd`` to its cwd). Variables and running jobs of the old shell are gone.
+        Refused (SessionError) while the session is alive.
+        """
+        entry = self._entry(session_id, owner)
+        self._check_hops(entry)
+        old = entry.session
+        if not old.dead:
+            raise SessionError("the session is alive: there is nothing to revive",
+                               where=f"host {old.target.name!r}",
+                               hint="use it as it is; revive is for a session whose shell or hop "
+                                    "went away")
+        with self._lock:
+            if entry.id in self._claimed:
+                raise SessionError(f"session {entry.id!r} is already being revived",
+                                   where=f"host {old.target.name!r}",
+                                   hint="wait for that call to finish, then use the session")
+            self._claimed.add(entry.id)
+        try:
+            if self.audit:
+                self.audit.check()
+            target, cwd, started = old.target, old.cwd, time.time()
+            try:
+                hops, session = self._connect(target, old.framer.name)
+            except PhonehomeJumpError as exc:
+                self._record(entry, "revive", outcome="error", error=str(exc))
+                raise
+            restored = None
+            if cwd and session.framer.name == "sentinel":
+                r = session.command(f"cd -- {shlex.quote(cwd)}", wait=target.endpoint.connect_timeout)
+                restored = r.exit_status == 0 and not r.running
+            with self._lock:
+                mine = self._entries.get(entry.id) is entry
+                if mine:
+                    old_hops, entry.hops, entry.session = entry.hops, hops, session
+                    unfinished, entry.pending, entry.typed = entry.pending, None, ""
+        finally:
+            self._unclaim(entry.id)
+        if not mine:                            # closed while it was being revived
+            session.close()
+            self.pool.release(hops)
+            self._entry(session_id, owner)      # UnknownSessionError, as for any closed id
+            raise SessionError(f"session {session_id!r} was closed while it was being revived")
+        old.close()
+        self.pool.release(old_hops)
+        if unfinished is not None:              # the command that was running when it died
+            self._record(entry, "command", command=unfinished, outcome="unfinished")
+        log.info("session %s to %s revived in %s", entry.id, target.name, session.cwd)
+        self._record(entry, "revive", outcome="ok", cwd=session.cwd, previous=old.dead,
+                     cwd_restored=restored, duration=round(time.time() - started, 4))
+        if restored is False:
+            log.warning("session %s: could not return to %s (%s is where the shell started)",
+                        entry.id, cwd, session.cwd)
+        return self._info(entry)
+
     def close(self, session_id: str, *, owner: str | None = None) -> None:
         self._entry(session_id, owner)          # unknown or not the caller's: the usual error
         with self._lock:
@@ -204,8 +333,14 @@ class SessionManager:
         return entry.session
 
     def command(self, session_id: str, command: str, *, owner: str | None = None,
-                wait: float = 20.0, until: str | None = None, confirm: bool = False) -> CommandResult:
-        """Run ``command`` (policy-checked, audited); see :meth:`Session.command`."""
+                wait: float = 20.0, until: str | None = None,
+                confirm: bool | Approval = False) -> CommandResult:
+        """Run ``command`` (policy-checked, audited); see :meth:`Session.command`.
+
+        ``confirm``: an :class:`Approval` (who approved, how, when) passes the policy's confirm
+        rules and is audited; ``True`` is an approval by this manager's caller (see
+        :func:`default_approval`).
+        """
         entry = self._entry(session_id, owner)
         where = f"host {entry.session.target.name!r}"
         check_text(command, "command", where=where)     # refused before anything runs
@@ -231,7 +366,7 @@ class SessionManager:
         return result
 
     def send(self, session_id: str, text: str = "", *, owner: str | None = None, newline: bool = True,
-             control: str | None = None, secret: bool = False, confirm: bool = False,
+             control: str | None = None, secret: bool = False, confirm: bool | Approval = False,
              sudo_password: bool = False) -> None:
         """Type raw text; a line-ending send is policy-checked like a command.
 
@@ -245,16 +380,22 @@ class SessionManager:
         if not text and not sudo_password and (control == "" or (control is None and not newline)):
             return          # nothing to type: a no-op changes nothing (and is not audited)
         control = control or None
+        # Decided from fresh output, not from what the last read saw: this takes in whatever
+        # arrived since (a command that has ended, the prompt after a Ctrl-C or an Enter).
+        fresh = self._guard(session_id, owner, lambda s: s.fresh_input())
         # typed without Enter, a line leaves the session "running" (typed input), yet the
         # shell is still at its prompt: the rest of that line is still a command line
         running = entry.session.running and not entry.typed
-        if (secret or sudo_password) and not running:
-            # typed at the prompt, a secret would run as a command line (history, logs, argv)
-            raise SessionError("no command is waiting for input, so the secret was not typed: "
-                               "at the shell prompt it would run as a command",
+        if (secret or sudo_password) and not (running and fresh and prompt_waiting(*fresh)):
+            # typed at the prompt (or buffered for the shell while a command that reads
+            # nothing runs), a secret would run as a command line (history, logs, argv)
+            why = ("no command is running" if not running or fresh is None else
+                   "the running command's newest output does not end in a prompt")
+            raise SessionError(f"{why}, so the secret was not typed: it could reach the shell "
+                               "prompt and run as a command",
                                where=f"host {entry.session.target.name!r}",
                                hint="run the command that asks for it first, then send the "
-                                    "secret while it waits (awaiting_input)")
+                                    "secret while it waits at its prompt (awaiting_input)")
         if sudo_password:
             target = entry.session.target
             ref = target.endpoint.auth.sudo_password
@@ -302,7 +443,7 @@ class SessionManager:
 
     # -- files ------------------------------------------------------------------------
     def upload(self, host: str, local: str, remote: str, *, actor: str | None = None,
-               confirm: bool = False, resume: bool = False, preserve: bool = True,
+               confirm: bool | Approval = False, resume: bool = False, preserve: bool = True,
                progress: Any = None, max_bytes: int | None = None) -> TransferResult:
         """Copy local file ``local`` to ``remote`` on inventory host ``host`` (see transfer.py)."""
         return self._transfer("upload", host, local, remote, actor=actor, confirm=confirm,
@@ -310,7 +451,7 @@ class SessionManager:
                               max_bytes=max_bytes)
 
     def download(self, host: str, remote: str, local: str, *, actor: str | None = None,
-                 confirm: bool = False, resume: bool = False, preserve: bool = True,
+                 confirm: bool | Approval = False, resume: bool = False, preserve: bool = True,
                  progress: Any = None, max_bytes: int | None = None) -> TransferResult:
         """Copy ``remote`` on inventory host ``host`` to local path ``local``."""
         return self._transfer("download", host, local, remote, actor=actor, confirm=confirm,
@@ -318,19 +459,28 @@ class SessionManager:
                               max_bytes=max_bytes)
 
     def _transfer(self, direction: str, host: str, local: str, remote: str, *,
-                  actor: str | None, confirm: bool, **kw: Any) -> TransferResult:
+                  actor: str | None, confirm: bool | Approval, **kw: Any) -> TransferResult:
         target = self.inventory.target(host)
         # the remote path travels as UTF-8 text (a local one may hold any bytes: the OS's)
         check_text(str(remote), "remote path", where=f"host {target.name!r}")
         actor = actor or self.actor
         chain = [h.name for h in target.chain]
+        what = f"{direction} {remote}"
+        approval = default_approval(confirm, actor)
+        if approval is not None and approval.command is not None and approval.command != what:
+            approval = None         # a person approved another copy than this one
         try:
-            target.policy.check_transfer(direction, remote, host=target.name, confirm=confirm)
+            target.policy.check_transfer(direction, remote, host=target.name,
+                                         confirm=approval is not None)
         except PolicyError as err:
             self.record("policy_refusal", strict=False, actor=actor, host=target.name,
-                        chain=chain, command=f"{direction} {remote}", rule=err.rule,
+                        chain=chain, command=what, rule=err.rule,
                         outcome="needs_confirm" if err.needs_confirm else "refused")
             raise
+        rule = target.policy.transfer_confirm_rule(direction, remote, host=target.name)
+        if approval is not None and rule is not None:
+            self.record("approval", actor=actor, host=target.name, chain=chain, command=what,
+                        rule=rule, **{**approval.fields(), "approved_by": approval.by or actor})
         if self.audit:
             self.audit.check()
         started = time.time()
@@ -358,27 +508,63 @@ class SessionManager:
         return result
 
     # -- policy and audit ---------------------------------------------------------------
-    def _check_policy(self, entry: _Entry, text: str, *, confirm: bool, at_prompt: bool,
-                      secret: bool = False) -> None:
+    def _check_policy(self, entry: _Entry, text: str, *, confirm: bool | Approval,
+                      at_prompt: bool, secret: bool = False) -> None:
         self.check_policy(entry.session.target, text, confirm=confirm, at_prompt=at_prompt,
                           secret=secret, actor=entry.actor, session_id=entry.id)
 
-    def check_policy(self, target: Target, text: str, *, confirm: bool, at_prompt: bool,
-                     secret: bool = False, actor: str | None = None,
+    def check_policy(self, target: Target, text: str, *, confirm: bool | Approval,
+                     at_prompt: bool, secret: bool = False, actor: str | None = None,
                      session_id: str | None = None) -> None:
         """The target's policy on ``text``; a refusal is audited, then raised (PolicyError).
 
+        An approval that lets the text through a confirm rule is audited (who, how, when)
+        before the text goes out; that record fails closed like the action's own.
         Public for the MCP router, which checks routed commands before they leave.
         """
+        approval = default_approval(confirm, actor)
+        if approval is not None and approval.command is not None and approval.command != text:
+            approval = None         # a person approved another line than this one
+        chain = [h.name for h in target.chain]
         try:
-            target.policy.check(text, host=target.name, confirm=confirm, at_prompt=at_prompt,
-                                secret=secret)
+            target.policy.check(text, host=target.name, confirm=approval is not None,
+                                at_prompt=at_prompt, secret=secret)
         except PolicyError as err:
             self.record("policy_refusal", strict=False, actor=actor, host=target.name,
-                        chain=[h.name for h in target.chain], session_id=session_id,
-                        command=text, rule=err.rule,
+                        chain=chain, session_id=session_id, command=text, rule=err.rule,
                         outcome="needs_confirm" if err.needs_confirm else "refused")
             raise
+        if approval is not None:
+            rule = target.policy.confirm_rule(text, host=target.name, at_prompt=at_prompt,
+                                              secret=secret)
+            if rule is not None:
+                self.record("approval", actor=actor, host=target.name, chain=chain,
+                            session_id=session_id, command=text, rule=rule,
+                            **{**approval.fields(), "approved_by": approval.by or actor})
+
+    def approval_needed(self, session_id: str, text: str = "", *, owner: str | None = None,
+                        command: bool = False, newline: bool = True, control: str | None = None,
+                        secret: bool = False) -> tuple[Target, str, str] | None:
+        """(target, rule, line) when only a confirm rule stands between this call and the host.
+
+        ``command``: for :meth:`command` (else for :meth:`send` with these arguments). The
+        line is exactly what the policy will check (a line typed in pieces, whole), so an
+        :class:`Approval` for it can name it. None: no approval is needed, or none would help.
+        """
+        entry = self._entry(session_id, owner)
+        target = entry.session.target
+        if secret and not command:
+            return None     # never shown to anyone; at a prompt the guard refuses it anyway
+        if command:
+            line, at_prompt = text, True
+        else:
+            running = entry.session.running and not entry.typed
+            if not ("\n" in text or "\r" in text or (newline and bool(text or not control))):
+                return None                     # no Enter: nothing is checked yet
+            line, at_prompt = ((entry.typed + text) if not running else text), not running
+        rule = target.policy.confirm_rule(line, host=target.name, at_prompt=at_prompt,
+                                          secret=secret)
+        return (target, rule, line) if rule is not None else None
 
     def _finished(self, entry: _Entry, result: CommandResult, command: str | None) -> None:
         """Audit a command once it has ended (now, or on the read that saw its prompt)."""
@@ -437,13 +623,13 @@ class SessionManager:
     def _check_hops(self, entry: _Entry) -> None:
         if entry.session.dead:
             return
-        for hop in entry.hops:
+        entry.session.check_links()
+        if entry.session.dead:
+            return
+        for hop in entry.hops:                  # a hop without a probe (keepalive: 0)
             if not hop.alive:
                 entry.session._die(f"hop {hop.endpoint.name!r} is down")
                 return
-        t = entry.session._chan.get_transport()
-        if t is None or not t.is_active() or entry.session._chan.closed:
-            entry.session._die("the connection to the target closed")
 
     def reap(self) -> list[str]:
         """Close sessions idle longer than ``idle_timeout``; mark dead ones. Returns closed ids."""
@@ -503,6 +689,16 @@ class SessionManager:
                            created=e.created, last_activity=s.last_activity, state=s.state,
                            cwd=s.cwd, framing=s.framer.name, owner=e.owner, dead_reason=s.dead,
                            actor=e.actor)
+
+
+def default_approval(confirm: bool | Approval, actor: str | None) -> Approval | None:
+    """``confirm`` as an :class:`Approval`: ``True`` is the caller's own, named by its actor
+    (``cli:…`` typed --confirm, ``workflow:…`` is a file's ``confirm: true``)."""
+    if isinstance(confirm, Approval) or not confirm:
+        return confirm or None
+    kind = (actor or "").partition(":")[0]
+    via = {"cli": "cli-confirm-flag", "workflow": "workflow-file"}.get(kind, "api")
+    return Approval(via, actor)
 
 
 def _new_id() -> str:
