@@ -51,6 +51,7 @@ from .inputs import MAX_SECONDS, Seconds, Whole, check_text
 from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _suggest
 from .manager import SessionManager
 from .patterns import MULTILINE, compile_safe
+from .prompts import awaiting_input
 from .yamlload import YamlProblem, parse_yaml, read_text
 
 log = logging.getLogger(__name__)
@@ -939,10 +940,13 @@ class _HostRun:
                 value, secret = _resolve_answer(ans, self.m.inventory, self.host)
                 self.m.send(sid, value, owner=self.owner, secret=secret)
                 seen = len(text)
-            elif res.awaiting_input or time.monotonic() >= deadline or self.cancel.is_set():
+            # judged on all the output since the last answer, not one read's piece of it (the
+            # waits are short slices, so a prompt may arrive split over two reads)
+            elif (asking := res.awaiting_input or awaiting_input(text[seen:][-256:])) \
+                    or time.monotonic() >= deadline or self.cancel.is_set():
                 why = ("was cancelled" if self.cancel.is_set() else
                        f"waits for input no answer matches: {_last_line(text)!r}"
-                       if res.awaiting_input else f"was still running after {timeout:g}s")
+                       if asking else f"was still running after {timeout:g}s")
                 sr.message = f"the command {why}; interrupted it (Ctrl-C)"
                 res = self._interrupt(sid, pieces)
                 sr.output, sr.duration = _join(pieces), round(time.monotonic() - t0, 4)
