@@ -329,7 +329,8 @@ def test_a_backtracking_policy_rule_refuses_instead_of_hanging():
 
 
 def test_agent_numeric_params_are_strict():
-    from phonehome_jump.rpc import CommandParams, OpenParams, ReadParams, RpcError, _validate
+    from phonehome_jump.agent_server import CommandParams, OpenParams, ReadParams, _validate
+    from phonehome_jump.wire import RpcError
     for method, model, params, expected in (
             ("ssh_session_command", CommandParams,
              {"session_id": "s", "command": "c", "timeout": True}, "must be a number, not true"),
