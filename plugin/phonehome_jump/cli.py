@@ -41,17 +41,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
 from .audit import ENV_AUDIT
-from .errors import ConnectError, InventoryError, PhonehomeJumpError, PolicyError
+from .errors import ConnectError, InputError, InventoryError, PhonehomeJumpError, PolicyError
+from .inputs import count_arg, seconds_arg
 from .inventory import ENV_VAR, Inventory, Target
 from .limits import add_limit_options
-from .manager import SessionInfo, SessionManager
+from .output import CommandResult
 from .redact import REDACTOR, RedactingFilter, mask
 from .prompts import asks_for_secret
-from .session import CommandResult
+
+if TYPE_CHECKING:   # the manager pulls in paramiko: imported when a command connects
+    from .manager import SessionInfo, SessionManager
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,25 @@ EXIT_CONNECT = 255      # like ssh
 ESCAPE = "\x1d"         # Ctrl-], as in telnet
 
 
+def __getattr__(name: str) -> Any:
+    """``cli.SessionManager``/``cli.SessionInfo`` without importing paramiko at start."""
+    if name in ("SessionManager", "SessionInfo"):
+        from . import manager
+        return getattr(manager, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _no_invoke() -> None:
+    """Keep paramiko from importing ``invoke`` in this process (tens of ms per start).
+
+    paramiko needs it only for ``Match exec`` in an ssh_config file, which phonehome-jump
+    never reads; paramiko treats a missing invoke as optional. Only the command line does
+    this: a program that embeds the package keeps its own imports.
+    """
+    if "invoke" not in sys.modules and "paramiko" not in sys.modules:
+        sys.modules["invoke"] = None     # type: ignore[assignment]  # import fails at once
+
+
 class _Timeout(Exception):
     """A command did not finish within --timeout (already reported)."""
 
@@ -79,13 +101,7 @@ class _Timeout(Exception):
 # --------------------------------------------------------------------------- parser
 
 def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
+    return seconds_arg(text)    # finite, more than 0, at most a week
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,6 +331,8 @@ def _manager(args: argparse.Namespace) -> SessionManager:
         user = getpass.getuser()
     except Exception:  # no passwd entry (bare containers): the audit still says "cli"
         user = "?"
+    from .manager import SessionManager
+
     return SessionManager(_load(args), audit_path=args.audit_log, actor=f"cli:{user}")
 
 
@@ -433,6 +451,10 @@ def _isatty(stream: Any) -> bool:
 def _scripted(manager: SessionManager, info: SessionInfo, lines: Any, timeout: float,
               confirm: bool = False) -> int:
     """Each stdin line is one command in the same shell (cwd and variables persist)."""
+    try:    # a byte that is not UTF-8 then reaches the core, which names it (not a traceback)
+        lines.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, OSError):
+        pass
     status = EXIT_OK
     for line in lines:
         command = line.rstrip("\r\n")
@@ -653,8 +675,8 @@ def _add_workflow_commands(commands: Any, common: argparse.ArgumentParser) -> No
     p.add_argument("--hosts", nargs="+", metavar="HOST", help="only these of its targets")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                    help="set or override a variable (repeatable)")
-    p.add_argument("--concurrency", type=int, metavar="N", help="hosts in parallel "
-                                                                "(default: the workflow's)")
+    p.add_argument("--concurrency", type=count_arg(1, 100), metavar="N",
+                   help="hosts in parallel, 1-100 (default: the workflow's)")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would run on which host; connect to nothing")
     p.add_argument("--report", metavar="OUT.json", help="write the JSON report here")
@@ -730,9 +752,6 @@ def cmd_workflow_run(args: argparse.Namespace) -> int:
     from .workflow import WorkflowLock, junit_xml, plan, run_workflow
 
     wf, inv, names, values = _workflow_prepare(args)     # InventoryError: exit 2 in main()
-    if args.concurrency is not None and args.concurrency < 1:
-        print(f"{PROG}: --concurrency must be at least 1", file=sys.stderr)
-        return EXIT_WF_INVALID
     if args.dry_run:
         result = plan(wf, names, values)
         for host, hr in result.hosts.items():
@@ -796,7 +815,7 @@ def _setup_logging(verbosity: int) -> Callable[[], None]:
 
 
 def exit_code(err: PhonehomeJumpError) -> int:
-    if isinstance(err, InventoryError):
+    if isinstance(err, (InventoryError, InputError)):
         return EXIT_USAGE
     if isinstance(err, ConnectError):
         return EXIT_CONNECT
@@ -816,6 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.audit_log = (getattr(args, "sub_audit_log", None) or args.audit_log
                       or os.environ.get(ENV_AUDIT) or None)
     undo = _setup_logging(args.verbose)
+    _no_invoke()
     try:
         return args.func(args)
     except PhonehomeJumpError as err:

@@ -27,13 +27,15 @@ from typing import Any
 from .audit import AuditLog, AuditSpec
 from .callstate import caller_gone
 from .chain import Hop, HopPool, diagnose, dial, early_eof, login_gate, open_tunnel
-from .errors import (CallAbandonedError, ConnectError, LimitError, PhonehomeJumpError,
-                     PolicyError, SessionBusyError, SessionDeadError, SessionError,
-                     UnknownSessionError)
+from .errors import (CallAbandonedError, ConnectError, LimitError, PatternTimeoutError,
+                     PhonehomeJumpError, PolicyError, SessionBusyError, SessionDeadError,
+                     SessionError, UnknownSessionError)
+from .inputs import check_text
 from .inventory import Inventory, Target
 from .policy import Approval
 from .prompts import prompt_waiting
 from .redact import MASK, add_secret
+from .output import default_memory
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
 from .transfer import TransferResult, download, upload
 
@@ -83,7 +85,7 @@ class SessionManager:
                  max_per_host: int | None = None, max_per_client: int | None = None,
                  idle_timeout: float | None = None, running_timeout: float | None = None,
                  cap: int = DEFAULT_CAP, audit_path: str | None = None,
-                 actor: str | None = None) -> None:
+                 actor: str | None = None, output_memory: int | None = None) -> None:
         """Limits left None come from the inventory's ``limits:`` section (or its defaults)."""
         self.inventory = inventory
         limits = inventory.limits
@@ -100,6 +102,9 @@ class SessionManager:
                                 else running_timeout)
         self.cap = cap
         self._closed: OrderedDict[str, tuple[str | None, str]] = OrderedDict()  # id -> owner, why
+        # characters of one command's output a session keeps in memory; the rest goes to a
+        # private temporary file (None: $PHONEHOME_JUMP_OUTPUT_MEMORY or 4,000,000)
+        self.output_memory = output_memory if output_memory is not None else default_memory()
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._opening: dict[str, int] = {}       # host -> opens in flight (count toward limits)
@@ -117,6 +122,7 @@ class SessionManager:
         old id); it is refused with SessionError while a session (or an open) already has it.
         ``actor`` names who acts in the audit log (default: the manager's actor).
         """
+        check_text(session_id, "session_id", where=f"host {host!r}")
         target = self.inventory.target(host)   # UnknownNameError with suggestions
         actor = actor or self.actor
         chain = [h.name for h in target.chain]
@@ -223,7 +229,7 @@ class SessionManager:
             try:
                 return Session.start(target, sock, cap=self.cap, framing=framing,
                                      links=[h.link for h in hops if h.link is not None],
-                                     logged_in=logged_in)
+                                     logged_in=logged_in, memory=self.output_memory)
             except BaseException:
                 sock.close()
                 raise
@@ -398,6 +404,9 @@ class SessionManager:
         :func:`default_approval`).
         """
         entry = self._entry(session_id, owner)
+        where = f"host {entry.session.target.name!r}"
+        check_text(command, "command", where=where)     # refused before anything runs
+        check_text(until, "until", where=where)
         compile_pattern(until)                  # a bad pattern is refused before anything runs
         self._check_policy(entry, command, confirm=confirm, at_prompt=True)
         if self.audit:
@@ -412,6 +421,8 @@ class SessionManager:
             if not busy:                        # refused before anything was sent
                 entry.pending = None
             raise
+        except PatternTimeoutError:
+            raise                               # sent and still running: audited when it ends
         except PhonehomeJumpError as err:
             if not busy:                        # sent, and the session died under it (reboot)
                 entry.pending = None
@@ -429,6 +440,12 @@ class SessionManager:
         sent as a secret), so a caller can answer a sudo prompt without ever knowing it.
         """
         entry = self._entry(session_id, owner)
+        where = f"host {entry.session.target.name!r}"
+        check_text(text, "text", where=where)
+        check_text(control, "control", where=where)
+        if not text and not sudo_password and (control == "" or (control is None and not newline)):
+            return          # nothing to type: a no-op changes nothing (and is not audited)
+        control = control or None
         # Decided from fresh output, not from what the last read saw: this takes in whatever
         # arrived since (a command that has ended, the prompt after a Ctrl-C or an Enter).
         fresh = self._guard(session_id, owner, lambda s: s.fresh_input())
@@ -470,7 +487,9 @@ class SessionManager:
         if not running:
             if ends_line and entry.pending is None and line.strip():
                 entry.pending = line.strip()    # a command typed at the prompt: audit its end
-            entry.typed = "" if ends_line or control else entry.typed + text
+            # Ctrl-C/Ctrl-U discard the typed line (the session makes sure of it)
+            key = control.lower().removeprefix("ctrl-").removeprefix("^") if control else None
+            entry.typed = "" if ends_line or key in ("c", "u") else entry.typed + text
         shown = MASK if secret else text
         self._record(entry, "send", command=shown if text else None,
                      control=control, outcome="sent")
@@ -482,6 +501,7 @@ class SessionManager:
         entry = self._entry(session_id, owner)
         if offset is not None:      # paging a finished output works even on a dead session
             return entry.session.read(offset=offset)
+        check_text(until, "until", where=f"host {entry.session.target.name!r}")
         compile_pattern(until)
         result = self._guard(session_id, owner, lambda s: s.read(wait=wait, until=until))
         self._finished(entry, result, None)
@@ -507,6 +527,8 @@ class SessionManager:
     def _transfer(self, direction: str, host: str, local: str, remote: str, *,
                   actor: str | None, confirm: bool | Approval, **kw: Any) -> TransferResult:
         target = self.inventory.target(host)
+        # the remote path travels as UTF-8 text (a local one may hold any bytes: the OS's)
+        check_text(str(remote), "remote path", where=f"host {target.name!r}")
         actor = actor or self.actor
         chain = [h.name for h in target.chain]
         what = f"{direction} {remote}"
@@ -621,11 +643,14 @@ class SessionManager:
                      bytes=result.total, duration=result.duration, cwd=result.cwd,
                      outcome="ok" if result.exit_status in (0, None) else "failed")
         if self.audit and self.audit.transcripts is not None:
-            text = entry.session.output_text()
-            if text and not text.endswith("\n"):
-                text += "\n"
-            self.audit.transcript(entry.id, f"$ {command}\n{text}# exit {result.exit_status}, "
-                                  f"cwd {result.cwd}, {result.duration:.3f}s\n")
+            self.audit.transcript(entry.id, f"$ {command}\n")
+            last = ""
+            for piece in entry.session.output_pieces():     # bounded memory, however long
+                self.audit.transcript(entry.id, piece)
+                last = piece
+            self.audit.transcript(entry.id, f"{'' if not last or last.endswith(chr(10)) else chr(10)}"
+                                  f"# exit {result.exit_status}, cwd {result.cwd}, "
+                                  f"{result.duration:.3f}s\n")
 
     def record(self, event: str, *, strict: bool = True, **fields: Any) -> None:
         """Write an audit record (no-op without an audit log); used by workflows too.
