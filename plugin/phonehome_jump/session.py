@@ -30,12 +30,14 @@ from .errors import SessionDeadError, SessionError
 from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
 from .output import DEFAULT_CAP, CommandResult, _Run
+from .platforms import for_device_type
 from .prompts import CONTROL, awaiting_input, compile_pattern
 from .redact import add_secret, mask
 
 __all__ = ["DEFAULT_CAP", "CommandResult", "Session", "compile_pattern"]
 
 PTY_WIDTH = 4096              # wide, so programs do not wrap or truncate output
+_EXIT = re.compile(r"(?i)(?:exit|logout|quit|bye)\Z")
 
 
 class Session:
@@ -83,7 +85,8 @@ class Session:
             raise wrap_error(exc, ep, target.chain[-1] if target.chain else None) from exc
         chan = conn.remote_conn
         chan.settimeout(None)
-        framer: Framer = SentinelFramer() if framing == "sentinel" else NativeFramer()
+        framer: Framer = (SentinelFramer() if framing == "sentinel"
+                          else NativeFramer(for_device_type(target.device_type)))
         session = cls(target, conn, chan, framer, cap=cap)   # its secrets: registered by resolve()
         try:
             framer.setup(session)
@@ -125,22 +128,37 @@ class Session:
         if setup:
             run = self._run = _Run(None, time.monotonic())
         assert run is not None
+        native = isinstance(self.framer, NativeFramer)
         while not run.done:
             remaining = deadline - time.monotonic()
             if remaining <= 0 and not self._chan.recv_ready():   # past the wait: drain, don't block
+                if native and self.framer.candidate:
+                    self._end_native(run)
+                    break
                 if setup:
                     raise SessionError(f"no framed prompt within {self.target.endpoint.connect_timeout:g}s")
                 return False
-            self._chan.settimeout(max(remaining, 0.0))
+            # native: a prompt at the end of the stream ends the command once nothing follows
+            # it for the settle time (a prompt-looking line split from its newline does not)
+            settling = native and self.framer.candidate
+            self._chan.settimeout(min(max(remaining, 0.0), self.framer.settle) if settling
+                                  else max(remaining, 0.0))
             try:
                 data = self._chan.recv(1 << 16)
             except socket.timeout:
+                if settling:
+                    self._end_native(run)
                 continue
             except (OSError, EOFError, paramiko.SSHException):
                 data = b""
             if not data:
                 if setup:
                     raise SessionError("the remote end closed the connection during setup")
+                if native and run.command is not None and _EXIT.match(run.command.strip()):
+                    # `exit`/`quit` at the top level: the device ended the session as asked
+                    self._die(f"the device closed the session after {run.command.strip()!r}")
+                    run.done, run.ended = True, time.monotonic()
+                    return False
                 # The shell itself exited (`exit 3`): sshd sends the status around the EOF, so
                 # give it a moment; a dead hop closes the channel with no status (-1).
                 self._chan.status_event.wait(1.0)
@@ -153,6 +171,8 @@ class Session:
                 raise self._dead_error()
             before = run.length
             self._feed(run, self.framer.filter(self._decoder.decode(data)))
+            if native and self.framer.candidate and self._chan.recv_ready():
+                continue                         # more is already here: not the end yet
             if setup and run.done:
                 self._run = None
                 return False
@@ -160,12 +180,35 @@ class Session:
                 # a prompt may straddle chunks (look back), but output the caller was already
                 # given cannot match again (a second, identical prompt must be a new one)
                 window = run.text()[max(before - 256, run.delivered, 0):]
-                if until is not None and until.search(window):
+                held = self.framer.held() if native and not self.framer.candidate else ""
+                if until is not None and until.search(window + held):
+                    self._release_held(run)
                     return True
                 # only output the caller has not seen yet can be a new question
                 if stop_on_input and awaiting_input(run.text()[max(run.delivered, run.length - 256):]):
                     return True
+                # native: a question (Password:) is the held last line, not yet output
+                if stop_on_input and held and awaiting_input(held):
+                    self._release_held(run)
+                    return True
+        if setup:
+            self._run = None
         return False
+
+    def _release_held(self, run: _Run) -> None:
+        """Native: give the caller the held last line (a question, or what ``until`` matched)."""
+        out = self.framer.release_held()
+        if out:
+            run.chunks.append(out)
+            run.length += len(out)
+
+    def _end_native(self, run: _Run) -> None:
+        out = self.framer.finish()
+        if out:
+            run.chunks.append(out)
+            run.length += len(out)
+        run.cwd = self.cwd
+        run.done, run.ended = True, time.monotonic()
 
     def _drain(self) -> None:
         """Give output that arrived after the last prompt to the run it belongs to.
@@ -173,7 +216,8 @@ class Session:
         Nothing should be pending between commands; if something is (a background job's
         output), it must not be mistaken for the next command's output.
         """
-        if self._run is not None and self._chan.recv_ready():
+        # native: left-overs precede the next command's echo, where framing drops them
+        if self._run is not None and self._chan.recv_ready() and not isinstance(self.framer, NativeFramer):
             self._run.done = False   # reopen to collect; its exit status is already known
             status, cwd = self._run.exit_status, self._run.cwd
             self._pump(time.monotonic())
@@ -181,6 +225,15 @@ class Session:
 
     def _feed(self, run: _Run, text: str) -> None:
         if not text:
+            return
+        if isinstance(self.framer, NativeFramer):
+            out = self.framer.feed(text)
+            if out:
+                run.chunks.append(out)
+                run.length += len(out)
+            if self.framer.reply:                # a pager asks for a key
+                self._write(self.framer.reply)
+                self.framer.reply = None
             return
         window = run.tail + text
         m = self.framer.pattern.search(window)
@@ -217,10 +270,24 @@ class Session:
         with self._lock:
             self._check_idle()
             self._drain()
-            self._run = _Run(command, time.monotonic())
-            self._write(self.framer.wrap(command) if self.framer.name == "sentinel" else command.rstrip("\n") + "\n")
+            if isinstance(self.framer, NativeFramer):
+                self._native_line(command)
+                self.framer.begin(command)
+                self._run = _Run(command, time.monotonic())
+                self._write(command.strip() + "\n")
+            else:
+                self._run = _Run(command, time.monotonic())
+                self._write(self.framer.wrap(command))
             stopped = self._pump(time.monotonic() + wait, until=pattern, stop_on_input=True)
             return self._result(awaiting=stopped)
+
+    def _native_line(self, command: str) -> None:
+        if "\n" in command.strip() or "\r" in command.strip():
+            raise SessionError(
+                "a network device takes one command line at a time; this command has several "
+                "lines", where=f"host {self.target.name!r}",
+                hint="run the lines one by one, or apply a configuration block with config() "
+                     "(MCP ssh_session_config), which checks every line for errors")
 
     def send(self, text: str = "", *, newline: bool = True, control: str | None = None,
              secret: bool = False) -> None:
@@ -249,6 +316,8 @@ class Session:
             self._lock.acquire()    # a short holder (a read of finished output): wait for it
         try:
             if self._run is None or self._run.done:
+                if isinstance(self.framer, NativeFramer):
+                    self.framer.begin(None)                 # typed: no echo to wait for
                 self._run = _Run(None, time.monotonic())   # typed at the shell: frame it like a command
             self._write(payload)
         finally:
@@ -338,10 +407,18 @@ class Session:
         if offset is None:
             run.delivered = total
         end = run.ended if run.done and run.ended else time.monotonic()
-        return CommandResult(
+        result = CommandResult(
             command=self._mask(run.command) if run.command else None, output=piece,
             exit_status=run.exit_status, running=not run.done, cwd=run.cwd if run.done else self.cwd,
             duration=round(end - run.started, 4), offset=start, total=total, next_offset=next_offset,
             truncated=truncated, omitted=omitted, awaiting_input=awaiting and not run.done)
+        if isinstance(self.framer, NativeFramer):
+            # no exit status on a network OS: the platform's error markers, the mode, the prompt
+            result.mode, result.prompt = self.framer.mode, self._mask(self.framer.prompt or "") or None
+            if run.done:
+                error = self.framer.platform.error_in(text)
+                result.error_detected, result.error = error is not None, error
+            result.notice = self.framer.notice() if run.command is not None else None
+        return result
 
 
