@@ -193,7 +193,7 @@ class NativeFramer(Framer):
         return out
 
     def _is_context(self, line: str) -> bool:
-        return any(re.fullmatch(c + r"[ \t]*", line) for c in self.platform.context)
+        return re.fullmatch(r"(?:" + "|".join(self.platform.context) + r")+[ \t]*", line) is not None
 
     def held(self) -> str:
         """The held tail (the last, unfinished line): a prompt, a question, or output to come."""

@@ -347,6 +347,11 @@ class Session:
             return self._masked_text(self._run) if self._run is not None else ""
 
     @property
+    def mode(self) -> str | None:
+        """Network devices: the CLI mode the last prompt showed (exec, enable, config, ...)."""
+        return self.framer.mode if isinstance(self.framer, NativeFramer) else None
+
+    @property
     def running(self) -> bool:
         return self._run is not None and not self._run.done
 

@@ -95,6 +95,43 @@ DEVICES: dict[str, Device] = {d.name: d for d in (
 )}
 
 
+# Where fakenos's sample output does not match the ntc-templates template (its EOS sample
+# lacks the "Arista" model line; its Junos one indents "Hostname:"), a real device's shape.
+OUTPUTS: dict[str, dict[str, str]] = {
+    "lab-eos": {"show version": """Arista vEOS
+Hardware version:
+Serial number:
+System MAC address:  5254.0012.3456
+
+Software image version: 4.21.1.1F
+Architecture:           i386
+Internal build version: 4.21.1.1F-10146868.42111F
+Internal build ID:      6f5fe7f1-2f4d-4b3c-a1d5-5e3b2b1d3c4f
+
+Uptime:                 0 weeks, 1 days, 2 hours and 3 minutes
+Total memory:           2017324 kB
+Free memory:            1198700 kB"""},
+    "lab-junos": {"show version": """Hostname: junos-r1
+Model: mx480
+Junos: 18.2R3-S3.11
+JUNOS OS Kernel 64-bit  [20191216.e8f9b29_builder_stable_11]
+JUNOS OS libs [20191216.e8f9b29_builder_stable_11]"""},
+    "lab-junos-vc": {"show version": """fpc0:
+--------------------------------------------------------------------------
+Hostname: junos-vc
+Model: ex4300-48t
+Junos: 18.4R2-S2.3
+JUNOS EX  Software Suite [18.4R2-S2.3]
+
+fpc1:
+--------------------------------------------------------------------------
+Hostname: junos-vc
+Model: ex4300-48t
+Junos: 18.4R2-S2.3
+JUNOS EX  Software Suite [18.4R2-S2.3]"""},
+}
+
+
 def _running_config(d: Device) -> str:
     """A configuration whose banner holds lines that look exactly like the device's prompts."""
     prompts = [p.replace("{b}", d.base).replace("{{", "{").replace("}}", "}").strip().splitlines()[-1]
@@ -171,6 +208,8 @@ def build_nos(d: Device) -> Any:
         data.pop("new_prompt", None)
         commands[name] = data
     commands.update(_mode_commands(d))
+    for name, text in OUTPUTS.get(d.name, {}).items():
+        commands[name] = {"output": text, "help": name, "prompt": shows}
     commands["_default_"] = {"output": d.unknown.rstrip("\n"), "help": "unknown command"}
     nos.name = "lab_" + d.name.replace("-", "_")
     nos.commands = commands

@@ -41,6 +41,8 @@ class Platform:
     config_enter: str | None = None    # command into configuration mode
     config_exit: str | None = None     # back to the mode before it
     commit: str | None = None          # platforms whose config takes effect on commit
+    discard: str | None = None         # drop an uncommitted candidate (after a failed line)
+    config_modes: tuple[str, ...] = ("config", "system-view")
     #: modes from which config_enter works (empty: any)
     config_from: tuple[str, ...] = ()
     notes: str = ""
@@ -66,7 +68,7 @@ class Platform:
         """
         ctx = ""
         if self.context:
-            ctx = r"(?P<ctx>\n?(?:(?:" + "|".join(self.context) + r")[ \t]*\n)+)?"
+            ctx = r"(?P<ctx>\n?(?:(?:" + "|".join(self.context) + r")+[ \t]*\n)+)?"
         body = self.prompt.replace("{base}", re.escape(base))
         return self._re("end:" + base, r"(?:\A|\n)" + ctx + r"(?P<prompt>" + body + r")\Z")
 
@@ -75,6 +77,9 @@ class Platform:
             if re.fullmatch(mode.prompt.replace("{base}", re.escape(base)), prompt.strip()):
                 return mode.name
         return None
+
+    def in_config(self, mode: str | None) -> bool:
+        return mode in self.config_modes
 
     def error_in(self, output: str) -> str | None:
         """The first line of ``output`` that carries one of the device's error markers."""

@@ -20,6 +20,6 @@ JUNOS = Platform(
     errors=(r"^[ \t]*(?:error:|syntax error|unknown command|missing argument|invalid (?:value|"
             r"command|interface|ip address|numeric value)|unknown keyword)",),
     pager=r"---\(more(?: \d+%)?\)---[ \t]*\Z",
-    config_enter="configure", config_exit="exit configuration-mode", commit="commit",
+    config_enter="configure", config_exit="exit configuration-mode", commit="commit", discard="rollback 0",
     notes="operational (>) → configure (#, [edit]) → commit → exit configuration-mode",
 )
