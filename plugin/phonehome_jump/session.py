@@ -317,7 +317,10 @@ class Session:
         try:
             if self._run is None or self._run.done:
                 if isinstance(self.framer, NativeFramer):
-                    self.framer.begin(None)                 # typed: no echo to wait for
+                    # a whole line typed at the prompt is a command: frame it by its echo too,
+                    # so the shell shows what the API returns
+                    line = text.strip() if newline and text and "\n" not in text.strip() else None
+                    self.framer.begin(line)
                 self._run = _Run(None, time.monotonic())   # typed at the shell: frame it like a command
             self._write(payload)
         finally:
