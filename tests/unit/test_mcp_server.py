@@ -44,6 +44,9 @@ TOOLS = {   # name: (readOnly, destructive, idempotent, openWorld)
     "ssh_session_list": (True, False, True, False),
     "ssh_session_close": (False, True, True, True),
     "ssh_run": (False, True, False, True),
+    "ssh_session_enable": (False, True, False, True),
+    "ssh_session_config": (False, True, False, True),
+    "ssh_session_parse": (False, True, False, True),
 }
 
 
