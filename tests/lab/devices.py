@@ -166,7 +166,7 @@ def _mode_commands(d: Device) -> dict[str, dict[str, Any]]:
         cmds["ip address 192.0.2.1 255.255.255.0"] = {"output": None, "prompt": P["config-if"]}
         cmds["exit"] = {"output": None, "new_prompt": P["config"], "prompt": P["config-if"]}
         cmds["end"] = {"output": None, "new_prompt": top, "prompt": cfg}
-        cmds["show running-config"] = {"output": _running_config(d), "prompt": [top]}
+        cmds["show running-config"] = {"output": _running_config(d), "prompt": [P["exec"], top]}
     elif d.platform == "juniper_junos":
         cmds["configure"] = {"output": "Entering configuration mode", "new_prompt": P["config"],
                              "prompt": P["exec"]}
@@ -237,9 +237,18 @@ def expected(name: str, command: str) -> str:
 _nos_cache: dict[str, Any] = {}
 
 
+SCRIPTED = ("lab-paged", BASE_PORT + 20)    # scripted.py: pager, slow output, split prompt
+
+
+def ports() -> list[int]:
+    return [d.port for d in DEVICES.values()] + [SCRIPTED[1]]
+
+
 def inventory_hosts(addr: str) -> dict[str, dict[str, Any]]:
-    return {d.name: {"host": addr, "port": d.port, "device_type": d.device_type}
-            for d in DEVICES.values()}
+    hosts = {d.name: {"host": addr, "port": d.port, "device_type": d.device_type}
+             for d in DEVICES.values()}
+    hosts[SCRIPTED[0]] = {"host": addr, "port": SCRIPTED[1], "device_type": "cisco_ios"}
+    return hosts
 
 
 def serve(addr: str, password: str, key_file: str, ready: Path) -> None:
@@ -260,6 +269,8 @@ def serve(addr: str, password: str, key_file: str, ready: Path) -> None:
     }
     net = FakeNOS(inventory=copy.deepcopy(inventory), plugins=plugins)
     net.start()
+    import scripted
+    scripted.serve(addr, SCRIPTED[1], key_file, USER, password)
     ready.write_text(json.dumps(sorted(net.hosts)))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -304,7 +304,7 @@ hosts:
                           "serve", "--addr", n.addr, "--key", str(key), "--ready", str(ready)],
                          stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
-        ports = [d.port for d in devices.DEVICES.values()]
+        ports = devices.ports()
         while time.monotonic() < deadline:
             if ready.exists() and all(
                     run("ss", "-Hltn", f"sport = :{p}", ns=n.ns, check=False).stdout.strip() for p in ports):

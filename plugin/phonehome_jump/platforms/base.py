@@ -34,7 +34,7 @@ class Platform:
     #: regexes (MULTILINE) of the device's error markers in a command's output
     errors: tuple[str, ...] = (r"^% ?(?:Invalid|Incomplete|Ambiguous|Unknown|Unrecognized|Error)",)
     #: pager prompts the device may print despite paging being off, and the key that continues
-    pager: str = r"(?:-+ ?\(?more(?: \d+%)?\)? ?-+|<--- More --->|--More--)[ \t]*\Z"
+    pager: str = r"(?:-+ ?\(?more(?: \d+%)?\)? ?-+|<--- More --->|--More--)"
     pager_key: str = " "
     enable: str | None = None          # command into the privileged mode (needs the secret)
     enable_mode: str = "enable"
@@ -92,7 +92,7 @@ class Platform:
         return None
 
     def pager_at_end(self) -> re.Pattern[str]:
-        return self._re("pager", self.pager, re.IGNORECASE)
+        return self._re("pager", r"[ \t]*(?:" + self.pager + r")[ \t]*\Z", re.IGNORECASE)
 
 
 def cisco_like(base_open: str = "", base_close: str = "") -> str:

@@ -11,7 +11,7 @@ COMWARE = Platform(
     modes=(Mode("system-view", r"\[{base}(?:-[^\]\n]{1,60})?\]"), Mode("user-view", r"<{base}>")),
     errors=(r"^[ \t]*% ?(?:Unrecognized command|Incomplete command|Too many parameters"
             r"|Wrong parameter|Ambiguous command)",),
-    pager=r"-{2,4} ?More ?-{2,4}[ \t]*\Z",
+    pager=r"-{2,4} ?More ?-{2,4}",
     config_enter="system-view", config_exit="return",
     notes="user view (<host>) → system-view ([host]) → return",
 )

@@ -13,7 +13,7 @@ VRP = Platform(
     prompt=r"(?:<{base}>|\[~?\*?{base}(?:-[^\]\n]{1,60})?\])[ \t]?",
     modes=(Mode("system-view", r"\[~?\*?{base}(?:-[^\]\n]{1,60})?\]"), Mode("user-view", r"<{base}>")),
     errors=(r"^[ \t]*Error:", r"^[ \t]*% ?(?:Unrecognized|Incomplete|Wrong|Too many)"),
-    pager=r"-{2,4} ?More ?-{2,4}[ \t]*\Z",
+    pager=r"-{2,4} ?More ?-{2,4}",
     config_enter="system-view", config_exit="return",
     notes="user view (<host>) → system-view ([host]) → return",
 )

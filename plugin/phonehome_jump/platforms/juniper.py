@@ -19,7 +19,7 @@ JUNOS = Platform(
              r"\{(?:master|backup|linecard|primary|secondary|hold|ineligible)(?::[\w-]+)*\}"),
     errors=(r"^[ \t]*(?:error:|syntax error|unknown command|missing argument|invalid (?:value|"
             r"command|interface|ip address|numeric value)|unknown keyword)",),
-    pager=r"---\(more(?: \d+%)?\)---[ \t]*\Z",
+    pager=r"---\(more(?: \d+%)?\)---",
     config_enter="configure", config_exit="exit configuration-mode", commit="commit", discard="rollback 0",
     notes="operational (>) → configure (#, [edit]) → commit → exit configuration-mode",
 )
