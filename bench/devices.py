@@ -83,31 +83,32 @@ def main(argv: list[str] | None = None) -> int:
             conn, hops = netmiko_conn(m, name)
             ours: list[float] = []
             theirs: list[float] = []
-            equal = 0
+            ours_ok = theirs_ok = 0
             for i in range(a.rounds // BLOCK):
                 for _ in range(BLOCK):
                     t = time.perf_counter()
                     r = m.command(sid, command, wait=30)
                     ours.append(time.perf_counter() - t)
-                    equal += r.output == want
+                    ours_ok += r.output == want
                 for _ in range(BLOCK):
                     t = time.perf_counter()
                     out = conn.send_command(command, read_timeout=30)
                     theirs.append(time.perf_counter() - t)
-                    equal += out == want.rstrip("\n")
+                    theirs_ok += out == want.rstrip("\n")
             conn.disconnect()
             m.pool.release(hops)
             m.close(sid)
             ratio = statistics.median(ours) / statistics.median(theirs)
+            exact = f"{ours_ok}/{len(ours)} · {theirs_ok}/{len(theirs)}"
             rows.append((name, d.device_type, command, median_ms(ours), median_ms(theirs),
-                         f"{ratio:.2f}×", f"{equal}/{len(ours) + len(theirs)}"))
+                         f"{ratio:.2f}×", exact))
             print(f"{name}: phj {median_ms(ours)}, netmiko {median_ms(theirs)}, {ratio:.2f}×, "
-                  f"exact {equal}/{len(ours) + len(theirs)}", file=sys.stderr, flush=True)
+                  f"exact (phj · netmiko) {exact}", file=sys.stderr, flush=True)
         m.shutdown()
     finally:
         lab.down()
     head = ("device", "device_type", "command", "phonehome-jump command()", "netmiko send_command()",
-            "ratio", "exact outputs")
+            "ratio", "exact outputs (phj · netmiko)")
     if a.markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
