@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             ours: list[float] = []
             theirs: list[float] = []
             ours_ok = theirs_ok = 0
+            failures: list[str] = []
             for i in range(a.rounds // BLOCK):
                 for _ in range(BLOCK):
                     t = time.perf_counter()
@@ -92,14 +93,23 @@ def main(argv: list[str] | None = None) -> int:
                     ours_ok += r.output == want
                 for _ in range(BLOCK):
                     t = time.perf_counter()
-                    out = conn.send_command(command, read_timeout=30)
+                    try:
+                        out = conn.send_command(command, read_timeout=10)
+                    except Exception as exc:   # netmiko lost the device's echo: count it, reconnect
+                        failures.append(type(exc).__name__)
+                        conn.disconnect()
+                        m.pool.release(hops)
+                        conn, hops = netmiko_conn(m, name)
+                        continue
                     theirs.append(time.perf_counter() - t)
                     theirs_ok += out == want.rstrip("\n")
             conn.disconnect()
             m.pool.release(hops)
             m.close(sid)
             ratio = statistics.median(ours) / statistics.median(theirs)
-            exact = f"{ours_ok}/{len(ours)} · {theirs_ok}/{len(theirs)}"
+            exact = f"{ours_ok}/{len(ours)} · {theirs_ok}/{len(theirs) + len(failures)}"
+            if failures:
+                exact += f" ({len(failures)} {failures[0]})"
             rows.append((name, d.device_type, command, median_ms(ours), median_ms(theirs),
                          f"{ratio:.2f}×", exact))
             print(f"{name}: phj {median_ms(ours)}, netmiko {median_ms(theirs)}, {ratio:.2f}×, "
