@@ -193,6 +193,8 @@ class NativeFramer(Framer):
         return out
 
     def _is_context(self, line: str) -> bool:
+        if not self.platform.context:
+            return False
         return re.fullmatch(r"(?:" + "|".join(self.platform.context) + r")+[ \t]*", line) is not None
 
     def held(self) -> str:
@@ -225,14 +227,14 @@ class NativeFramer(Framer):
         if st.echo is not None:
             return (f"the device has not echoed the command yet ({len(st.pre) + st.dropped} "
                     "characters received before it)")
+        prompt = self.platform.prompt_line(self.base)
         leftover = "\n".join(line for line in st.discarded.split("\n")
-                             if line.strip() and not self.platform.prompt_line(self.base).fullmatch(
-                                 line.strip() + " ") and not self.platform.prompt_line(
-                                 self.base).fullmatch(line.strip()))
+                             if line.strip() and not prompt.fullmatch(line.strip())
+                             and not self._is_context(line))
         if leftover.strip():
-            return (f"resynchronised: {len(leftover)} characters of earlier output arrived "
-                    "before this command's echo and were dropped (they belong to an earlier "
-                    "command)")
+            return (f"resynchronised: {len(leftover)} characters arrived before this "
+                    "command's echo and were dropped (late output of an earlier command or an "
+                    "asynchronous device message); this result holds only this command's output")
         return None
 
     def clean(self, text: str, command: str | None) -> str:

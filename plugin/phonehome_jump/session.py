@@ -182,7 +182,8 @@ class Session:
                 window = run.text()[max(before - 256, run.delivered, 0):]
                 held = self.framer.held() if native and not self.framer.candidate else ""
                 if until is not None and until.search(window + held):
-                    self._release_held(run)
+                    if held:
+                        self._release_held(run)
                     return True
                 # only output the caller has not seen yet can be a new question
                 if stop_on_input and awaiting_input(run.text()[max(run.delivered, run.length - 256):]):
