@@ -103,6 +103,9 @@ class NativeFramer(Framer):
         self.mode: str | None = None
         self.settle = 0.02                  # measured at setup: see _measure
         self._st = _NativeRun(None, None)
+        self._end = platform.prompt_at_end("")
+        self._alt: re.Pattern[str] | None = None
+        self.reply: str | None = None
         self.pattern = re.compile(r"(?!)")  # the sentinel path's hook; unused here
 
     # -- setup -----------------------------------------------------------------------
@@ -112,6 +115,9 @@ class NativeFramer(Framer):
         conn._try_session_preparation()          # netmiko: paging off, base prompt for this OS
         self.base = str(conn.base_prompt).strip()
         self._end = self.platform.prompt_at_end(self.base)
+        # at login, also the generic rule: a device of a known family may still show a prompt
+        # its module does not expect (netmiko trims a character it assumed was '<')
+        self._alt = GENERIC.prompt_at_end(self.base) if self.platform is not GENERIC else None
         timeout = session.target.endpoint.connect_timeout
         # Sync: an Enter, then this device's prompt as the last line. Whatever netmiko's
         # preparation left behind comes before it; leftovers after it precede the next echo.
@@ -121,7 +127,9 @@ class NativeFramer(Framer):
         session._pump(time.monotonic() + timeout, setup=True)
         if self.prompt is None:
             raise SessionError(f"no prompt of this device within {timeout:g}s")
-        if self.platform is not GENERIC and self.platform.mode_of(self.prompt, self.base) is None:
+        self._alt = None
+        if self.platform is not GENERIC and not self.platform.prompt_line(self.base).fullmatch(
+                self.prompt + " ") and not self.platform.prompt_line(self.base).fullmatch(self.prompt):
             # the device's prompt is not what its family's module expects: the generic rule
             self.platform = GENERIC
             self._end = GENERIC.prompt_at_end(self.base)
@@ -172,6 +180,8 @@ class NativeFramer(Framer):
             st.pend = st.pend[:pager.start()]
             self.reply = self.platform.pager_key
         st.candidate = self._end.search(st.pend)
+        if st.candidate is None and self._alt is not None:
+            st.candidate = self._alt.search(st.pend)
         return out
 
     def _release(self) -> str:
