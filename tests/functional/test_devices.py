@@ -351,3 +351,18 @@ def test_scripted_device_slow_output_returns_running_then_completes(devices):
         r = devices.read(s.id, wait=5)
         parts.append(r.output)
     assert "".join(parts) == scripted.expected("show slow")
+
+
+# ----------------------------------------------------------------------------- every fakenos platform
+
+@pytest.mark.parametrize("platform", lab_devices.stock_platforms())
+def test_every_fakenos_platform_as_shipped_is_byte_exact(devices, platform):
+    """fakenos's platforms with its own generic prompts: the families' modules and the generic
+    rule must hold on prompts and device types nobody tuned them for."""
+    s = devices.open("stock-" + lab_devices.stock_base(platform))
+    commands = lab_devices.stock_commands(platform)
+    assert commands
+    for command in commands + commands[:1]:
+        r = devices.command(s.id, command, wait=30)
+        assert not r.running and r.notice is None, (platform, command)
+        assert whole(devices, s.id, r) == lab_devices.stock_expected(platform, command), (platform, command)

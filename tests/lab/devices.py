@@ -239,15 +239,65 @@ _nos_cache: dict[str, Any] = {}
 
 SCRIPTED = ("lab-paged", BASE_PORT + 20)    # scripted.py: pager, slow output, split prompt
 
+# Every other fakenos platform, as fakenos ships it ("{base_prompt}>" prompts), for the generic
+# rule and the families on prompts their modules do not expect. Left out: linux (sentinel
+# framing) and six that netmiko itself cannot log in to or prepare on fakenos (auth, login
+# pattern or closed socket in ConnectHandler, before phonehome-jump frames anything).
+NETMIKO_CANNOT = ("dell_powerconnect", "paloalto_panos", "juniper_screenos", "mikrotik_routeros",
+                  "fortinet", "yamaha")
+STOCK_PORT = BASE_PORT + 100
+_PREP = ("terminal", "screen", "set cli", "enable", "exit", "ex", "disable", "paging", "no page",
+         "config", "console")
+
+
+def stock_platforms() -> list[str]:
+    from fakenos.core.nos import available_platforms
+    return [p for p in available_platforms if p != "linux" and p not in NETMIKO_CANNOT]
+
+
+def stock_base(platform: str) -> str:
+    return platform.replace("_", "-")
+
+
+def stock_commands(platform: str) -> list[str]:
+    """Up to four commands with fixed, non-empty output that run at the first prompt."""
+    nos = _stock_nos(platform)
+    out = []
+    for name, data in nos.commands.items():
+        prompt = data.get("prompt")
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        if (isinstance(data.get("output"), str) and data["output"].strip()
+                and not name.startswith(_PREP) and not name.startswith("_")
+                and (prompt is None or nos.initial_prompt in prompts)):
+            out.append(name)
+    return out[:4]
+
+
+def stock_expected(platform: str, command: str) -> str:
+    out = _stock_nos(platform).commands[command]["output"].replace("{base_prompt}", stock_base(platform))
+    return "".join(line + "\n" for line in out.splitlines())
+
+
+def _stock_nos(platform: str) -> Any:
+    from fakenos.core.nos import Nos
+    from fakenos.plugins.nos import nos_plugins
+    key = "stock:" + platform
+    if key not in _nos_cache:
+        _nos_cache[key] = Nos(filename=list(nos_plugins[platform]))
+    return _nos_cache[key]
+
 
 def ports() -> list[int]:
-    return [d.port for d in DEVICES.values()] + [SCRIPTED[1]]
+    return ([d.port for d in DEVICES.values()] + [SCRIPTED[1]]
+            + [STOCK_PORT + i for i in range(len(stock_platforms()))])
 
 
 def inventory_hosts(addr: str) -> dict[str, dict[str, Any]]:
     hosts = {d.name: {"host": addr, "port": d.port, "device_type": d.device_type}
              for d in DEVICES.values()}
     hosts[SCRIPTED[0]] = {"host": addr, "port": SCRIPTED[1], "device_type": "cisco_ios"}
+    for i, p in enumerate(stock_platforms()):
+        hosts["stock-" + stock_base(p)] = {"host": addr, "port": STOCK_PORT + i, "device_type": p}
     return hosts
 
 
@@ -271,6 +321,13 @@ def serve(addr: str, password: str, key_file: str, ready: Path) -> None:
     net.start()
     import scripted
     scripted.serve(addr, SCRIPTED[1], key_file, USER, password)
+    stock = FakeNOS(inventory={
+        "default": inventory["default"],
+        "hosts": {"stock-" + stock_base(p): {
+            "port": STOCK_PORT + i, "platform": p,
+            "shell": {"plugin": "CMDShell", "configuration": {"base_prompt": stock_base(p)}}}
+            for i, p in enumerate(stock_platforms())}})
+    stock.start()
     ready.write_text(json.dumps(sorted(net.hosts)))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
