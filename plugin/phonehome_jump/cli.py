@@ -571,7 +571,8 @@ def _interactive(manager: SessionManager, info: SessionInfo, confirm: bool = Fal
             if due:
                 if not term.column0:
                     term.write("\n", remote=True)
-                term.write(prompt(r.cwd, r.exit_status))
+                # a network device: its own prompt (the mode shows in it)
+                term.write(r.prompt + " " if r.prompt else prompt(r.cwd, r.exit_status))
                 was_running, tail = False, ""
             stop.wait(0.05)
 

@@ -334,7 +334,10 @@ class Session:
         """
         with self._lock:
             if self._run is None:
-                return CommandResult(None, "", None, False, self.cwd, 0.0)
+                r = CommandResult(None, "", None, False, self.cwd, 0.0)
+                if isinstance(self.framer, NativeFramer):
+                    r.mode, r.prompt = self.framer.mode, self.framer.prompt
+                return r
             stopped = False
             if not self._run.done and not self.dead:
                 stopped = self._pump(time.monotonic() + wait, until=compile_pattern(until), stop_on_input=wait > 0)

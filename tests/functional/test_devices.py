@@ -366,3 +366,42 @@ def test_every_fakenos_platform_as_shipped_is_byte_exact(devices, platform):
         r = devices.command(s.id, command, wait=30)
         assert not r.running and r.notice is None, (platform, command)
         assert whole(devices, s.id, r) == lab_devices.stock_expected(platform, command), (platform, command)
+
+
+def test_interactive_shell_shows_the_device_output_and_prompt(device_lab):
+    """On a terminal: what the API returns, then the device's own prompt (its mode in it)."""
+    import pty
+    import re
+    import select
+    import time
+    master, slave = pty.openpty()
+    env = dict(os.environ, PHONEHOME_JUMP_INVENTORY=str(device_lab))
+    proc = subprocess.Popen([str(SCRIPT), "shell", "lab-eos"], stdin=slave, stdout=slave,
+                            stderr=subprocess.PIPE, env=env)
+    seen = ""
+
+    def expect(pattern: str, timeout: float = 30) -> str:
+        nonlocal seen
+        start, deadline = len(seen), time.monotonic() + timeout
+        while not (m := re.search(pattern, seen[start:])):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {pattern!r} in {seen[start:]!r}"
+            if select.select([master], [], [], remaining)[0]:
+                seen += os.read(master, 65536).decode("utf-8", "replace")
+        return seen[start:][: m.end()]
+    try:
+        expect(r"eos-s1> $")
+        os.write(master, b"show hostname\r")
+        got = expect(r"eos-s1> $")
+        assert got == "show hostname\r\n" + expected("lab-eos", "show hostname").replace("\n", "\r\n") + "eos-s1> "
+        os.write(master, b"enable\r")
+        expect(r"eos-s1# $")
+        os.write(master, b"\x1d")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        os.close(master)
+        os.close(slave)
