@@ -101,7 +101,8 @@ class NativeFramer(Framer):
         self.base = ""
         self.prompt: str | None = None      # the exact prompt that ended the last command
         self.mode: str | None = None
-        self.settle = 0.02                  # measured at setup: see _measure
+        self.settle = 0.02                  # measured at setup: twice the prompt round trip
+        self.newline = "\n"
         self._st = _NativeRun(None, None)
         self._end = platform.prompt_at_end("")
         self._alt: re.Pattern[str] | None = None
@@ -114,6 +115,7 @@ class NativeFramer(Framer):
         conn = session._conn
         conn._try_session_preparation()          # netmiko: paging off, base prompt for this OS
         self.base = str(conn.base_prompt).strip()
+        self.newline = str(getattr(conn, "RETURN", "\n") or "\n")   # what Enter is on this OS
         self._end = self.platform.prompt_at_end(self.base)
         # at login, also the generic rule: a device of a known family may still show a prompt
         # its module does not expect (netmiko trims a character it assumed was '<')
@@ -123,7 +125,7 @@ class NativeFramer(Framer):
         # preparation left behind comes before it; leftovers after it precede the next echo.
         started = time.monotonic()
         self.begin(None)
-        session._write("\n")
+        session._write(self.newline)
         session._pump(time.monotonic() + timeout, setup=True)
         if self.prompt is None:
             raise SessionError(f"no prompt of this device within {timeout:g}s")

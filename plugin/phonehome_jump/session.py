@@ -275,7 +275,7 @@ class Session:
                 self._native_line(command)
                 self.framer.begin(command)
                 self._run = _Run(command, time.monotonic())
-                self._write(command.strip() + "\n")
+                self._write(command.strip() + self.framer.newline)
             else:
                 self._run = _Run(command, time.monotonic())
                 self._write(self.framer.wrap(command))
