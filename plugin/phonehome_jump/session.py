@@ -196,18 +196,19 @@ class Session:
             self._run = None
         return False
 
+    @staticmethod
+    def _append(run: _Run, text: str) -> None:
+        """Native: output the framing released, into the run's buffer."""
+        if text:
+            run.chunks.append(text)
+            run.length += len(text)
+
     def _release_held(self, run: _Run) -> None:
         """Native: give the caller the held last line (a question, or what ``until`` matched)."""
-        out = self.framer.release_held()
-        if out:
-            run.chunks.append(out)
-            run.length += len(out)
+        self._append(run, self.framer.release_held())
 
     def _end_native(self, run: _Run) -> None:
-        out = self.framer.finish()
-        if out:
-            run.chunks.append(out)
-            run.length += len(out)
+        self._append(run, self.framer.finish())
         run.cwd = self.cwd
         run.done, run.ended = True, time.monotonic()
 
@@ -228,10 +229,7 @@ class Session:
         if not text:
             return
         if isinstance(self.framer, NativeFramer):
-            out = self.framer.feed(text)
-            if out:
-                run.chunks.append(out)
-                run.length += len(out)
+            self._append(run, self.framer.feed(text))
             if self.framer.reply:                # a pager asks for a key
                 self._write(self.framer.reply)
                 self.framer.reply = None
