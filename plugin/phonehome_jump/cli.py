@@ -5,6 +5,9 @@
     inventory check [PATH]                         validate, print a one-line summary
     inventory list [--group G] [--tag T] [--query Q] [--json]
     inventory show HOST [--json]                   resolved target: chain, auth references, source
+    inventory import ssh-config|nornir|ansible PATH… [-o FILE]   write an inventory from theirs
+    inventory export ssh-config [-o FILE]          an OpenSSH config with the same chains
+    cp SRC DEST [--resume] [--confirm]             copy a file, one side HOST:PATH (like scp)
     run HOST [--timeout S] [--confirm] -- COMMAND...   one command, its output and exit status
     shell HOST [--timeout S] [--confirm]           interactive (stdin is a tty) or scripted
     workflow check|run FILE ...                    multi-step YAML runbooks (workflow.py)
@@ -132,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("host", metavar="HOST")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_inventory_show)
+    from .interop.commands import add_inventory_commands
+    add_inventory_commands(inv_cmds, common, _load)
+    from .cli_cp import add_cp_command
+    add_cp_command(commands, common, _manager)
 
     p = commands.add_parser(
         "run", parents=[common], help="run one command on a host",
@@ -332,6 +339,9 @@ def cmd_inventory_check(args: argparse.Namespace) -> int:
     files = ", ".join(str(f) for f in inv.sources) or str(path)
     print(f"ok: {n} host{'s' * (n != 1)}, {g} group{'s' * (g != 1)} in "
           f"{len(inv.sources)} file{'s' * (len(inv.sources) != 1)}: {files}")
+    from .localfiles import preflight    # key files, env: variables, known_hosts lines
+    for warning in preflight(inv):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
