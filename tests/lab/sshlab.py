@@ -316,7 +316,7 @@ hosts:
     def devices_inventory(self) -> Path:
         return self.state / "devices" / "lab-devices.yaml"
 
-    def start_devices(self, node: str = "target3", timeout: float = 60.0) -> Path:
+    def start_devices(self, node: str = "target3", timeout: float = 120.0) -> Path:
         """Run the fakenos devices of ``devices.py`` inside ``node``'s namespace, behind both jumps.
 
         Returns their inventory (the lab's jumps, then one host per device). The lab's
