@@ -12,7 +12,7 @@
     shell HOST [--timeout S] [--confirm]           interactive (stdin is a tty) or scripted
     workflow check|run FILE ...                    multi-step YAML runbooks (workflow.py)
     serve [--http HOST:PORT] [--agent SITE=HOST:PORT]... [--workflows DIR]   the MCP server
-    agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (rpc.py)
+    agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (agent_server)
     audit verify [PATH]                            check the audit log's hash chain (0/1/2)
 
 Exit codes: the remote exit status for ``run`` (and the last command of a scripted ``shell``);
@@ -45,7 +45,8 @@ from typing import Any, TextIO
 
 from . import __version__
 from .audit import ENV_AUDIT
-from .errors import ConnectError, InventoryError, PhonehomeJumpError, PolicyError
+from .errors import ConnectError, InputError, InventoryError, PhonehomeJumpError, PolicyError
+from .inputs import count_arg, seconds_arg
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
 from .redact import REDACTOR, RedactingFilter, mask
@@ -78,13 +79,7 @@ class _Timeout(Exception):
 # --------------------------------------------------------------------------- parser
 
 def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
+    return seconds_arg(text)    # finite, more than 0, at most a week
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(loopback HOST:PORT, e.g. the ET Phone Home tunnel port); repeatable")
     p.set_defaults(func=cmd_serve)
 
-    # ET Phone Home: the agent protocol (length-prefixed JSON) beside the client (rpc.py)
+    # ET Phone Home: the agent protocol (length-prefixed JSON) beside the client (agent_server.py)
     p = commands.add_parser(
         "agent", parents=[common], help="serve the ET Phone Home agent protocol on loopback",
         description="Serve ssh_session_* and inventory_* over the ET Phone Home agent protocol "
@@ -201,9 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", metavar="FILE",
                    help="non-secret session records for ssh_session_restore (default "
                         "$XDG_STATE_HOME/phonehome-jump/agent-sessions.json)")
-    p.add_argument("--max-wait", type=_timeout, default=25.0, metavar="S",
-                   help="cap on a request's wait (default 25: the ET Phone Home server gives "
-                        "up after 30 s)")
+    p.add_argument("--max-wait", type=_timeout, default=8.0, metavar="S",
+                   help="cap on a request's wait (default 8: under the 10 s the ET Phone Home "
+                        "server's health monitor leaves a queued call); keep it below "
+                        "--caller-timeout")
+    p.add_argument("--caller-timeout", type=_timeout, default=10.0, metavar="S",
+                   help="the caller's shortest timeout (default 10): a slower reply may have "
+                        "missed it, and its output comes back on the next read")
     p.set_defaults(func=cmd_agent)
     _add_workflow_commands(commands, common)
     from .cli_audit import add_commands as add_audit_commands   # audit verify
@@ -212,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+    if importlib.util.find_spec("mcp") is None:     # the `mcp` extra (it brings anyio too)
+        print("phonehome-jump: `serve` needs the MCP SDK, which is not installed here\n"
+              "  try: pip install 'phonehome-jump[mcp]' in phonehome-jump's own environment (not "
+              "in the ET Phone Home server's: it pins its own mcp)", file=sys.stderr)
+        return 2
     from .mcp_server import serve   # the MCP SDK is only imported by the command that needs it
 
     return serve(args.inventory, http=args.http, token_file=args.token_file,
@@ -220,10 +225,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from .rpc import serve_agent
+    from .agent_server import serve_agent
 
     return serve_agent(args.inventory, args.listen, state_file=args.state,
-                       max_wait=args.max_wait, audit_log=args.audit_log)
+                       max_wait=args.max_wait, caller_timeout=args.caller_timeout,
+                       audit_log=args.audit_log)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -438,6 +444,10 @@ def _isatty(stream: Any) -> bool:
 def _scripted(manager: SessionManager, info: SessionInfo, lines: Any, timeout: float,
               confirm: bool = False) -> int:
     """Each stdin line is one command in the same shell (cwd and variables persist)."""
+    try:    # a byte that is not UTF-8 then reaches the core, which names it (not a traceback)
+        lines.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, OSError):
+        pass
     status = EXIT_OK
     for line in lines:
         command = line.rstrip("\r\n")
@@ -659,8 +669,8 @@ def _add_workflow_commands(commands: Any, common: argparse.ArgumentParser) -> No
     p.add_argument("--hosts", nargs="+", metavar="HOST", help="only these of its targets")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                    help="set or override a variable (repeatable)")
-    p.add_argument("--concurrency", type=int, metavar="N", help="hosts in parallel "
-                                                                "(default: the workflow's)")
+    p.add_argument("--concurrency", type=count_arg(1, 100), metavar="N",
+                   help="hosts in parallel, 1-100 (default: the workflow's)")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would run on which host; connect to nothing")
     p.add_argument("--report", metavar="OUT.json", help="write the JSON report here")
@@ -736,9 +746,6 @@ def cmd_workflow_run(args: argparse.Namespace) -> int:
     from .workflow import WorkflowLock, junit_xml, plan, run_workflow
 
     wf, inv, names, values = _workflow_prepare(args)     # InventoryError: exit 2 in main()
-    if args.concurrency is not None and args.concurrency < 1:
-        print(f"{PROG}: --concurrency must be at least 1", file=sys.stderr)
-        return EXIT_WF_INVALID
     if args.dry_run:
         result = plan(wf, names, values)
         for host, hr in result.hosts.items():
@@ -802,7 +809,7 @@ def _setup_logging(verbosity: int) -> Callable[[], None]:
 
 
 def exit_code(err: PhonehomeJumpError) -> int:
-    if isinstance(err, InventoryError):
+    if isinstance(err, (InventoryError, InputError)):
         return EXIT_USAGE
     if isinstance(err, ConnectError):
         return EXIT_CONNECT
