@@ -41,17 +41,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
 from .audit import ENV_AUDIT
 from .errors import ConnectError, InputError, InventoryError, PhonehomeJumpError, PolicyError
 from .inputs import count_arg, seconds_arg
 from .inventory import ENV_VAR, Inventory, Target
-from .manager import SessionInfo, SessionManager
+from .output import CommandResult
 from .redact import REDACTOR, RedactingFilter, mask
 from .prompts import asks_for_secret
-from .session import CommandResult
+
+if TYPE_CHECKING:   # the manager pulls in paramiko: imported when a command connects
+    from .manager import SessionInfo, SessionManager
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,25 @@ EXIT_PIPE = 141         # 128 + SIGPIPE
 EXIT_CONNECT = 255      # like ssh
 
 ESCAPE = "\x1d"         # Ctrl-], as in telnet
+
+
+def __getattr__(name: str) -> Any:
+    """``cli.SessionManager``/``cli.SessionInfo`` without importing paramiko at start."""
+    if name in ("SessionManager", "SessionInfo"):
+        from . import manager
+        return getattr(manager, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _no_invoke() -> None:
+    """Keep paramiko from importing ``invoke`` in this process (tens of ms per start).
+
+    paramiko needs it only for ``Match exec`` in an ssh_config file, which phonehome-jump
+    never reads; paramiko treats a missing invoke as optional. Only the command line does
+    this: a program that embeds the package keeps its own imports.
+    """
+    if "invoke" not in sys.modules and "paramiko" not in sys.modules:
+        sys.modules["invoke"] = None     # type: ignore[assignment]  # import fails at once
 
 
 class _Timeout(Exception):
@@ -325,6 +346,8 @@ def _manager(args: argparse.Namespace) -> SessionManager:
         user = getpass.getuser()
     except Exception:  # no passwd entry (bare containers): the audit still says "cli"
         user = "?"
+    from .manager import SessionManager
+
     return SessionManager(_load(args), audit_path=args.audit_log, actor=f"cli:{user}")
 
 
@@ -829,6 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.audit_log = (getattr(args, "sub_audit_log", None) or args.audit_log
                       or os.environ.get(ENV_AUDIT) or None)
     undo = _setup_logging(args.verbose)
+    _no_invoke()
     try:
         return args.func(args)
     except PhonehomeJumpError as err:

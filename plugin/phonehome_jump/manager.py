@@ -30,6 +30,7 @@ from .inventory import Inventory, Target
 from .policy import Approval
 from .prompts import prompt_waiting
 from .redact import MASK, add_secret
+from .output import default_memory
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
 from .transfer import TransferResult, download, upload
 
@@ -76,7 +77,8 @@ class SessionManager:
 
     def __init__(self, inventory: Inventory, *, max_sessions: int = 100, max_per_host: int = 25,
                  idle_timeout: float = 1800.0, cap: int = DEFAULT_CAP,
-                 audit_path: str | None = None, actor: str | None = None) -> None:
+                 audit_path: str | None = None, actor: str | None = None,
+                 output_memory: int | None = None) -> None:
         self.inventory = inventory
         # the inventory's `audit:` section; audit_path (CLI --audit-log) overrides its path
         spec = inventory.audit or (AuditSpec(path=audit_path) if audit_path else None)
@@ -87,6 +89,9 @@ class SessionManager:
         self.max_per_host = max_per_host
         self.idle_timeout = idle_timeout
         self.cap = cap
+        # characters of one command's output a session keeps in memory; the rest goes to a
+        # private temporary file (None: $PHONEHOME_JUMP_OUTPUT_MEMORY or 4,000,000)
+        self.output_memory = output_memory if output_memory is not None else default_memory()
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._opening: dict[str, int] = {}       # host -> opens in flight (count toward limits)
@@ -205,7 +210,7 @@ class SessionManager:
             try:
                 return Session.start(target, sock, cap=self.cap, framing=framing,
                                      links=[h.link for h in hops if h.link is not None],
-                                     logged_in=logged_in)
+                                     logged_in=logged_in, memory=self.output_memory)
             except BaseException:
                 sock.close()
                 raise
@@ -613,11 +618,14 @@ class SessionManager:
                      bytes=result.total, duration=result.duration, cwd=result.cwd,
                      outcome="ok" if result.exit_status in (0, None) else "failed")
         if self.audit and self.audit.transcripts is not None:
-            text = entry.session.output_text()
-            if text and not text.endswith("\n"):
-                text += "\n"
-            self.audit.transcript(entry.id, f"$ {command}\n{text}# exit {result.exit_status}, "
-                                  f"cwd {result.cwd}, {result.duration:.3f}s\n")
+            self.audit.transcript(entry.id, f"$ {command}\n")
+            last = ""
+            for piece in entry.session.output_pieces():     # bounded memory, however long
+                self.audit.transcript(entry.id, piece)
+                last = piece
+            self.audit.transcript(entry.id, f"{'' if not last or last.endswith(chr(10)) else chr(10)}"
+                                  f"# exit {result.exit_status}, cwd {result.cwd}, "
+                                  f"{result.duration:.3f}s\n")
 
     def record(self, event: str, *, strict: bool = True, **fields: Any) -> None:
         """Write an audit record (no-op without an audit log); used by workflows too.

@@ -22,7 +22,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paramiko
@@ -48,12 +48,13 @@ class Session:
     """A persistent shell on one target. Thread-safe: one operation at a time."""
 
     def __init__(self, target: Target, conn: Any, channel: paramiko.Channel, framer: Framer,
-                 *, cap: int = DEFAULT_CAP) -> None:
+                 *, cap: int = DEFAULT_CAP, memory: int | None = None) -> None:
         self.target = target
         self._conn = conn                 # netmiko connection; never leaves this module
         self._chan = channel
         self.framer = framer
         self.cap = cap
+        self.memory = memory              # characters of a command's output kept in memory
         self._lock = threading.RLock()    # one reader/command at a time
         self._wlock = threading.Lock()    # writes; send() may answer while a command waits
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
@@ -69,7 +70,8 @@ class Session:
     @classmethod
     def start(cls, target: Target, sock: Any, *, cap: int = DEFAULT_CAP,
               framing: str | None = None, links: list[Link] | tuple[Link, ...] = (),
-              logged_in: Callable[[], None] | None = None) -> "Session":
+              logged_in: Callable[[], None] | None = None,
+              memory: int | None = None) -> "Session":
         """Log in to ``target`` over ``sock`` (a tunnel channel or a TCP socket) and frame the shell.
 
         ``links`` are the liveness links of the hops before it (first hop first); the
@@ -78,7 +80,7 @@ class Session:
         """
         from netmiko import ConnectHandler   # heavy import, only when a session opens
 
-        from .chain import HostKeyPolicy, credentials, wrap_error
+        from .chain import AnsweringSSHClient, HostKeyPolicy, credentials, wrap_error
         from .localfiles import known_hosts_for
         ep = target.endpoint
         known = known_hosts_for(ep)          # parsed like OpenSSH (markers, bad lines skipped)
@@ -95,6 +97,8 @@ class Session:
                 auth_timeout=ep.connect_timeout, banner_timeout=ep.connect_timeout,
                 keepalive=0, fast_cli=True, auto_connect=False)   # liveness: our own probe
             conn.key_policy = HostKeyPolicy(ep, known)   # strict or accept-new, and @revoked
+            # netmiko's hook for the client class: no post-login stall on the target either
+            conn._get_ssh_client_instance = AnsweringSSHClient
             build = conn._build_ssh_client
 
             def build_with_known_hosts() -> paramiko.SSHClient:
@@ -111,7 +115,7 @@ class Session:
         chan.settimeout(None)
         framer: Framer = (SentinelFramer() if framing == "sentinel"
                           else NativeFramer(for_device_type(target.device_type)))
-        session = cls(target, conn, chan, framer, cap=cap)   # its secrets: registered by resolve()
+        session = cls(target, conn, chan, framer, cap=cap, memory=memory)   # its secrets: registered by resolve()
         transport = chan.get_transport()
         session.links = [*links, Link("target", target.name, f"{ep.username}@{ep.host}:{ep.port}",
                                       transport, interval=ep.keepalive,
@@ -190,7 +194,7 @@ class Session:
         """
         run = self._run
         if setup:
-            run = self._run = _Run(None, time.monotonic())
+            run = self._new_run(None)
         assert run is not None
         native = isinstance(self.framer, NativeFramer)
         while not run.done:
@@ -233,9 +237,9 @@ class Session:
                     # `exit`: a normal end, with its status; a login shell's "logout" is not output
                     self.ended = status
                     self._die(f"the shell exited with status {status}")
-                    if run.text().endswith("logout\n") and run.length - 7 >= run.delivered:
-                        kept = run.text()[:-len("logout\n")]
-                        run.chunks, run.length = [kept], len(kept)
+                    end = run.length - len("logout\n")
+                    if end >= run.delivered and run.out.slice(end, run.length) == "logout\n":
+                        run.out.truncate(end)
                     run.exit_status, run.cwd, run.done, run.ended = status, self.cwd, True, time.monotonic()
                     return False
                 self._die(self.blame())
@@ -250,7 +254,8 @@ class Session:
             if not run.done and (until or stop_on_input):
                 # a prompt may straddle chunks (look back), but output the caller was already
                 # given cannot match again (a second, identical prompt must be a new one)
-                window = run.text()[max(before - 256, run.delivered, 0):]
+                # (only the newest text is read: linear in the output, however long)
+                window = run.out.slice(max(before - 256, run.delivered, 0), run.length)
                 held = self.framer.held() if native and not self.framer.candidate else ""
                 if until is not None and until.search(window + held):
                     if held:
@@ -258,8 +263,8 @@ class Session:
                     return True
                 # only output the caller has not seen yet can be a new question; by its words
                 # only (not by the program): a wait must not end at "prog: " cut mid-message
-                if stop_on_input and awaiting_input(
-                        run.text()[max(run.delivered, run.answered, run.length - 256):]):
+                if stop_on_input and awaiting_input(run.out.slice(
+                        max(run.delivered, run.answered, run.length - 256), run.length)):
                     return True
                 # native: a question (Password:) is the held last line, not yet output
                 if stop_on_input and held and awaiting_input(held):
@@ -273,8 +278,7 @@ class Session:
     def _append(run: _Run, text: str) -> None:
         """Native: output the framing released, into the run's buffer."""
         if text:
-            run.chunks.append(text)
-            run.length += len(text)
+            run.out.append(text)
 
     def _release_held(self, run: _Run) -> None:
         """Native: give the caller the held last line (a question, or what ``until`` matched)."""
@@ -310,26 +314,32 @@ class Session:
         window = run.tail + text
         m = self.framer.pattern.search(window)
         if m is None:
-            run.chunks.append(text)
-            run.length += len(text)
+            run.out.append(text)
             run.tail = window[-4096:]
             return
         # The prompt may straddle chunks: cut the stored output back to where it began.
         keep = m.start() - len(run.tail)
         if keep >= 0:
-            run.chunks.append(text[:keep])
-            run.length += keep
+            run.out.append(text[:keep])
         else:
-            full = run.text()[: run.length + keep]
-            run.chunks, run.length = [full], len(full)
+            run.out.truncate(run.length + keep)
         run.exit_status, cwd = self.framer.end(m)
         if cwd is not None:
             self.cwd = cwd
         run.cwd = self.cwd
         run.done, run.ended = True, time.monotonic()
         if self.framer.name == "native":
-            cleaned = self.framer.clean(run.text(), run.command)
-            run.chunks, run.length = [cleaned], len(cleaned)
+            self._clean_native(run)
+
+    def _clean_native(self, run: _Run) -> None:
+        """The framer's cleanup (the echoed command) on the output; on a large one, its head."""
+        if run.length <= 65_536:
+            run.out.reset(self.framer.clean(run.out.text(), run.command))
+            return
+        head = run.out.slice(0, 65_536)
+        cleaned = self.framer.clean(head, run.command)
+        if head.endswith(cleaned) and not run.out.spilled:
+            run.out.drop_head(len(head) - len(cleaned))
 
     # -- public API -------------------------------------------------------------------
     def command(self, command: str, *, wait: float = 20.0, until: str | None = None) -> CommandResult:
@@ -345,10 +355,10 @@ class Session:
             if isinstance(self.framer, NativeFramer):
                 self._native_line(command)
                 self.framer.begin(command)
-                self._run = _Run(command, time.monotonic())
+                self._new_run(command)
                 self._write(command.strip() + self.framer.newline)
             else:
-                self._run = _Run(command, time.monotonic())
+                self._new_run(command)
                 self._write(self.framer.wrap(command))
             stopped = self._pump(time.monotonic() + wait, until=pattern, stop_on_input=True)
             return self._result(awaiting=stopped)
@@ -409,7 +419,7 @@ class Session:
                     # so the shell shows what the API returns
                     line = text.strip() if newline and text and "\n" not in text.strip() else None
                     self.framer.begin(line)
-                self._run = _Run(None, time.monotonic())   # typed at the shell: frame it like a command
+                self._new_run(None)     # typed at the shell: frame it like a command
             sentinel = self.framer.name == "sentinel"
             if key in ("c", "u") and (at_prompt if sentinel else self._partial):
                 self._discard_line(text, key)
@@ -462,7 +472,7 @@ class Session:
                 self._pump(time.monotonic())            # drain what has arrived; never blocks
                 if run.done:
                     return None
-                return run.text()[max(run.answered, run.length - 256):], run.command
+                return run.out.slice(max(run.answered, run.length - 256), run.length), run.command
             finally:
                 self._lock.release()
         # another call is reading this command's output right now: its view is fresh
@@ -494,9 +504,17 @@ class Session:
         return self.read(wait=wait)
 
     def output_text(self) -> str:
-        """The whole (masked) output of the current or last command."""
+        """The whole (masked) output of the current or last command (see :meth:`output_pieces`)."""
+        return "".join(self.output_pieces())
+
+    def output_pieces(self, size: int = 1 << 20) -> Iterator[str]:
+        """The (masked) output of the current or last command, piece by piece: bounded memory."""
         with self._lock:
-            return self._masked_text(self._run) if self._run is not None else ""
+            run = self._run
+            if run is None:
+                return
+            for a in range(0, run.length, size):
+                yield run.masked(a, min(a + size, run.length))
 
     @property
     def mode(self) -> str | None:
@@ -514,6 +532,8 @@ class Session:
     def close(self) -> None:
         """Close at once, even while another call waits on output (it then ends as dead)."""
         self._die("the session was closed")
+        if self._run is not None and self._run.done:
+            self._run.out.close()     # a running command's reader still owns its buffer
         for link in self.links[-1:]:
             link.stop()
         try:
@@ -535,36 +555,38 @@ class Session:
     def _mask(self, text: str) -> str:
         return mask(text)
 
-    def _masked_text(self, run: _Run) -> str:
-        """The run's whole output with every secret starred out, same length so offsets hold.
-
-        Masking the whole text (not each returned piece) also catches a secret that a page
-        boundary or the head/tail cut would split.
-        """
-        return mask(run.text(), keep_length=True)
+    def _new_run(self, command: str | None) -> _Run:
+        if self._run is not None:
+            self._run.out.close()
+        self._run = _Run(command, time.monotonic(), self.memory)
+        return self._run
 
     def _result(self, *, offset: int | None = None, awaiting: bool = False) -> CommandResult:
+        """One result from the run's output: read by offset and masked slice by slice, so its
+        cost is the size of what is returned, not of the whole output."""
         run = self._run
         assert run is not None
         self.last_activity = time.time()
-        text = self._masked_text(run)
-        total = len(text)
-        start = run.delivered if offset is None else max(0, min(offset, total))
-        piece = text[start:]
+        total = run.length
+        # while the command runs, its newest characters may be the start of a secret whose
+        # rest has not arrived: they wait for the next read (masking needs the whole of it)
+        end = total if run.done else max(total - run.pending(), run.delivered)
+        start = run.delivered if offset is None else max(0, min(offset, end))
         omitted = None
         truncated = False
-        if offset is not None and len(piece) > self.cap:        # paging: one page from offset
-            piece, next_offset, truncated = piece[: self.cap], start + self.cap, True
-        elif len(piece) > self.cap:                             # head and tail, middle omitted
+        if offset is not None and end - start > self.cap:       # paging: one page from offset
+            piece, next_offset, truncated = run.masked(start, start + self.cap), start + self.cap, True
+        elif end - start > self.cap:                            # head and tail, middle omitted
             half = self.cap // 2
-            omitted = (start + half, total - half)
-            piece = (piece[:half] + f"\n[… {omitted[1] - omitted[0]} characters omitted "
-                     f"({omitted[0]}–{omitted[1]}); read with offset={omitted[0]} …]\n" + piece[-half:])
-            next_offset, truncated = total, True
+            omitted = (start + half, end - half)
+            piece = (run.masked(start, start + half) + f"\n[… {omitted[1] - omitted[0]} characters "
+                     f"omitted ({omitted[0]}–{omitted[1]}); read with offset={omitted[0]} …]\n"
+                     + run.masked(end - half, end))
+            next_offset, truncated = end, True
         else:
-            next_offset = total
+            piece, next_offset = run.masked(start, end), end
         if offset is None:
-            run.delivered = total
+            run.delivered = end
         end = run.ended if run.done and run.ended else time.monotonic()
         result = CommandResult(
             command=self._mask(run.command) if run.command else None, output=piece,
@@ -575,7 +597,10 @@ class Session:
             # no exit status on a network OS: the platform's error markers, the mode, the prompt
             result.mode, result.prompt = self.framer.mode, self._mask(self.framer.prompt or "") or None
             if run.done:
-                error = self.framer.platform.error_in(text)
+                # error markers lead or end a device's output: its head and tail (linear cost)
+                sample = (run.masked(0, total) if total <= 16_384 else
+                          run.masked(0, 8192) + "\n" + run.masked(total - 8192, total))
+                error = self.framer.platform.error_in(sample)
                 result.error_detected, result.error = error is not None, error
             result.notice = self.framer.notice() if run.command is not None else None
         return result
