@@ -51,3 +51,16 @@ def manager(lab_inventory: Inventory) -> Iterator[SessionManager]:
     m = SessionManager(lab_inventory)
     yield m
     m.shutdown()
+
+
+@pytest.fixture(scope="session")
+def device_lab(lab: Lab) -> Path:
+    """fakenos devices and the scripted device inside target3's namespace; their inventory."""
+    return lab.start_devices()
+
+
+@pytest.fixture
+def devices(device_lab: Path) -> Iterator[SessionManager]:
+    m = SessionManager(Inventory.load(device_lab))
+    yield m
+    m.shutdown()

@@ -302,7 +302,7 @@ def _info(d: dict[str, Any]) -> SessionInfo:
                        created=d.get("created") or 0.0, last_activity=d.get("last_activity") or 0.0,
                        state=d.get("state") or "idle", cwd=d.get("cwd"),
                        framing=d.get("framing") or "?", owner=None,
-                       dead_reason=d.get("dead_reason"))
+                       dead_reason=d.get("dead_reason"), mode=d.get("mode"))
 
 
 def _command_result(d: dict[str, Any]) -> CommandResult:

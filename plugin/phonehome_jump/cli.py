@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"give up after S seconds and exit 124 (default {DEFAULT_TIMEOUT:g})")
     p.add_argument("--confirm", action="store_true",
                    help="run it even if the host's policy asks for confirmation")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON (output, exit_status, error_detected, mode, ...)")
+    p.add_argument("--parse", action="store_true",
+                   help="network devices: also parse the output into rows (TextFSM / "
+                        "ntc-templates) as the JSON's 'parsed'; implies --json")
     p.add_argument("words", nargs="+", metavar="COMMAND",
                    help="the remote command; put it after -- when it has options")
     p.set_defaults(func=cmd_run)
@@ -310,9 +315,19 @@ def _last_line(text: str) -> str:
 
 
 def _run_one(manager: SessionManager, info: SessionInfo, command: str, timeout: float,
-             confirm: bool = False) -> int:
+             confirm: bool = False, as_json: bool = False, parse: bool = False) -> int:
     result = manager.command(info.id, command, wait=timeout, confirm=confirm)
-    _write_remote(_full_output(manager, info.id, result))
+    if as_json or parse:
+        out = {"host": info.host, **result.to_dict(),
+               "output": _full_output(manager, info.id, result), "truncated": False, "omitted": None}
+        if parse and not result.running:
+            from .parsing import parse_result
+            target = manager.session(info.id).target
+            whole = CommandResult(**{**result.__dict__, "output": out["output"]})
+            out["parsed"] = parse_result(target.device_type, whole, host=info.host).rows
+        print(json.dumps(out, indent=2))
+    else:
+        _write_remote(_full_output(manager, info.id, result))
     if result.running:
         if result.awaiting_input:
             what = (f"is waiting for input ({_last_line(result.output)!r}); "
@@ -323,6 +338,9 @@ def _run_one(manager: SessionManager, info: SessionInfo, command: str, timeout: 
         print(f"{PROG}: {info.host}: the command {what} (the session is closed, which ends it)",
               file=sys.stderr)
         raise _Timeout
+    if result.error_detected:          # a network OS has no exit status: its error marker counts
+        print(f"{PROG}: {info.host}: the device reported an error: {result.error}", file=sys.stderr)
+        return EXIT_ERROR
     return result.exit_status if result.exit_status is not None else 0
 
 
@@ -421,7 +439,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = " ".join(args.words)
     manager, info = _open(args)
     try:
-        return _run_one(manager, info, command, args.timeout, args.confirm)
+        return _run_one(manager, info, command, args.timeout, args.confirm,
+                        as_json=args.json, parse=args.parse)
     except _Timeout:
         return EXIT_TIMEOUT
     finally:
@@ -601,7 +620,8 @@ def _interactive(manager: SessionManager, info: SessionInfo, confirm: bool = Fal
             if due:
                 if not term.column0:
                     term.write("\n", remote=True)
-                term.write(prompt(r.cwd, r.exit_status))
+                # a network device: its own prompt (the mode shows in it)
+                term.write(r.prompt + " " if r.prompt else prompt(r.cwd, r.exit_status))
                 was_running, tail = False, ""
             stop.wait(0.05)
 

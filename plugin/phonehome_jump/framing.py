@@ -1,7 +1,8 @@
 """Framing: where a command's output ends in the shell's stream, found by prompt.
 
 * ``sentinel`` (POSIX shells): a unique prompt that carries the exit status and the cwd.
-* ``native`` (network OSes whose prompt cannot be set): the device's own prompt.
+* ``native`` (network OSes whose prompt cannot be set): the command's echo, then the
+  device's own prompt (patterns per platform family in ``platforms/``).
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .errors import SessionError
 
 if TYPE_CHECKING:
+    from .platforms import Platform
     from .session import Session
 
 #: Device types whose shell is POSIX enough for the sentinel prompt.
@@ -74,19 +78,193 @@ class SentinelFramer(Framer):
 
 
 class NativeFramer(Framer):
+    """Frame on a network OS's own prompt: the command's echo first, then its prompt.
+
+    Correct by construction rather than by luck:
+
+    * a result starts only after the echo of the command just sent: a prompt left over from
+      session preparation or an earlier command comes before it and is dropped (and a
+      result says so when what was dropped was more than prompts: ``notice``);
+    * it ends only at a prompt of this device (the platform's pattern around the base
+      prompt) that is the last line of everything received, with nothing after it for a
+      short settle time: an output line that merely looks like the prompt is followed by
+      its newline and more output, so it never ends a command;
+    * context lines the device prints before the prompt (Junos ``[edit]``, ``{master:0}``)
+      belong to the prompt, not to the output;
+    * the prompt that ended the command is kept (``prompt``) and names the mode.
+    """
+
     name = "native"
 
+    def __init__(self, platform: "Platform") -> None:
+        self.platform = platform
+        self.base = ""
+        self.prompt: str | None = None      # the exact prompt that ended the last command
+        self.mode: str | None = None
+        self.settle = 0.02                  # measured at setup: twice the prompt round trip
+        self.newline = "\n"
+        self._st = _NativeRun(None, None)
+        self._end = platform.prompt_at_end("")
+        self._alt: re.Pattern[str] | None = None
+        self.reply: str | None = None
+        self.pattern = re.compile(r"(?!)")  # the sentinel path's hook; unused here
+
+    # -- setup -----------------------------------------------------------------------
     def setup(self, session: "Session") -> None:
+        from .platforms import GENERIC
         conn = session._conn
         conn._try_session_preparation()          # netmiko: paging off, base prompt for this OS
-        base = re.escape(conn.base_prompt)
-        self.pattern = re.compile(r"(?:^|\n)" + base + r"[^\n]{0,64}?[>#$%\]]\s*$")
+        self.base = str(conn.base_prompt).strip()
+        self.newline = str(getattr(conn, "RETURN", "\n") or "\n")   # what Enter is on this OS
+        self._end = self.platform.prompt_at_end(self.base)
+        # at login, also the generic rule: a device of a known family may still show a prompt
+        # its module does not expect (netmiko trims a character it assumed was '<')
+        self._alt = GENERIC.prompt_at_end(self.base) if self.platform is not GENERIC else None
+        timeout = session.target.endpoint.connect_timeout
+        # Sync: an Enter, then this device's prompt as the last line. Whatever netmiko's
+        # preparation left behind comes before it; leftovers after it precede the next echo.
+        started = time.monotonic()
+        self.begin(None)
+        session._write(self.newline)
+        session._pump(time.monotonic() + timeout, setup=True)
+        if self.prompt is None:
+            raise SessionError(f"no prompt of this device within {timeout:g}s")
+        self._alt = None
+        if self.platform is not GENERIC and not self.platform.prompt_line(self.base).fullmatch(
+                self.prompt + " ") and not self.platform.prompt_line(self.base).fullmatch(self.prompt):
+            # the device's prompt is not what its family's module expects: the generic rule
+            self.platform = GENERIC
+            self._end = GENERIC.prompt_at_end(self.base)
+        self.mode = self.platform.mode_of(self.prompt, self.base)
+        rtt = time.monotonic() - started
+        self.settle = min(max(2 * rtt, 0.01), 0.05)
+
+    # -- one command -------------------------------------------------------------------
+    def begin(self, command: str | None) -> None:
+        """A new command goes out: wait for its echo (None: no echo expected)."""
+        echo = command.strip() if command is not None else None
+        self._st = _NativeRun(command, echo or None)
+        self.reply = None
 
     def filter(self, text: str) -> str:
-        # Network OS terminals decorate output (CR/LF, bracketed paste, colours) around the prompt.
+        # Network OS terminals decorate output (CR/LF, bracketed paste, colours, pager erasure).
+        text = _ERASE.sub("", text)
         return _ANSI.sub("", text).replace("\r", "")
 
+    def feed(self, text: str) -> str:
+        """Take received (filtered) text; return what is now known to be output."""
+        st = self._st
+        if st.echo is not None:
+            st.pre += text
+            i = st.pre.find(st.echo, st.scan)
+            while i >= 0:
+                j = i + len(st.echo)
+                rest = st.pre[j:].lstrip(" \t")
+                if rest.startswith("\n"):
+                    break
+                if not rest:                 # the newline has not arrived yet
+                    st.scan = i
+                    return ""
+                i = st.pre.find(st.echo, i + 1)
+            if i < 0:
+                st.scan = max(0, len(st.pre) - len(st.echo) - 8)
+                if len(st.pre) > _PRE_MAX:   # a device that does not echo: keep memory bounded
+                    st.dropped += len(st.pre) - _PRE_MAX
+                    st.pre = st.pre[-_PRE_MAX:]
+                    st.scan = max(0, len(st.pre) - len(st.echo) - 8)
+                return ""
+            end = st.pre.index("\n", i + len(st.echo)) + 1
+            st.discarded, text, st.pre, st.echo = st.pre[:i], st.pre[end:], "", None
+        st.pend += text
+        out = self._release()
+        pager = self.platform.pager_at_end().search(st.pend)
+        if pager is not None:                # a pager despite paging off: continue it
+            st.pend = st.pend[:pager.start()]
+            self.reply = self.platform.pager_key
+        st.candidate = self._end.search(st.pend)
+        if st.candidate is None and self._alt is not None:
+            st.candidate = self._alt.search(st.pend)
+        return out
+
+    def _release(self) -> str:
+        """Move complete lines out of the held tail unless they may belong to the prompt."""
+        st = self._st
+        cut = st.pend.rfind("\n") + 1        # the partial last line is always held
+        if cut == 0:
+            return ""
+        if self.platform.context:
+            for _ in range(8):               # [edit] / {master:0} lines and the blank before
+                prev = st.pend.rfind("\n", 0, cut - 1) + 1
+                line = st.pend[prev:cut - 1]
+                if line.strip() and not self._is_context(line):
+                    break
+                cut = prev
+                if cut == 0:
+                    return ""
+        out, st.pend = st.pend[:cut], st.pend[cut:]
+        return out
+
+    def _is_context(self, line: str) -> bool:
+        if not self.platform.context:
+            return False
+        return re.fullmatch(r"(?:" + "|".join(self.platform.context) + r")+[ \t]*", line) is not None
+
+    def held(self) -> str:
+        """The held tail (the last, unfinished line): a prompt, a question, or output to come."""
+        return self._st.pend
+
+    def release_held(self) -> str:
+        """Give up the held tail as output (it asks a question; the command goes on)."""
+        out, self._st.pend = self._st.pend, ""
+        return out
+
+    @property
+    def candidate(self) -> bool:
+        return self._st.candidate is not None
+
+    def finish(self) -> str:
+        """The held prompt ended the command: record it; return the output still held."""
+        st = self._st
+        m = st.candidate
+        assert m is not None
+        self.prompt = m.group("prompt").strip()
+        self.mode = self.platform.mode_of(self.prompt, self.base) or self.mode
+        out = st.pend[:m.start()]
+        st.pend, st.candidate = "", None
+        return out
+
+    def notice(self) -> str | None:
+        """Why this result may not be what was expected, if framing had to recover."""
+        st = self._st
+        if st.echo is not None:
+            return (f"the device has not echoed the command yet ({len(st.pre) + st.dropped} "
+                    "characters received before it)")
+        prompt = self.platform.prompt_line(self.base)
+        leftover = "\n".join(line for line in st.discarded.split("\n")
+                             if line.strip() and not prompt.fullmatch(line.strip())
+                             and not self._is_context(line))
+        if leftover.strip():
+            return (f"resynchronised: {len(leftover)} characters arrived before this "
+                    "command's echo and were dropped (late output of an earlier command or an "
+                    "asynchronous device message); this result holds only this command's output")
+        return None
+
     def clean(self, text: str, command: str | None) -> str:
-        if command and text.startswith(command.strip()):
-            text = text[len(command.strip()):].lstrip("\n")
         return text
+
+
+@dataclass
+class _NativeRun:
+    command: str | None
+    echo: str | None                 # the command line still to be seen echoed
+    pre: str = ""                    # received before the echo (left-overs, stale prompts)
+    scan: int = 0                    # where the next echo search starts in ``pre``
+    dropped: int = 0
+    discarded: str = ""              # what came before the echo, once it was seen
+    pend: str = ""                   # after the echo, not yet known to be output
+    candidate: re.Match[str] | None = None
+
+
+_PRE_MAX = 1 << 16
+# pager erasure: CR, spaces, CR (IOS/EOS) or backspaces, spaces, backspaces (Comware, VRP)
+_ERASE = re.compile(r"\r[ \t]+\r|\x08+[ \t]+\x08+|\x08+")

@@ -70,7 +70,7 @@ MAX_HOSTS = 20_000                  # hosts in one inventory (about 10 s to load
 MAX_INVENTORY_BYTES = 16 * 2**20    # all files of one inventory (each file: yamlload's limits)
 HostKeyPolicy = Literal["strict", "accept-new"]
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SECRET_FIELDS = frozenset({"password", "passphrase", "sudo_password"})
+_SECRET_FIELDS = frozenset({"password", "passphrase", "sudo_password", "enable_secret"})
 
 
 # --------------------------------------------------------------------------- secrets
@@ -264,6 +264,9 @@ class CredentialsSpec(BaseModel):
     use_agent: bool = Field(True, description="Also try keys from the running ssh-agent.")
     sudo_password: SecretRef | None = Field(
         None, description="sudo password reference: env:VAR or file:PATH.")
+    enable_secret: SecretRef | None = Field(
+        None, description="Network devices: the enable (privileged mode) secret, env:VAR or "
+                          "file:PATH; typed only at the device's own password prompt.")
 
     @model_validator(mode="after")
     def _can_log_in(self) -> CredentialsSpec:
@@ -315,11 +318,12 @@ class Auth:
     passphrase: SecretRef | None
     use_agent: bool
     sudo_password: SecretRef | None
+    enable_secret: SecretRef | None = None
 
     def summary(self) -> dict[str, Any]:
         """References and paths only, never values."""
         out: dict[str, Any] = {"agent": self.use_agent}
-        for name in ("password", "passphrase", "sudo_password"):
+        for name in ("password", "passphrase", "sudo_password", "enable_secret"):
             if (ref := getattr(self, name)) is not None:
                 out[name] = str(ref)
         if self.key_file is not None:
@@ -742,7 +746,8 @@ class _Builder:
         if entry is None or (spec := entry.spec) is None:
             return None  # unknown or invalid: already reported
         key = Path(spec.key_file).expanduser() if spec.key_file else None
-        return spec, Auth(spec.password, key, spec.passphrase, spec.use_agent, spec.sudo_password)
+        return spec, Auth(spec.password, key, spec.passphrase, spec.use_agent, spec.sudo_password,
+                          spec.enable_secret)
 
     def _endpoint(self, entry: _Entry, layers: list[Any],
                   usernames: list[str | None]) -> Endpoint | None:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .audit import AuditLog, AuditSpec
 from .callstate import caller_gone
@@ -38,6 +38,10 @@ from .redact import MASK, add_secret
 from .output import default_memory
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
 from .transfer import TransferResult, download, upload
+
+if TYPE_CHECKING:
+    from .modes import ConfigResult
+    from .parsing import ParseResult
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,7 @@ class SessionInfo:
     owner: str | None
     dead_reason: str | None = None
     actor: str | None = None  # who opened it, as the audit log names them
+    mode: str | None = None   # network devices: the CLI mode the last prompt showed
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -507,6 +512,37 @@ class SessionManager:
         self._finished(entry, result, None)
         return result
 
+    # -- network devices: modes, configuration blocks, parsed output ---------------------
+    def enable(self, session_id: str, *, owner: str | None = None, wait: float = 20.0) -> CommandResult:
+        """Network device: enter the privileged mode with the inventory's enable_secret."""
+        from .modes import enable
+        return enable(self, session_id, self._entry(session_id, owner).session.target,
+                      owner=owner, wait=wait)
+
+    def config(self, session_id: str, lines: list[str], *, owner: str | None = None,
+               commit: bool = False, wait: float = 20.0, confirm: bool = False,
+               stop_on_error: bool = True) -> ConfigResult:
+        """Network device: apply configuration lines (policy-checked first, errors detected).
+
+        See :func:`phonehome_jump.modes.apply_config`.
+        """
+        from .modes import apply_config
+        session = self._entry(session_id, owner).session
+        return apply_config(self, session_id, session.target, lines, owner=owner, commit=commit,
+                            wait=wait, confirm=confirm, stop_on_error=stop_on_error,
+                            mode=session.mode)
+
+    def parse(self, session_id: str, command: str, *, owner: str | None = None,
+              wait: float = 20.0, confirm: bool = False) -> ParseResult:
+        """Run ``command`` and parse its output with TextFSM / ntc-templates (rows of fields)."""
+        from .parsing import parse_result
+        session = self._entry(session_id, owner).session
+        result = self.command(session_id, command, owner=owner, wait=wait, confirm=confirm)
+        if result.truncated and not result.running:   # parse all of it, not the capped view
+            result = CommandResult(**{**result.__dict__, "output": session.output_text(),
+                                      "truncated": False, "omitted": None})
+        return parse_result(session.target.device_type, result, host=session.target.name)
+
     # -- files ------------------------------------------------------------------------
     def upload(self, host: str, local: str, remote: str, *, actor: str | None = None,
                confirm: bool | Approval = False, resume: bool = False, preserve: bool = True,
@@ -779,7 +815,7 @@ class SessionManager:
         return SessionInfo(id=e.id, host=s.target.name, chain=[h.name for h in s.target.chain],
                            created=e.created, last_activity=s.last_activity, state=s.state,
                            cwd=s.cwd, framing=s.framer.name, owner=e.owner, dead_reason=s.dead,
-                           actor=e.actor)
+                           actor=e.actor, mode=s.mode)
 
 
 def default_approval(confirm: bool | Approval, actor: str | None) -> Approval | None:

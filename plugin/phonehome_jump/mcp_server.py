@@ -82,7 +82,10 @@ running=true: read it later, answer it, or send control='c'. Large output is cap
 with ssh_session_read(offset=...). Close sessions when done. ssh_run is a one-shot command.
 A session whose hop or shell went away is dead (the error names the hop); ssh_session_revive
 reopens it under the same id in the same directory (shell variables are lost). For a [sudo] password prompt use ssh_session_send(sudo_password=true): the inventory's
-password is typed without you seeing it. The inventory's policy may refuse a command (the
+password is typed without you seeing it. Network devices (framing native): commands run one
+line at a time; error_detected flags the device's error message, mode the CLI mode; use
+ssh_session_enable, ssh_session_config (configuration lines, errors checked, commit) and
+ssh_session_parse (structured rows). The inventory's policy may refuse a command (the
 error names the rule). A command the policy asks to confirm is shown to the user, who approves
 or declines it in their client; you cannot approve it yourself (confirm=true counts only where
 the inventory allows it for clients that cannot ask their user)."""
@@ -154,6 +157,7 @@ class SessionOut(BaseModel):
     created: float = Field(description="Unix time")
     last_activity: float = Field(description="Unix time")
     dead_reason: str | None = None
+    mode: str | None = Field(None, description="Network devices: the CLI mode now.")
 
 
 class SessionList(BaseModel):
@@ -177,6 +181,37 @@ class Output(BaseModel):
     omitted: list[int] | None = Field(description="[start, end) left out of the middle.")
     next_offset: int = Field(description="Pass to ssh_session_read(offset=) to page on.")
     note: str | None = Field(None, description="What to do next, when there is something to do.")
+    error_detected: bool = Field(False, description="Network devices: the output carries the "
+                                                    "platform's error marker (% Invalid input, "
+                                                    "syntax error, Error:).")
+    error: str | None = Field(None, description="The line with that error marker.")
+    mode: str | None = Field(None, description="Network devices: the CLI mode now (exec, enable, "
+                                               "config, user-view, system-view).")
+    notice: str | None = Field(None, description="Framing had to recover: earlier output was "
+                                                 "dropped before this command's echo.")
+
+
+class ParsedOutput(Output):
+    platform: str = Field(description="The ntc-templates platform used.")
+    parsed: list[dict[str, Any]] = Field(description="Rows of the template's fields.")
+
+
+class ConfigLineOut(BaseModel):
+    line: str
+    output: str
+    error: str | None
+
+
+class ConfigOut(BaseModel):
+    session_id: str
+    host: str
+    lines: list[ConfigLineOut] = Field(description="Each line sent, with its output and error.")
+    error_detected: bool
+    error: str | None = Field(description="The first error, after the line that caused it.")
+    not_sent: list[str] = Field(description="Lines after the error, never sent.")
+    committed: bool
+    rolled_back: bool = Field(description="The uncommitted candidate was discarded after an error.")
+    mode: str | None = Field(description="The CLI mode afterwards.")
 
 
 class RunOutput(Output):
@@ -273,7 +308,7 @@ def _busy_text(err: SessionBusyError) -> str:
 def _session_out(i: SessionInfo) -> SessionOut:
     return SessionOut(session_id=i.id, host=i.host, chain=i.chain, state=i.state, cwd=i.cwd,
                       framing=i.framing, created=i.created, last_activity=i.last_activity,
-                      dead_reason=i.dead_reason)
+                      dead_reason=i.dead_reason, mode=getattr(i, "mode", None))
 
 
 def _output(session_id: str, r: CommandResult, *, waited: float | None = None) -> dict[str, Any]:
@@ -609,6 +644,94 @@ def build_server(inventory: Inventory | str | Path, *,
                 await rt.fast(lambda: _close_quietly(m, info.id, owner))
             return _tool_result(ctx, RunOutput(host=host, session_open=r.running,
                                                **_output(info.id, r, waited=w)), full_text)
+
+    def _device(session_id: str, owner: str) -> tuple[Target, str | None]:
+        for i in rt.manager.list(owner=owner):
+            if i.id == session_id:
+                return inv.target(i.host), getattr(i, "mode", None)
+        raise UnknownSessionError(f"no open session {session_id!r}", where="session manager",
+                                  hint="open one with ssh_session_open (ssh_session_list shows yours)")
+
+    @mcp.tool(annotations=_annotations("Enter a network device's privileged mode", destructive=True))
+    async def ssh_session_enable(session_id: SessionId, ctx: Context, wait: Wait = 20.0) -> Output:
+        """Network devices: run `enable`, typing the inventory's enable secret at the device's
+        Password: prompt (you never see it). The result's `mode` says where the session is."""
+        with _errors("ssh_session_enable"):
+            owner, w = rt.owner(ctx), _wait(wait)
+
+            def go() -> CommandResult:
+                from .modes import enable
+                target, _ = _device(session_id, owner)
+                return enable(rt.manager, session_id, target, owner=owner, wait=w)
+            r = await rt.call_with_progress(ctx, go, f"enable on {session_id}", total=w)
+            return Output(**_output(session_id, r, waited=w))
+
+    @mcp.tool(annotations=_annotations("Apply configuration lines to a network device",
+                                       destructive=True))
+    async def ssh_session_config(
+        session_id: SessionId,
+        lines: Annotated[list[str], Field(description="Configuration lines, one per item, as "
+                                                      "typed in configuration mode.")],
+        ctx: Context,
+        commit: Annotated[bool, Field(description="Commit at the end (Junos and other platforms "
+                                                  "with a candidate configuration).")] = False,
+        stop_on_error: Annotated[bool, Field(description="Stop at the first line the device "
+                                                         "rejects (the rest is not sent).")] = True,
+        wait: Wait = 20.0,
+    ) -> ConfigOut:
+        """Network devices: enter configuration mode, send the lines one by one (each checked
+        for the platform's error markers), commit if asked, and return to the mode before.
+        Every line is checked against the inventory's policy before anything is sent; a line
+        the policy asks to confirm is refused here (send it with ssh_session_command, where
+        the user approves it)."""
+        with _errors("ssh_session_config"):
+            owner, w = rt.owner(ctx), _wait(wait)
+
+            def go() -> Any:
+                from .modes import apply_config
+                target, mode = _device(session_id, owner)
+                return apply_config(rt.manager, session_id, target, lines, owner=owner,
+                                    commit=commit, wait=w, confirm=False,
+                                    stop_on_error=stop_on_error, mode=mode)
+            c = await rt.call_with_progress(ctx, go, f"configuring {session_id}", total=w)
+            return ConfigOut(session_id=session_id, **c.to_dict())
+
+    @mcp.tool(annotations=_annotations("Run a command and parse its output", destructive=True))
+    async def ssh_session_parse(
+        session_id: SessionId,
+        command: Annotated[str, Field(description="A show/display command ntc-templates knows "
+                                                  "for the device's platform.")],
+        ctx: Context,
+        g: Annotated[Gate, Resolve(command_gate)],
+        answer: Annotated[ElicitationResult[Approve], Resolve(command_question)],
+        wait: Wait = 20.0,
+        confirm: Confirm = False,
+    ) -> ParsedOutput:
+        """Network devices: run a command and return its output as rows (TextFSM with the
+        ntc-templates index), or a clear error when no template fits."""
+        with _errors("ssh_session_parse"):
+            owner, w = rt.owner(ctx), _wait(wait)
+            approval = decide(g, answer, confirm=confirm, actor=_actor(ctx, owner),
+                              record=rt.manager.record, session_id=session_id)
+
+            def go() -> tuple[CommandResult, Any]:
+                from .parsing import parse_result
+                target, _ = _device(session_id, owner)
+                r = rt.manager.command(session_id, command, owner=owner, wait=w, confirm=approval)
+                whole = r
+                if r.truncated and not r.running:
+                    parts, offset = [], 0
+                    while True:
+                        page = rt.manager.read(session_id, owner=owner, offset=offset)
+                        parts.append(page.output)
+                        if page.next_offset >= page.total or page.next_offset <= offset:
+                            break
+                        offset = page.next_offset
+                    whole = CommandResult(**{**r.__dict__, "output": "".join(parts),
+                                             "truncated": False, "omitted": None})
+                return r, parse_result(target.device_type, whole, host=target.name)
+            r, p = await rt.call_with_progress(ctx, go, f"running on {session_id}", total=w)
+            return ParsedOutput(platform=p.platform, parsed=p.rows, **_output(session_id, r, waited=w))
 
     from .files_mcp import register as register_files
     register_files(mcp, rt, errors=_errors, annotations=_annotations, actor=_actor)

@@ -205,6 +205,12 @@ class CommandResult:
     truncated: bool = False
     omitted: tuple[int, int] | None = None   # [start, end) left out of ``output``
     awaiting_input: bool = False     # the output ends in something that asks for input
+    # network OSes (native framing): no exit status, so the platform's error markers instead
+    error_detected: bool = False     # the output carries one of the platform's error markers
+    error: str | None = None         # the line that carries it
+    mode: str | None = None          # the CLI mode the prompt after the command shows
+    prompt: str | None = None        # that prompt, exactly
+    notice: str | None = None        # framing had to recover (left-overs dropped), or no echo yet
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)

@@ -18,6 +18,7 @@ Two framings:
 from __future__ import annotations
 
 import codecs
+import re
 import socket
 import threading
 import time
@@ -32,6 +33,7 @@ from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
 from .liveness import Link, first_failure
 from .output import DEFAULT_CAP, CommandResult, _Run
+from .platforms import for_device_type
 from .patterns import SafePattern
 from .prompts import CONTROL, awaiting_input, compile_pattern
 from .redact import add_secret, mask
@@ -40,6 +42,7 @@ __all__ = ["DEFAULT_CAP", "CommandResult", "Session", "compile_pattern"]
 
 PTY_WIDTH = 4096              # wide, so programs do not wrap or truncate output
 LOCK_GRACE = 0.5              # how long a call waits for a short holder (paging done output)
+_EXIT = re.compile(r"(?i)(?:exit|logout|quit|bye)\Z")
 DISCARD_WAIT = 5.0            # seconds for the prompt after Ctrl-C drops a typed line
 
 
@@ -118,7 +121,8 @@ class Session:
             raise wrap_error(exc, ep, target.chain[-1] if target.chain else None) from exc
         chan = conn.remote_conn
         chan.settimeout(None)
-        framer: Framer = SentinelFramer() if framing == "sentinel" else NativeFramer()
+        framer: Framer = (SentinelFramer() if framing == "sentinel"
+                          else NativeFramer(for_device_type(target.device_type)))
         session = cls(target, conn, chan, framer, cap=cap, memory=memory)   # its secrets: registered by resolve()
         transport = chan.get_transport()
         session.links = [*links, Link("target", target.name, f"{ep.username}@{ep.host}:{ep.port}",
@@ -200,22 +204,39 @@ class Session:
         if setup:
             run = self._new_run(None)
         assert run is not None
+        native = isinstance(self.framer, NativeFramer)
         while not run.done:
             remaining = deadline - time.monotonic()
             if remaining <= 0 and not self._chan.recv_ready():   # past the wait: drain, don't block
+                if native and self.framer.candidate:
+                    self._end_native(run)
+                    break
                 if setup:
                     raise SessionError(f"no framed prompt within {self.target.endpoint.connect_timeout:g}s")
                 return False
-            self._chan.settimeout(max(remaining, 0.0))
+            # native: a prompt at the end of the stream ends the command once nothing follows
+            # it for the settle time (a prompt-looking line split from its newline does not)
+            settling = native and self.framer.candidate
+            self._chan.settimeout(min(max(remaining, 0.0), self.framer.settle) if settling
+                                  else max(remaining, 0.0))
             try:
                 data = self._chan.recv(1 << 16)
             except socket.timeout:
+                if settling:
+                    self._end_native(run)
                 continue
             except (OSError, EOFError, paramiko.SSHException):
                 data = b""
             if not data:
                 if setup:
                     raise SessionError("the remote end closed the connection during setup")
+                if native and run.command is not None and _EXIT.match(run.command.strip()):
+                    # `exit`/`quit` at the top level: the device ended the session as asked
+                    # (a normal end, like a shell's `exit`; a device sends no status: 0)
+                    self.ended = self._chan.exit_status if self._chan.status_event.is_set() else 0
+                    self._die(f"the device closed the session after {run.command.strip()!r}")
+                    run.done, run.ended = True, time.monotonic()
+                    return False
                 # The shell itself exited (`exit 3`): sshd sends the status around the EOF, so
                 # give it a moment; a dead hop closes the channel with no status (-1).
                 self._chan.status_event.wait(1.0)
@@ -233,6 +254,8 @@ class Session:
                 raise self._dead_error()
             before = run.length
             self._feed(run, self.framer.filter(self._decoder.decode(data)))
+            if native and self.framer.candidate and self._chan.recv_ready():
+                continue                         # more is already here: not the end yet
             if setup and run.done:
                 self._run = None
                 return False
@@ -241,14 +264,38 @@ class Session:
                 # given cannot match again (a second, identical prompt must be a new one)
                 # (only the newest text is read: linear in the output, however long)
                 window = run.out.slice(max(before - 256, run.delivered, 0), run.length)
-                if until is not None and until.search(window):
+                held = self.framer.held() if native and not self.framer.candidate else ""
+                if until is not None and until.search(window + held):
+                    if held:
+                        self._release_held(run)
                     return True
                 # only output the caller has not seen yet can be a new question; by its words
                 # only (not by the program): a wait must not end at "prog: " cut mid-message
                 if stop_on_input and awaiting_input(run.out.slice(
                         max(run.delivered, run.answered, run.length - 256), run.length)):
                     return True
+                # native: a question (Password:) is the held last line, not yet output
+                if stop_on_input and held and awaiting_input(held):
+                    self._release_held(run)
+                    return True
+        if setup:
+            self._run = None
         return False
+
+    @staticmethod
+    def _append(run: _Run, text: str) -> None:
+        """Native: output the framing released, into the run's buffer."""
+        if text:
+            run.out.append(text)
+
+    def _release_held(self, run: _Run) -> None:
+        """Native: give the caller the held last line (a question, or what ``until`` matched)."""
+        self._append(run, self.framer.release_held())
+
+    def _end_native(self, run: _Run) -> None:
+        self._append(run, self.framer.finish())
+        run.cwd = self.cwd
+        run.done, run.ended = True, time.monotonic()
 
     def _drain(self) -> None:
         """Give output that arrived after the last prompt to the run it belongs to.
@@ -256,7 +303,8 @@ class Session:
         Nothing should be pending between commands; if something is (a background job's
         output), it must not be mistaken for the next command's output.
         """
-        if self._run is not None and self._chan.recv_ready():
+        # native: left-overs precede the next command's echo, where framing drops them
+        if self._run is not None and self._chan.recv_ready() and not isinstance(self.framer, NativeFramer):
             self._run.done = False   # reopen to collect; its exit status is already known
             status, cwd = self._run.exit_status, self._run.cwd
             self._pump(time.monotonic())
@@ -264,6 +312,12 @@ class Session:
 
     def _feed(self, run: _Run, text: str) -> None:
         if not text:
+            return
+        if isinstance(self.framer, NativeFramer):
+            self._append(run, self.framer.feed(text))
+            if self.framer.reply:                # a pager asks for a key
+                self._write(self.framer.reply)
+                self.framer.reply = None
             return
         window = run.tail + text
         m = self.framer.pattern.search(window)
@@ -312,14 +366,29 @@ class Session:
                 raise CallAbandonedError("the caller gave up before the command was sent; "
                                          "nothing was sent", where=f"host {self.target.name!r}")
             self._drain()
+            if isinstance(self.framer, NativeFramer):
+                self._native_line(command)
             self._holder_until = start + wait   # before the run shows as running
-            self._new_run(command)
-            self._write(self.framer.wrap(command) if self.framer.name == "sentinel" else command.rstrip("\n") + "\n")
+            if isinstance(self.framer, NativeFramer):
+                self.framer.begin(command)
+                self._new_run(command)
+                self._write(command.strip() + self.framer.newline)
+            else:
+                self._new_run(command)
+                self._write(self.framer.wrap(command))
             stopped = self._pump(start + wait, until=pattern, stop_on_input=True)
             return self._result(awaiting=stopped)
         finally:
             self._holder_until = None
             self._lock.release()
+
+    def _native_line(self, command: str) -> None:
+        if "\n" in command.strip() or "\r" in command.strip():
+            raise SessionError(
+                "a network device takes one command line at a time; this command has several "
+                "lines", where=f"host {self.target.name!r}",
+                hint="run the lines one by one, or apply a configuration block with config() "
+                     "(MCP ssh_session_config), which checks every line for errors")
 
     def send(self, text: str = "", *, newline: bool = True, control: str | None = None,
              secret: bool = False) -> None:
@@ -367,6 +436,11 @@ class Session:
         try:
             at_prompt = self._run is None or self._run.done or self._partial
             if self._run is None or self._run.done:
+                if isinstance(self.framer, NativeFramer):
+                    # a whole line typed at the prompt is a command: frame it by its echo too,
+                    # so the shell shows what the API returns
+                    line = text.strip() if newline and text and "\n" not in text.strip() else None
+                    self.framer.begin(line)
                 self._new_run(None)     # typed at the shell: frame it like a command
             sentinel = self.framer.name == "sentinel"
             if key in ("c", "u") and (at_prompt if sentinel else self._partial):
@@ -441,7 +515,10 @@ class Session:
         self._acquire(wait if wait > 0 else 0.0 if self._holder_until else LOCK_GRACE)
         try:
             if self._run is None:
-                return CommandResult(None, "", None, False, self.cwd, 0.0)
+                r = CommandResult(None, "", None, False, self.cwd, 0.0)
+                if isinstance(self.framer, NativeFramer):
+                    r.mode, r.prompt = self.framer.mode, self.framer.prompt
+                return r
             stopped = False
             if not self._run.done and not self.dead:
                 self._holder_until = start + wait
@@ -468,6 +545,11 @@ class Session:
                 return
             for a in range(0, run.length, size):
                 yield run.masked(a, min(a + size, run.length))
+
+    @property
+    def mode(self) -> str | None:
+        """Network devices: the CLI mode the last prompt showed (exec, enable, config, ...)."""
+        return self.framer.mode if isinstance(self.framer, NativeFramer) else None
 
     @property
     def running(self) -> bool:
@@ -558,10 +640,21 @@ class Session:
         if offset is None:
             run.delivered = end
         end = run.ended if run.done and run.ended else time.monotonic()
-        return CommandResult(
+        result = CommandResult(
             command=self._mask(run.command) if run.command else None, output=piece,
             exit_status=run.exit_status, running=not run.done, cwd=run.cwd if run.done else self.cwd,
             duration=round(end - run.started, 4), offset=start, total=total, next_offset=next_offset,
             truncated=truncated, omitted=omitted, awaiting_input=awaiting and not run.done)
+        if isinstance(self.framer, NativeFramer):
+            # no exit status on a network OS: the platform's error markers, the mode, the prompt
+            result.mode, result.prompt = self.framer.mode, self._mask(self.framer.prompt or "") or None
+            if run.done:
+                # error markers lead or end a device's output: its head and tail (linear cost)
+                sample = (run.masked(0, total) if total <= 16_384 else
+                          run.masked(0, 8192) + "\n" + run.masked(total - 8192, total))
+                error = self.framer.platform.error_in(sample)
+                result.error_detected, result.error = error is not None, error
+            result.notice = self.framer.notice() if run.command is not None else None
+        return result
 
 

@@ -158,11 +158,16 @@ class AssertSpec(BaseModel):
     model_config = _CFG
     regex: Regex | None = Field(None, description="Must match somewhere in the output.")
     not_regex: Regex | None = Field(None, description="Must not match anywhere in the output.")
+    row: dict[str, Regex] | None = Field(
+        None, description="With parse: true, some parsed row must match every field's regex "
+                          "(e.g. {interface: 'GigabitEthernet0/1', status: up}).")
+    no_row: dict[str, Regex] | None = Field(
+        None, description="With parse: true, no parsed row may match every field's regex.")
 
     @model_validator(mode="after")
     def _some(self) -> AssertSpec:
-        if self.regex is None and self.not_regex is None:
-            raise ValueError("give regex and/or not_regex")
+        if self.regex is None and self.not_regex is None and self.row is None and self.no_row is None:
+            raise ValueError("give regex, not_regex, row and/or no_row")
         return self
 
 
@@ -174,6 +179,8 @@ class CaptureSpec(BaseModel):
     regex: Regex | None = Field(None, description="Capture the first group (or the whole match) "
                                                   "instead of the whole output; no match fails "
                                                   "the step.")
+    field: str | None = Field(None, description="With parse: true, this field of the first "
+                                                "parsed row (a list is joined with commas).")
 
     @field_validator("name")
     @classmethod
@@ -232,6 +239,26 @@ class StepSpec(BaseModel):
                                                 "workflow's step_timeout).")
     confirm: bool = Field(False, description="Confirm a command the host's policy asks to "
                                              "confirm (the runbook's author confirms in writing).")
+    parse: bool = Field(False, description="Network devices: parse the output into rows "
+                                           "(TextFSM / ntc-templates) for assert row/no_row and "
+                                           "capture field.")
+    config: bool = Field(False, description="Network devices: `run` holds configuration lines "
+                                            "(one per line), applied in configuration mode; a "
+                                            "line the device rejects fails the step.")
+    commit: bool = Field(False, description="With config: true, commit at the end (Junos).")
+
+    @model_validator(mode="after")
+    def _modes(self) -> StepSpec:
+        if self.config and (self.parse or self.answer):
+            raise ValueError("a config step cannot also parse or answer prompts")
+        if self.commit and not self.config:
+            raise ValueError("commit needs config: true")
+        if (self.config or self.parse) and self.run is None:
+            raise ValueError("config and parse are for run steps")
+        if not self.parse and ((self.assert_ and (self.assert_.row or self.assert_.no_row))
+                               or (self.capture and self.capture.field)):
+            raise ValueError("assert row/no_row and capture field need parse: true")
+        return self
 
     @model_validator(mode="after")
     def _one_action(self) -> "StepSpec":
@@ -625,6 +652,7 @@ class StepResult:
     duration: float = 0.0
     captured: dict[str, str] = field(default_factory=dict)
     message: str | None = None       # why it failed or was skipped
+    parsed: list[dict[str, Any]] | None = None   # parse: true, the rows
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -917,6 +945,9 @@ class _HostRun:
                 self._capture(index, step, sr, output)
             return
         timeout = step.timeout or self.wf.spec.step_timeout
+        if step.config:
+            self._config(sid, step, sr, timeout, t0)
+            return
         deadline = t0 + timeout
         answers = list(step.answer)
         truncated = False
@@ -959,14 +990,31 @@ class _HostRun:
         output = "".join(pieces)
         sr.output, sr.exit_status = output, res.exit_status
         sr.duration = round(time.monotonic() - t0, 4)
+        rows: list[dict[str, Any]] | None = None
+        self._parse_problem = ""
         if answers:
             sr.message = f"prompt {answers[0].prompt!r} never appeared"
         elif (why := _expected(step, res.exit_status)) is not None:
             sr.message = why
-        elif (why := self._asserts(index, step, output)) is not None:
+        elif res.error_detected and step.expect_exit != "any":
+            sr.message = f"the device reported an error: {res.error}"
+        elif step.parse and (rows := self._parse(command, output)) is None:
+            sr.message = self._parse_problem
+        elif (why := self._asserts(index, step, output, rows)) is not None:
             sr.message = why
+        elif step.capture is not None and step.capture.field is not None:
+            row = rows[0] if rows else None
+            if row is None or step.capture.field not in row:
+                sr.message = (f"capture {step.capture.name}: no parsed field "
+                              f"{step.capture.field!r}" + (f" (fields: {', '.join(row)})" if row else
+                                                           " (no rows)"))
+            else:
+                v = row[step.capture.field]
+                value = ",".join(map(str, v)) if isinstance(v, list) else str(v)
+                self.values[step.capture.name] = sr.captured[step.capture.name] = value
         elif step.capture is not None:
             self._capture(index, step, sr, output)
+        sr.parsed = rows
 
     def _capture(self, index: int, step: StepSpec, sr: StepResult, output: str) -> None:
         assert step.capture is not None
@@ -980,7 +1028,8 @@ class _HostRun:
         else:
             self.values[step.capture.name] = sr.captured[step.capture.name] = value
 
-    def _asserts(self, index: int, step: StepSpec, output: str) -> str | None:
+    def _asserts(self, index: int, step: StepSpec, output: str,
+                 rows: list[dict[str, Any]] | None = None) -> str | None:
         a = step.assert_
         if a is None:
             return None
@@ -988,7 +1037,47 @@ class _HostRun:
             return f"assert: {a.regex!r} does not match the output"
         if a.not_regex and (m := self._search(index, a.not_regex, output)):
             return f"assert: not_regex {a.not_regex!r} matches {m.group(0)[:80]!r}"
+        if a.row and not any(self._row_matches(index, a.row, r) for r in rows or []):
+            return f"assert: no parsed row matches {a.row}"
+        if a.no_row and (hit := next((r for r in rows or [] if self._row_matches(index, a.no_row, r)),
+                                     None)) is not None:
+            return f"assert: a parsed row matches no_row {a.no_row}: {hit}"
         return None
+
+    def _row_matches(self, index: int, want: dict[str, str], row: dict[str, Any]) -> bool:
+        for name, pattern in want.items():
+            if name not in row:
+                raise _StepProblem(f"assert: the parsed rows have no field {name!r} "
+                                   f"(fields: {', '.join(row)})")
+            v = row[name]
+            text = ",".join(map(str, v)) if isinstance(v, list) else str(v)
+            if not self._search(index, pattern, text):
+                return False
+        return True
+
+    def _parse(self, command: str, output: str) -> list[dict[str, Any]] | None:
+        from .parsing import parse_text
+        target = self.m.inventory.target(self.host)
+        try:
+            return parse_text(target.device_type, command, output, host=self.host)[1]
+        except PhonehomeJumpError as err:
+            self._parse_problem = f"parse: {err.what}"
+            return None
+
+    def _config(self, sid: str, step: StepSpec, sr: StepResult, timeout: float, t0: float) -> None:
+        """A config step: the lines of ``run`` applied in configuration mode (modes.apply_config)."""
+        from .modes import apply_config
+        target = self.m.inventory.target(self.host)
+        info = next((i for i in self.m.list(owner=self.owner) if i.id == sid), None)
+        c = apply_config(self.m, sid, target, sr.command.splitlines(), owner=self.owner,
+                         commit=step.commit, wait=timeout, confirm=step.confirm,
+                         mode=getattr(info, "mode", None))
+        sr.output = "".join(f"{x.line}\n{x.output}" for x in c.lines)
+        sr.duration = round(time.monotonic() - t0, 4)
+        if c.error_detected:
+            sr.message = (f"the device rejected {c.error}" +
+                          (f"; not sent: {len(c.not_sent)} line(s)" if c.not_sent else "") +
+                          ("; the candidate was rolled back" if c.rolled_back else ""))
 
 
 class _StepProblem(Exception):

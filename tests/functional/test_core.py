@@ -319,8 +319,9 @@ def test_native_framing_uses_the_device_prompt(manager):
     info = manager.open("lab-target1", framing="native")
     assert info.framing == "native"
     r = manager.command(info.id, "seq 1 3", wait=5)
-    assert (r.output, r.running, r.exit_status) == ("1\n2\n3", False, None)
-    assert manager.command(info.id, "echo hi", wait=5).output == "hi"
+    # exactly what the command printed, its final newline included (as on the sentinel path)
+    assert (r.output, r.running, r.exit_status) == ("1\n2\n3\n", False, None)
+    assert manager.command(info.id, "echo hi", wait=5).output == "hi\n"
 
 
 def test_read_without_wait_collects_what_already_arrived(manager):

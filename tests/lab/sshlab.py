@@ -311,6 +311,66 @@ hosts:
 """
         self.inventory.write_text(text)
 
+    # -- emulated network devices (fakenos), inside a target's namespace ----------------
+    @property
+    def devices_inventory(self) -> Path:
+        return self.state / "devices" / "lab-devices.yaml"
+
+    def start_devices(self, node: str = "target3", timeout: float = 120.0) -> Path:
+        """Run the fakenos devices of ``devices.py`` inside ``node``'s namespace, behind both jumps.
+
+        Returns their inventory (the lab's jumps, then one host per device). The lab's
+        ``down`` ends them with the namespace's processes.
+        """
+        import devices   # this directory; needs fakenos (the test extra)
+
+        n = self.nodes[node]
+        key = self.state / "device_rsa_key"
+        if not key.exists():   # fakenos's server takes an RSA key in PEM form
+            run("ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f", str(key))
+        ready = self.state / "devices.ready"
+        ready.unlink(missing_ok=True)
+        log = open(self.state / "devices.log", "ab")
+        env = {**os.environ, **self.env}
+        subprocess.Popen(["ip", "netns", "exec", n.ns, sys.executable, str(Path(__file__).with_name("devices.py")),
+                          "serve", "--addr", n.addr, "--key", str(key), "--ready", str(ready)],
+                         stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        ports = devices.ports()
+        while time.monotonic() < deadline:
+            if ready.exists() and all(
+                    run("ss", "-Hltn", f"sport = :{p}", ns=n.ns, check=False).stdout.strip() for p in ports):
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"lab: the emulated devices did not start; see {self.state / 'devices.log'}")
+        pub = key.with_suffix(".pub").read_text().split()
+        known = self.state / "devices" / "known_hosts"
+        known.parent.mkdir(exist_ok=True)
+        lines = [self.host_key_line("jump1"), self.host_key_line("jump2")]
+        lines += [f"[{n.addr}]:{p} {pub[0]} {pub[1]}" for p in ports]
+        known.write_text("\n".join(lines) + "\n")
+        hosts = "\n".join(f"  {name}: {{host: {h['host']}, port: {h['port']}, device_type: {h['device_type']}}}"
+                          for name, h in devices.inventory_hosts(n.addr).items())
+        self.devices_inventory.write_text(f"""\
+# The lab's emulated network devices (fakenos), written by tests/lab/sshlab.py.
+defaults:
+  known_hosts: {known}
+  host_key_policy: strict
+  keepalive: 15
+  via: jump2
+  credentials: lab-device
+credentials:
+  lab-key: {{username: phjkey, key_file: {self.key_file}, use_agent: false}}
+  lab-device: {{username: {devices.USER}, password: "env:PHJ_LAB_PASSWORD", enable_secret: "env:PHJ_LAB_SUDO_PASSWORD", use_agent: false}}
+jump_hosts:
+  jump1: {{host: {self.addr('jump1')}, credentials: lab-key, via: []}}
+  jump2: {{host: {self.addr('jump2')}, credentials: lab-key, via: jump1}}
+hosts:
+{hosts}
+""")
+        return self.devices_inventory
+
     def reachable_directly(self, name: str, timeout: float = 0.5) -> bool:
         """True when a TCP connect from the local namespace reaches the node's sshd."""
         try:

@@ -45,6 +45,9 @@ TOOLS = {   # name: (readOnly, destructive, idempotent, openWorld)
     "ssh_session_close": (False, True, True, True),
     "ssh_session_revive": (False, False, False, True),
     "ssh_run": (False, True, False, True),
+    "ssh_session_enable": (False, True, False, True),
+    "ssh_session_config": (False, True, False, True),
+    "ssh_session_parse": (False, True, False, True),
     "ssh_file_upload": (False, True, False, True),
     "ssh_file_download": (False, False, False, True),
 }
