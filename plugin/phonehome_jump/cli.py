@@ -134,16 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inventory_show)
 
     p = commands.add_parser(
-        "run", parents=[common], help="run one command on a host",
-        usage=f"{PROG} run [-h] [--timeout S] HOST -- COMMAND...",
-        description="Open a session on HOST through its jump chain, run COMMAND (its words "
-                    "joined with spaces, interpreted by the remote shell), print its output "
-                    "and exit with its exit status.")
+        "run", parents=[common], help="run one command on a host (like ssh HOST COMMAND)",
+        usage=f"{PROG} run [-h] [--timeout S] [--confirm] [--sudo-password] HOST -- COMMAND...",
+        description="Run COMMAND on HOST through its jump chain, like `ssh HOST COMMAND`: its "
+                    "words are joined with spaces and interpreted by the remote shell; stdin "
+                    "is forwarded (EOF at its end), stdout and stderr stay separate, and the "
+                    "exit status is the remote command's (141 when stdout closes early). "
+                    "Network devices (non-POSIX) run it in a framed session instead: output "
+                    "on stdout, no stdin.")
     p.add_argument("host", metavar="HOST")
-    p.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
-                   help=f"give up after S seconds and exit 124 (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--timeout", type=_timeout, default=None, metavar="S",
+                   help="give up after S seconds and exit 124 (default: no limit, like ssh)")
     p.add_argument("--confirm", action="store_true",
                    help="run it even if the host's policy asks for confirmation")
+    p.add_argument("--sudo-password", action="store_true",
+                   help="answer sudo's password prompt with the host's sudo_password from the "
+                        "inventory (the command then runs on a remote terminal: stderr merged "
+                        "into stdout, stdin not forwarded)")
     p.add_argument("words", nargs="+", metavar="COMMAND",
                    help="the remote command; put it after -- when it has options")
     p.set_defaults(func=cmd_run)
@@ -373,10 +380,23 @@ def _policy_text(policy: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- run / shell
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .framing import SENTINEL_DEVICE_TYPES
+
     command = " ".join(args.words)
-    manager, info = _open(args)
+    manager = _manager(args)
     try:
-        return _run_one(manager, info, command, args.timeout, args.confirm)
+        target = manager.inventory.target(args.host)
+        if target.device_type in SENTINEL_DEVICE_TYPES:   # a POSIX shell: exec, like ssh
+            from .cli_run import run_exec
+
+            return run_exec(manager, target, command, timeout=args.timeout,
+                            confirm=args.confirm, sudo=args.sudo_password)
+        if args.sudo_password:
+            print(f"{PROG}: {target.name}: --sudo-password is for POSIX hosts (device_type "
+                  f"{target.device_type!r} has no sudo)", file=sys.stderr)
+            return EXIT_USAGE
+        info = manager.open(args.host)
+        return _run_one(manager, info, command, args.timeout or DEFAULT_TIMEOUT, args.confirm)
     except _Timeout:
         return EXIT_TIMEOUT
     finally:

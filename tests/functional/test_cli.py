@@ -73,9 +73,10 @@ def test_run_timeout_exits_124(capsys, lab):
     assert time.monotonic() - start < 15
 
 
-def test_run_cannot_answer_a_password_prompt(capsys, lab):
+def test_run_without_sudo_password_fails_like_ssh_and_says_how(capsys, lab):
+    # no terminal, as with `ssh host sudo true`: sudo refuses at once (no hang until --timeout)
     code, _, err = inproc(capsys, lab, "run", "lab-sudo", "--", "sudo -k; sudo true")
-    assert code == 124 and "waiting for input" in err and "shell lab-sudo" in err
+    assert code == 1 and "a terminal is required" in err and "--sudo-password" in err
 
 
 def test_run_with_password_auth_never_shows_the_password(lab):
