@@ -26,14 +26,11 @@ printed as ``phonehome-jump: <message>``; tracebacks only go to the log with ``-
 from __future__ import annotations
 
 import argparse
-import codecs
 import getpass
 import json
 import logging
 import os
-import select
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,7 +42,6 @@ from .errors import ConnectError, InventoryError, PhonehomeJumpError, PolicyErro
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
 from .redact import REDACTOR, RedactingFilter, mask
-from .prompts import asks_for_secret
 from .session import CommandResult
 
 log = logging.getLogger(__name__)
@@ -64,7 +60,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_PIPE = 141         # 128 + SIGPIPE
 EXIT_CONNECT = 255      # like ssh
 
-ESCAPE = "\x1d"         # Ctrl-], as in telnet
 
 
 class _Timeout(Exception):
@@ -157,9 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "shell", parents=[common], help="a shell on a host (interactive or scripted)",
-        description="On a terminal: an interactive, line-edited shell through the chain "
-                    "(Ctrl-] quits). Otherwise: run each line of stdin as one command and "
-                    "print its output; exit with the last command's status.")
+        description="On a terminal: an interactive terminal through the chain, like "
+                    "`ssh -t` (the remote pty is sized like yours and follows resizes; "
+                    "full-screen programs, Ctrl-C/Z/\\ work; `~.` at the start of a line "
+                    "leaves, `~?` lists the escapes); exits with the remote shell's status. "
+                    "Each line entered at a prompt is checked against the host's policy and "
+                    "audited (see README). With stdin not a terminal: run each line of stdin "
+                    "as one command and print its output; exit with the last command's status.")
     p.add_argument("host", metavar="HOST")
     p.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
                    help="scripted mode: per-command limit, then exit 124 "
@@ -404,11 +403,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    interactive = _isatty(sys.stdin)
-    manager, info = _open(args)
+    manager = _manager(args)
     try:
-        if interactive:
-            return _interactive(manager, info, args.confirm)
+        target = manager.inventory.target(args.host)
+        if _isatty(sys.stdin):          # a person: a real terminal through the chain (ssh -t)
+            from .cli_terminal import interactive
+
+            return interactive(manager, target, confirm=args.confirm)
+        info = manager.open(args.host)
         return _scripted(manager, info, sys.stdin, args.timeout, args.confirm)
     except _Timeout:
         return EXIT_TIMEOUT
@@ -433,191 +435,6 @@ def _scripted(manager: SessionManager, info: SessionInfo, lines: Any, timeout: f
             continue
         status = _run_one(manager, info, command, timeout, confirm)
     return status
-
-
-class LineEditor:
-    """Local line discipline for the interactive shell.
-
-    The session's shell has echo and line editing off (it is framed for exact output), so
-    the terminal side does what a tty would: echo, backspace, Ctrl-U, and sends a whole
-    line on Enter. Ctrl-C/Ctrl-Z/Ctrl-\\ go through at once; Ctrl-] (or Ctrl-D on an empty
-    line) quits. Cursor and function keys are dropped. After a password prompt the next
-    line is not echoed and is sent as a secret (masked in later output).
-
-    :meth:`feed` returns actions: ``("echo", text)``, ``("line", text, secret)``,
-    ``("control", key)``, ``("quit",)``.
-    """
-
-    CONTROLS = {"\x03": "c", "\x1a": "z", "\x1c": "\\"}
-
-    def __init__(self) -> None:
-        self.buffer: list[str] = []
-        self.secret = False
-        self._esc = ""          # "", "esc", "csi", "ss3"
-
-    def feed(self, text: str) -> list[tuple[Any, ...]]:
-        actions: list[tuple[Any, ...]] = []
-        for ch in text:
-            actions += self._char(ch)
-            if actions and actions[-1][0] == "quit":
-                break
-        return actions
-
-    def _char(self, ch: str) -> list[tuple[Any, ...]]:
-        if self._esc:
-            state, self._esc = self._esc, ""
-            if state == "esc":
-                if ch == "[":
-                    self._esc = "csi"
-                    return []
-                if ch == "O":
-                    self._esc = "ss3"
-                    return []
-                # a lone Escape: drop it, handle this character normally
-            elif state == "csi":
-                if "\x20" <= ch <= "\x3f":
-                    self._esc = "csi"
-                return []
-            else:
-                return []
-        if ch == ESCAPE:
-            return [("quit",)]
-        if ch == "\x1b":
-            self._esc = "esc"
-            return []
-        if ch in ("\r", "\n"):
-            line, secret = "".join(self.buffer), self.secret
-            self.buffer, self.secret = [], False
-            return [("echo", "\r\n"), ("line", line, secret)]
-        if ch in ("\x7f", "\b"):
-            if not self.buffer:
-                return []
-            self.buffer.pop()
-            return [] if self.secret else [("echo", "\b \b")]
-        if ch == "\x15":                                    # Ctrl-U: kill the line
-            n, self.buffer = len(self.buffer), []
-            return [] if self.secret or not n else [("echo", "\b \b" * n)]
-        if ch == "\x04":                                    # Ctrl-D
-            return [("quit",)] if not self.buffer else []
-        if ch in self.CONTROLS:
-            self.buffer, self.secret = [], False
-            return [("echo", "^" + chr(ord(ch) + 64) + "\r\n"), ("control", self.CONTROLS[ch])]
-        if ch == "\t" or ch >= " ":
-            self.buffer.append(ch)
-            return [] if self.secret else [("echo", ch)]
-        return []                                           # other control characters
-
-
-class _Terminal:
-    """Writes to the local terminal; in raw mode a newline needs an explicit carriage return."""
-
-    def __init__(self, raw: bool) -> None:
-        self.raw = raw
-        self.lock = threading.Lock()
-        self.column0 = True
-
-    def write(self, text: str, *, remote: bool = False) -> None:
-        if not text:
-            return
-        if self.raw and remote:
-            text = text.replace("\r\n", "\n").replace("\n", "\r\n")
-        with self.lock:
-            _write_remote(text)
-            self.column0 = text.endswith("\n")
-
-
-def _interactive(manager: SessionManager, info: SessionInfo, confirm: bool = False) -> int:
-    import termios
-    import tty
-
-    fd = sys.stdin.fileno()
-    saved = termios.tcgetattr(fd)
-    hops = _arrow(sys.stderr).join(info.chain) or "direct"
-    print(f"Connected to {info.host} via {hops} (session {info.id}).\n"
-          "Escape character is '^]' (Ctrl-D on an empty line also quits). "
-          "Lines are edited locally and sent on Enter.", file=sys.stderr, flush=True)
-    term = _Terminal(raw=True)
-    editor = LineEditor()
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def prompt(cwd: str | None, status: int | None) -> str:
-        mark = f"[{status}] " if status else ""
-        return f"{mark}{info.host}:{cwd or '?'}$ "
-
-    # A command can start and finish between two reads; `sent` (guarded by `io`, which also
-    # covers the read) says that input went out since the last idle read, so a prompt is due.
-    io = threading.Lock()
-    sent = [False]
-
-    def reader() -> None:
-        was_running, tail = True, ""     # True: the first idle read shows the first prompt
-        while not stop.is_set():
-            try:
-                with io:
-                    r = manager.read(info.id, wait=0.05)
-                    due, sent[0] = sent[0] or was_running, False
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                failure.append(exc)
-                stop.set()
-                return
-            if r.output:
-                term.write(r.output, remote=True)
-                tail = (tail + r.output)[-256:]
-                if r.running and asks_for_secret(tail):
-                    editor.secret = True
-            if r.running:
-                was_running = True
-                continue
-            if due:
-                if not term.column0:
-                    term.write("\n", remote=True)
-                term.write(prompt(r.cwd, r.exit_status))
-                was_running, tail = False, ""
-            stop.wait(0.05)
-
-    def send(**kwargs: Any) -> None:
-        with io:
-            try:
-                manager.send(info.id, confirm=confirm, **kwargs)
-            except PolicyError as err:     # the line is not sent; the shell goes on
-                term.write(f"{PROG}: {err}\n".replace("\n", "\r\n"))
-                term.write(prompt(manager.session(info.id).cwd, None))
-                return
-            sent[0] = True
-
-    thread = threading.Thread(target=reader, name="phj-shell-reader", daemon=True)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    tty.setraw(fd)
-    try:
-        thread.start()
-        while not stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if not ready:
-                continue
-            data = os.read(fd, 4096)
-            if not data:
-                break
-            for action in editor.feed(decoder.decode(data)):
-                if action[0] == "quit":
-                    stop.set()
-                    break
-                if action[0] == "echo":
-                    term.write(action[1])
-                elif action[0] == "line":
-                    send(text=action[1], newline=True, secret=action[2])
-                elif action[0] == "control":
-                    send(newline=False, control=action[1])
-    finally:
-        stop.set()
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-        thread.join(timeout=2)
-        if not term.column0:
-            term.write("\n")
-    if failure:
-        raise failure[0]
-    return EXIT_OK
-
 
 
 # --------------------------------------------------------------------------- workflow

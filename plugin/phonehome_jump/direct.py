@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 class StreamMasker:
     """Masks registered secrets in a byte stream that arrives in pieces.
 
-    A secret may straddle two pieces, so up to (longest secret - 1) characters are held
-    back until the next piece or :meth:`flush`. Bytes that are not UTF-8 pass unchanged.
+    A secret may straddle two pieces, so a tail that begins some secret is held back until
+    the next piece (or :meth:`flush`); any other text passes at once, so an interactive
+    echo is not delayed. Bytes that are not UTF-8 pass unchanged.
     """
 
     def __init__(self) -> None:
@@ -43,21 +44,21 @@ class StreamMasker:
 
     def feed(self, data: bytes) -> bytes:
         text = self._held + self._decoder.decode(data)
-        keep = max((len(v) for v in REDACTOR._values), default=1) - 1
-        if keep <= 0 or len(text) <= keep:
-            if keep <= 0:
-                self._held = ""
-                return self._encode(text)
-            self._held = text
-            return b""
+        self._held = ""
+        values = REDACTOR._values
+        if not values or not text:
+            return self._encode(text)
         masked = REDACTOR.mask(text)
-        tail = text[-keep:]
-        if not masked.endswith(tail):   # the tail was part of a whole secret: all is masked
-            self._held = ""
-            return self._encode(masked)
-        # the tail may begin a secret that the next piece completes: hold it back
-        self._held = tail
-        return self._encode(masked[:-keep])
+        hold = 0
+        for value in values:
+            for n in range(min(len(value) - 1, len(text)), hold, -1):
+                if text.endswith(value[:n]):
+                    hold = n
+                    break
+        if hold and masked.endswith(text[-hold:]):
+            self._held = text[-hold:]
+            return self._encode(masked[:-hold])
+        return self._encode(masked)
 
     def flush(self) -> bytes:
         text = self._held + self._decoder.decode(b"", final=True)

@@ -12,11 +12,11 @@ from .errors import SessionError
 #: Ends the wait of a command early (it keeps running): the program asks for input.
 #: ``\Z``, not ``$``: a prompt already answered (followed by a newline) asks for nothing.
 INPUT_PROMPT = re.compile(
-    r"(?i)(?:password|passphrase|passcode)[^\n]{0,40}:[ \t]*\Z|\[y/n\][ \t]*\Z"
+    r"(?i)(?:password|pass ?phrase|passcode)[^\n]{0,40}:[ \t]*\Z|\[y/n\][ \t]*\Z"
     r"|\(yes/no[^)\n]*\)\??[ \t]*\Z|\[sudo\][^\n]*:[ \t]*\Z")
 
 #: The last line asks for something that must not be echoed or logged (a subset of INPUT_PROMPT).
-SECRET_PROMPT = re.compile(r"(?i)(?:password|passphrase|passcode|pin)[^\n]{0,40}:[ \t]*\Z"
+SECRET_PROMPT = re.compile(r"(?i)(?:password|pass ?phrase|passcode|pin)[^\n]{0,40}:[ \t]*\Z"
                            r"|\[sudo\][^\n]*:[ \t]*\Z")
 
 
