@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -495,45 +494,6 @@ def cmd_workflow_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _WorkflowProgress:
-    """Per-host status: redrawn lines on a terminal, timestamped lines otherwise (cron, systemd)."""
-
-    def __init__(self, hosts: list[str], stream: TextIO) -> None:
-        self.stream, self.hosts = stream, hosts
-        self.tty = _isatty(stream) and os.environ.get("TERM") != "dumb"
-        self.state = {h: "waiting" for h in hosts}
-        self.width = max(map(len, hosts), default=0)
-        self.drawn = False
-
-    def __call__(self, e: Any) -> None:
-        if e.kind == "host_start":
-            line = f"started ({e.total_steps} steps)"
-        elif e.kind == "step":
-            s = e.step
-            line = (f"step {s.index}/{e.total_steps} {s.status}: {s.name}"
-                    + (f" ({s.message})" if s.message else "") + f" {s.duration:.2f}s")
-        else:
-            r = e.result
-            failed = [s.index for s in r.steps if s.status == "failed"]
-            line = (f"{r.status.upper()} in {r.duration:.2f}s"
-                    + (f", failed step {', '.join(map(str, failed))}" if failed else "")
-                    + (f": {r.error.splitlines()[0]}" if r.error else ""))
-        if self.tty:
-            self.state[e.host] = line
-            self.draw()
-        else:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            print(f"{stamp} {e.host}: {line}", file=self.stream, flush=True)
-
-    def draw(self) -> None:
-        out = "\x1b[%dA" % len(self.hosts) if self.drawn else ""
-        for h in self.hosts:
-            out += f"\r\x1b[2K{h:<{self.width}}  {self.state[h]}"[:400] + "\n"
-        self.stream.write(out)
-        self.stream.flush()
-        self.drawn = True
-
-
 def cmd_workflow_run(args: argparse.Namespace) -> int:
     from .errors import WorkflowLockedError
     from .workflow import WorkflowLock, junit_xml, plan, run_workflow
@@ -547,17 +507,21 @@ def cmd_workflow_run(args: argparse.Namespace) -> int:
         for host, hr in result.hosts.items():
             for s in hr.steps:
                 print(f"{host}: step {s.index}: {s.command}")
-        print(f"dry run: {len(wf.spec.steps)} steps on {len(names)} hosts; nothing was run")
+        n, h = len(wf.spec.steps), len(names)
+        print(f"dry run: {n} step{'s' * (n != 1)} on {h} host{'s' * (h != 1)}; nothing was run")
     else:
         try:
             lock = WorkflowLock(wf).acquire(f"{PROG} workflow run {args.file}")
         except WorkflowLockedError as err:
             print(f"{PROG}: {err}", file=sys.stderr)
             return EXIT_WF_LOCKED
+        from .cli_progress import WorkflowProgress
+
         try:
-            progress = _WorkflowProgress(names, sys.stderr)
-            result = run_workflow(wf, inv, hosts=names, vars=values, audit_path=args.audit_log,
-                                  concurrency=args.concurrency, on_event=progress)
+            with WorkflowProgress(names, sys.stderr) as progress:
+                result = run_workflow(wf, inv, hosts=names, vars=values,
+                                      audit_path=args.audit_log,
+                                      concurrency=args.concurrency, on_event=progress)
         finally:
             lock.release()
         failed = result.failed_hosts

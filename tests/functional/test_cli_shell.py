@@ -297,3 +297,46 @@ def test_sudo_passwords_never_reach_audit_or_transcripts(lab, term, tmp_path):
     assert "echo after-$((1+1))" in cmds
     sends = [r["command"] for r in recs if r["event"] == "send"]
     assert "Y" in sends and sends.count("********") >= 5
+
+
+# ----------------------------------------------------------------------------- workflow progress
+
+def test_workflow_progress_on_a_real_terminal(lab, tmp_path):
+    import pyte
+
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("name: progress\ntargets: {group: lab}\nconcurrency: 2\nsteps:\n"
+                  "  - {name: 'a step name long enough to be wider than the eighty columns of "
+                  "this terminal, which must be cut, not wrapped', run: sleep 0.5}\n"
+                  "  - run: 'false'\n    expect_exit: any\n")
+    master, slave = pty.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = dict(os.environ, PHONEHOME_JUMP_INVENTORY=str(lab.inventory), TERM="xterm")
+    proc = subprocess.Popen([str(SCRIPT), "workflow", "run", str(wf)], stdin=slave,
+                            stdout=slave, stderr=slave, env=env, preexec_fn=_controlling_tty)
+    os.close(slave)                           # so the end of the program ends our reads
+    screen = pyte.Screen(80, 24)
+    stream = pyte.Stream(screen)
+    data = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, "no output for 60s"
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    stream.feed(data.decode("utf-8", "replace"))
+    shown = [line.rstrip() for line in screen.display if line.strip()]
+    assert shown[0].startswith("3 hosts: 3 passed, 0 failed, 0 running, 0 waiting")
+    assert shown[-1].startswith("workflow 'progress': 3/3 hosts passed")
+    assert len(shown) == 2                    # nothing stale between them
