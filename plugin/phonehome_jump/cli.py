@@ -5,8 +5,9 @@
     inventory check [PATH]                         validate, print a one-line summary
     inventory list [--group G] [--tag T] [--query Q] [--json]
     inventory show HOST [--json]                   resolved target: chain, auth references, source
-    run HOST [--timeout S] [--confirm] -- COMMAND...   one command, its output and exit status
-    shell HOST [--timeout S] [--confirm]           interactive (stdin is a tty) or scripted
+    run HOST [--timeout S] [--confirm] [--sudo-password] -- COMMAND...   like ssh HOST COMMAND
+    shell HOST [--timeout S] [--confirm]           a terminal like ssh -t (stdin a tty), or scripted
+    inventory check --keys [HOST...]               every hop's host key at once (known_hosts lines)
     workflow check|run FILE ...                    multi-step YAML runbooks (workflow.py)
     serve [--http HOST:PORT] [--agent SITE=HOST:PORT]... [--workflows DIR]   the MCP server
     agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (rpc.py)
@@ -91,8 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Persistent, prompt-framed SSH sessions through jump-host chains.",
         epilog=f"The inventory is --inventory PATH, else ${ENV_VAR}, else ./{DEFAULT_INVENTORY}/. "
-               "Exit codes: the remote status (run), 1 error, 2 usage/inventory, "
-               "124 timeout, 255 connect failed.")
+               "Exit codes: the remote status (run, shell), 1 error, 2 usage/inventory, "
+               "70 internal error, 77 refused by the host's policy (see --confirm), "
+               "124 timeout, 130 interrupted, 141 stdout closed, 255 connect failed "
+               "(or `shell` left with ~.). workflow: 0 passed, 1 a host failed, 2 invalid, "
+               "3 locked.")
     parser.add_argument("--inventory", metavar="PATH",
                         help=f"inventory file or directory (default: ${ENV_VAR}, "
                              f"else ./{DEFAULT_INVENTORY}/)")
