@@ -47,8 +47,9 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     which :func:`wrap_error` turns into a HostKeyError in both modes.
     """
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, role: str = "hop") -> None:
         self.endpoint = endpoint
+        self.role = role                # "hop", or "host" for the target itself
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         ep = self.endpoint
@@ -57,7 +58,7 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             raise HostKeyError(
                 f"host key of {hostname} is not in {ep.known_hosts} "
                 f"(offered {key.get_name()} {fingerprint(key)})",
-                hop=ep.name, fingerprint=fingerprint(key), where=f"hop {ep.name!r} ({ep.source})",
+                hop=ep.name, fingerprint=fingerprint(key), where=f"{self.role} {ep.name!r} ({ep.source})",
                 hint=f"verify {fingerprint(key)} with the host's owner, then append this line to "
                      f"{ep.known_hosts}: {line}  — or set host_key_policy: accept-new for first contact")
         path = ep.known_hosts
@@ -74,7 +75,8 @@ def _hop_label(ep: Endpoint) -> str:
     return f"{ep.name} ({ep.username}@{ep.host}:{ep.port})"
 
 
-def wrap_error(exc: BaseException, ep: Endpoint, via: Endpoint | None) -> PhonehomeJumpError:
+def wrap_error(exc: BaseException, ep: Endpoint, via: Endpoint | None,
+               role: str = "hop") -> PhonehomeJumpError:
     """Turn a socket/paramiko/netmiko failure at one hop into a ConnectError naming that hop.
 
     Walks ``__cause__``/``__context__`` so that library wrappers (netmiko wraps paramiko)
@@ -87,7 +89,7 @@ def wrap_error(exc: BaseException, ep: Endpoint, via: Endpoint | None) -> Phoneh
             return cur
         seen.append(cur)
         cur = cur.__cause__ or cur.__context__
-    where = f"hop {ep.name!r} ({ep.source})"
+    where = f"{role} {ep.name!r} ({ep.source})"   # role: "host" when ep is the target
     label = _hop_label(ep)
     for err in seen:
         if isinstance(err, paramiko.BadHostKeyException):

@@ -117,6 +117,10 @@ class DirectChannel:
         try:
             self.hops = self.manager.pool.acquire((*self.target.chain, self.target.endpoint))
         except BaseException as exc:
+            if isinstance(exc, PhonehomeJumpError) and (exc.where or "").startswith(
+                    f"hop {self.target.name!r}"):
+                # the pool dials the target like one more hop; name it as what it is
+                exc.where = "host" + exc.where[3:]
             self.record("open", outcome="error", kind=self.kind,
                         error=str(exc) if isinstance(exc, PhonehomeJumpError) else type(exc).__name__,
                         duration=round(time.time() - self.started, 4))

@@ -77,10 +77,10 @@ class Session:
                 alt_key_file=str(ep.known_hosts), conn_timeout=ep.connect_timeout,
                 auth_timeout=ep.connect_timeout, banner_timeout=ep.connect_timeout,
                 keepalive=ep.keepalive, fast_cli=True, auto_connect=False)
-            conn.key_policy = HostKeyPolicy(ep)   # strict or accept-new, as the inventory says
+            conn.key_policy = HostKeyPolicy(ep, role="host")   # strict or accept-new, as the inventory says
             conn.establish_connection(width=PTY_WIDTH, height=1000)
         except Exception as exc:
-            raise wrap_error(exc, ep, target.chain[-1] if target.chain else None) from exc
+            raise wrap_error(exc, ep, target.chain[-1] if target.chain else None, role="host") from exc
         chan = conn.remote_conn
         chan.settimeout(None)
         framer: Framer = SentinelFramer() if framing == "sentinel" else NativeFramer()
@@ -95,7 +95,7 @@ class Session:
                                    where=f"host {target.name!r}",
                                    hint="check the account's login shell; device_type decides "
                                         "the framing (sentinel needs a POSIX shell)") from exc
-            raise wrap_error(exc, ep, None) from exc
+            raise wrap_error(exc, ep, None, role="host") from exc
         return session
 
     # -- the wire ---------------------------------------------------------------------

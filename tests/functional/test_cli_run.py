@@ -110,3 +110,25 @@ def test_policy_refuses_before_connecting(lab, tmp_path):
     assert proc.returncode == 77 and proc.stdout == b"" and b"touch" in proc.stderr
     proc = run(lab, "lab-target1", "--", "test -e /tmp/phj-policy-canary")
     assert proc.returncode == 1                       # it never ran
+
+
+def test_the_target_is_called_a_host_not_a_hop(lab, tmp_path):
+    known = tmp_path / "known_hosts"                 # the jumps' keys only
+    known.write_text(lab.host_key_line("jump1") + "\n" + lab.host_key_line("jump2") + "\n")
+    text = lab.inventory.read_text()
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(text.replace(f"known_hosts: {lab.known_hosts}", f"known_hosts: {known}"))
+    proc = run(lab, "lab-target1", "--", "true", inventory=inv)
+    assert proc.returncode == 255
+    assert proc.stderr.startswith(b"phonehome-jump: host 'lab-target1'") and b"host key" in proc.stderr
+    scripted = subprocess.run([str(SCRIPT), "shell", "lab-target1"], input=b"true\n",
+                              capture_output=True, timeout=120,
+                              env=dict(os.environ, PHONEHOME_JUMP_INVENTORY=str(inv)))
+    assert scripted.returncode == 255
+    assert scripted.stderr.startswith(b"phonehome-jump: host 'lab-target1'")
+    password = tmp_path / "pw.yaml"
+    password.write_text(text)
+    proc = run(lab, "lab-password", "--", "true", inventory=password,
+               env={"PHJ_LAB_PASSWORD": "wrong"})
+    assert proc.returncode == 255 and proc.stderr.startswith(b"phonehome-jump: host 'lab-password'")
+    assert b"authentication" in proc.stderr

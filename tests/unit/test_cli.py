@@ -245,7 +245,7 @@ def test_connect_failure_exits_255(capsys, inv):
     inv.write_text(INVENTORY.replace("{host: 127.0.0.1,", f"{{host: 127.0.0.1, port: {port},"))
     code, out, err = run(capsys, "--inventory", str(inv), "run", "local-box", "--", "true")
     assert code == 255 and out == ""
-    assert err.startswith("phonehome-jump: hop 'local-box'") and "refused" in err
+    assert err.startswith("phonehome-jump: host 'local-box'") and "refused" in err   # the target, not a hop
 
 
 # ----------------------------------------------------------------------------- error mapping
