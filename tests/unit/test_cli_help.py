@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from phonehome_jump.cli import main
@@ -46,3 +47,15 @@ def test_dry_run_counts_in_words(capsys):
                  "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.rstrip().endswith("steps on 1 host; nothing was run")
+
+
+def test_demo_as_non_root_is_one_clear_line(capsys, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tests" / "lab"))
+    try:
+        import demo
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "lab"))
+    monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
+    assert demo.main() == 1
+    err = capsys.readouterr().err
+    assert "needs root" in err and "sudo make demo" in err and "Traceback" not in err
