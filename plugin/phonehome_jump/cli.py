@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Load and validate the inventory; print a summary.")
     p.add_argument("path", nargs="?", metavar="PATH",
                    help="inventory file or directory (default: the global inventory)")
+    p.add_argument("--keys", action="store_true",
+                   help="also walk each host's chain and show every hop's host key at once: "
+                        "known, changed, or missing with the known_hosts line to add (on a "
+                        "terminal you confirm each new fingerprint to reach the hops behind it)")
+    p.add_argument("--host", action="append", metavar="NAME", dest="key_hosts",
+                   help="with --keys: only this host's chain (repeatable; default every host)")
+    p.add_argument("--write", action="store_true",
+                   help="with --keys: append the keys you confirmed to their known_hosts files")
     p.set_defaults(func=cmd_inventory_check)
     p = inv_cmds.add_parser("list", parents=[common], help="list hosts",
                             description="List hosts: name, host, device type, chain, tags.")
@@ -323,6 +331,13 @@ def cmd_inventory_check(args: argparse.Namespace) -> int:
     files = ", ".join(str(f) for f in inv.sources) or str(path)
     print(f"ok: {n} host{'s' * (n != 1)}, {g} group{'s' * (g != 1)} in "
           f"{len(inv.sources)} file{'s' * (len(inv.sources) != 1)}: {files}")
+    if args.keys:
+        from .cli_keys import check_keys
+
+        return check_keys(inv, args.key_hosts or inv.names(), write=args.write)
+    if args.key_hosts or args.write:
+        print(f"{PROG}: --host and --write go with --keys", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
