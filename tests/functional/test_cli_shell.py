@@ -206,6 +206,16 @@ def test_terminal_restored_when_the_remote_dies(term):
     assert t.restored()
 
 
+def test_terminal_restored_on_sigterm(term):
+    t = term()
+    t.start()
+    t.type("sleep 30\r")
+    t.proc.terminate()
+    code, err = t.wait()
+    assert code == 143 and "Traceback" not in err
+    assert t.restored()
+
+
 # ----------------------------------------------------------------------------- policy, audit, secrets
 
 def policy_inventory(lab, tmp_path: Path) -> tuple[Path, Path, Path]:
