@@ -276,11 +276,14 @@ class _Shell:
             elif self.ch.manager.audit:
                 self.ch.manager.audit.check()
         except PhonehomeJumpError as err:
-            # not sent: Ctrl-C discards the line on the remote side, which redraws its prompt
-            text = err.what if isinstance(err, PolicyError) and kind != "command" else str(err)
-            _write_all(self.fd_out, f"\r\n{PROG}: not sent: {text}\r\n".encode())
-            self.send(b"\x03")
-            return
+            if not (isinstance(err, PolicyError) and err.needs_confirm and kind == "command"
+                    and self._person_confirms(line, err)):
+                # not sent: Ctrl-C discards the line on the remote side, which redraws its prompt
+                text = err.what if isinstance(err, PolicyError) and kind != "command" else str(err)
+                _write_all(self.fd_out, f"\r\n{PROG}: not sent: {text}\r\n".encode()
+                           .replace(b"\n  try:", b"\r\n  try:"))
+                self.send(b"\x03")
+                return
         self.send(key)
         if kind == "command":
             self.ch.record("command", command=line, outcome="entered", terminal=True)
@@ -292,6 +295,26 @@ class _Shell:
             self.ch.record("send", command=MASK, outcome="sent", terminal=True,
                            secret=True if kind == "secret" else None)
             self.ch.transcript(f"» {MASK}\n")
+
+    def _person_confirms(self, line: str, err: PolicyError) -> bool:
+        """A confirm rule matched: the person at this terminal decides (one key, y to send)."""
+        _write_all(self.fd_out, (f"\r\n{PROG}: the policy of {self.ch.target.name} asks to "
+                                 f"confirm this command (rule {err.rule!r}). Send it? [y/N] ")
+                   .encode())
+        try:
+            answer = os.read(self.fd_in, 1)
+        except OSError:
+            answer = b""
+        _write_all(self.fd_out, answer.replace(b"\r", b"") + b"\r\n")
+        if answer not in (b"y", b"Y"):
+            return False
+        try:
+            self.ch.check(line, confirm=True)       # deny still wins over a confirmation
+        except PhonehomeJumpError:
+            return False
+        self.ch.record("policy_confirmed", command=line, rule=err.rule,
+                       approved_by="cli terminal: the person typed y")
+        return True
 
     def _check_unseen(self, line: str) -> None:
         """The policy on a line whose text must not be recorded (maybe a typed-ahead password)."""

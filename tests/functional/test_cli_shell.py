@@ -222,7 +222,8 @@ def policy_inventory(lab, tmp_path: Path) -> tuple[Path, Path, Path]:
     audit, transcripts = tmp_path / "audit.jsonl", tmp_path / "transcripts"
     text = lab.inventory.read_text()
     assert "  keepalive: 15\n" in text
-    text = text.replace("  keepalive: 15\n", "  keepalive: 15\n  policy: {deny: ['\\bphj-denied\\b']}\n")
+    text = text.replace("  keepalive: 15\n", "  keepalive: 15\n  policy: {deny: ['\\bphj-denied\\b'], "
+                        "confirm: ['\\bphj-confirm\\b']}\n")
     text += f"audit: {{path: {audit}, transcripts: {transcripts}}}\n"
     inv = tmp_path / "inv.yaml"
     inv.write_text(text)
@@ -249,7 +250,16 @@ def test_policy_and_audit_see_the_line_the_remote_edited(lab, term, tmp_path):
     t.expect(PROMPT)
     t.type("echo $((6*7))\r")
     t.expect(r"\n42\n" + PROMPT)
-    t.type("\x1b[A\x1b[A\r")                     # history (the refused line is not in it)
+    t.type("echo phj-confirm-no\r")              # a confirm rule: the person decides
+    t.expect(r"Send it\? \[y/N\] $")
+    t.type("n")
+    t.expect(r"not sent: .*phj-confirm")
+    t.expect(PROMPT)
+    t.type("echo phj-confirm yes\r")
+    t.expect(r"Send it\? \[y/N\] $")
+    t.type("y")
+    t.expect(r"\nphj-confirm yes\n" + PROMPT)
+    t.type("\x1b[A\x1b[A\x1b[A\r")                 # history (the refused lines are not in it)
     t.expect(r"\nok-1\n" + PROMPT)
     t.type("exit\r")
     assert t.wait()[0] == 0
@@ -260,6 +270,9 @@ def test_policy_and_audit_see_the_line_the_remote_edited(lab, term, tmp_path):
     refused = [r for r in recs if r["event"] == "policy_refusal"]
     assert refused and "phj-denied" in refused[0]["command"]
     assert "$ echo ok-1" in "".join(p.read_text() for p in transcripts.glob("*"))
+    assert "echo phj-confirm yes" in cmds and "echo phj-confirm-no" not in cmds
+    confirmed = [r for r in recs if r["event"] == "policy_confirmed"]
+    assert [r["command"] for r in confirmed] == ["echo phj-confirm yes"]
 
 
 def test_sudo_passwords_never_reach_audit_or_transcripts(lab, term, tmp_path):
