@@ -191,7 +191,9 @@ class _Shell:
                 break
             got = True
             if self.sent_at is not None:
-                self.rtt = 0.7 * self.rtt + 0.3 * (time.monotonic() - self.sent_at)
+                sample = time.monotonic() - self.sent_at
+                if sample < 1.0:        # longer: output of a command, not an echo
+                    self.rtt = 0.7 * self.rtt + 0.3 * sample
                 self.sent_at = None
             if self.watch is not None:
                 self.watch.output(data)
@@ -203,9 +205,20 @@ class _Shell:
         return not (self.chan.eof_received and not self.chan.recv_ready())
 
     def settle(self) -> None:
-        """Wait until the remote's echo of what was typed has arrived (bounded)."""
+        """Wait until the remote's echo of what was typed has arrived (bounded).
+
+        First for some answer to the keys sent (up to 4x the measured echo time: a remote
+        with echo off, at a password prompt, never answers), then for output to pause.
+        """
         quiet = min(max(2.5 * self.rtt, 0.03), 1.0)
         deadline = time.monotonic() + 2.0
+        if self.sent_at is not None:
+            first = min(self.sent_at + max(4 * self.rtt, 0.15), deadline)
+            while self.sent_at is not None and time.monotonic() < first:
+                ready, _, _ = select.select([self.chan], [], [], first - time.monotonic())
+                if ready and not self.pump():
+                    return
+            self.sent_at = None         # no answer (echo off): not an echo-time sample
         last = time.monotonic()
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.chan], [], [], quiet)
@@ -379,9 +392,12 @@ def interactive(manager: SessionManager, target: Target, *, confirm: bool = Fals
         tty.setraw(fd_in)
         while True:
             try:
-                ready, _, _ = select.select([chan, fd_in, wake_r], [], [], 1.0)
+                ready, _, _ = select.select([chan, fd_in, wake_r], [], [],
+                                            0.05 if shell.masker.pending else 1.0)
             except InterruptedError:
                 ready = []
+            if not ready and shell.masker.pending:     # a held tail that began no secret
+                _write_all(fd_out, shell.masker.flush())
             if wake_r in ready:
                 try:
                     os.read(wake_r, 512)
