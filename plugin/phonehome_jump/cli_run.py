@@ -111,12 +111,13 @@ class _SudoAnswer:
         assert self.chan is not None
         if self.refused or (self.answered and _SUDO_RETRY in before):
             # asked again after "Sorry, try again": the inventory's password is wrong; do
-            # not keep typing it (sudo would lock the account), interrupt instead
+            # not keep typing it (sudo would lock the account). Closing the channel hangs
+            # up the remote terminal, which ends sudo (a Ctrl-C at its prompt may not).
             if not self.refused:
                 print(f"{PROG}: {self.host}: sudo refused the inventory's sudo_password; "
                       "check the host's sudo_password reference", file=sys.stderr, flush=True)
             self.refused = True
-            self.chan.sendall(b"\x03")
+            self.chan.close()
             return
         self.answered += 1
         self.chan.sendall(self.password.encode() + b"\n")
@@ -217,9 +218,13 @@ def run_exec(manager: SessionManager, target: Target, command: str, *, timeout: 
                 data = chan.recv_stderr(65536)
                 err_tail = (err_tail + data)[-512:]
                 emit("err", data)
-            if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
-                break
+            if ((chan.eof_received or chan.closed) and not chan.recv_ready()
+                    and not chan.recv_stderr_ready()):
+                break                   # (closed: a close without EOF, e.g. a hop went away)
         flush_held()
+        if sudo_answer is not None and sudo_answer.refused:
+            outcome = "sudo_refused"
+            return EXIT_ERROR
         if chan.status_event.wait(5.0) and chan.exit_status >= 0:
             status = chan.exit_status
         if status is None:
