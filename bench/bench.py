@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import math
 import os
 import platform
@@ -43,6 +44,7 @@ SSH = shutil.which("ssh") or "/usr/bin/ssh"
 SEQ_N = 5000
 SEQ_EXPECTED = "".join(f"{i}\n" for i in range(1, SEQ_N + 1))
 FANOUT = 50
+FILE_MB = 100         # the file copy rows: MiB each way
 WF_HOSTS = 20           # inventory entries behind one shared two-hop chain (spread over targets)
 WF_TEXT = """\
 name: bench
@@ -495,6 +497,48 @@ class Bench:
                 self.s("wf/steps").add(steps)
 
 
+    def files(self) -> None:
+        """FILE_MB MiB up and down through jump1 → jump2, cold (a new manager each copy), beside
+        ``scp -J jump1,jump2`` (three fresh logins each); bytes checked on both sides."""
+        n = self.args.file_rounds
+        src = Path(tempfile.mkdtemp(prefix="phj-bench-files-")) / "blob"
+        try:
+            with open(src, "wb") as fh:
+                for _ in range(FILE_MB):
+                    fh.write(os.urandom(1 << 20))
+            digest = hashlib.sha256(src.read_bytes()).hexdigest()
+            back = src.with_name("back")
+            remote = "/tmp/phj-bench-blob"
+            log(f"files: {n} × {FILE_MB} MiB upload and download, phonehome-jump and scp -J")
+            for _ in range(n):
+                with SessionManager(self.inv) as m:
+                    dt, res = timed(lambda: m.upload(self.targets[0], str(src), remote))
+                assert res.sha256 == digest, res                       # type: ignore[union-attr]
+                self.s("up/phj").add(dt)
+                with SessionManager(self.inv) as m:
+                    dt, res = timed(lambda: m.download(self.targets[0], remote, str(back)))
+                assert res.sha256 == digest, res                       # type: ignore[union-attr]
+                self.s("down/phj").add(dt)
+                back.unlink()
+            scp = [shutil.which("scp") or "scp", "-q", "-F", str(self.ossh.cfg), "-J", "jump1,jump2"]
+            dest = f"phjkey@{self.lab.addr('target1')}:{remote}"
+            for _ in range(n):
+                dt, _ = timed(lambda: subprocess.run([*scp, str(src), dest], check=True,
+                                                     stdin=subprocess.DEVNULL, timeout=600))
+                self.s("up/fresh").add(dt)
+                dt, _ = timed(lambda: subprocess.run([*scp, dest, str(back)], check=True,
+                                                     stdin=subprocess.DEVNULL, timeout=600))
+                self.s("down/fresh").add(dt)
+                assert hashlib.sha256(back.read_bytes()).hexdigest() == digest
+                back.unlink()
+            for key in ("up", "down"):
+                ratio = self.r[f"{key}/phj"].median / self.r[f"{key}/fresh"].median
+                self.notes.append(f"{FILE_MB} MiB {key}load: phonehome-jump / scp -J = {ratio:.2f}× "
+                                  "(target ≤ 1.5×)")
+        finally:
+            shutil.rmtree(src.parent, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------- report
 
 ROWS = [
@@ -507,6 +551,8 @@ ROWS = [
     ("mcp", "MCP overhead of ssh_session_command (stdio)", 0.003),
     ("wf", f"5-step workflow, {WF_HOSTS} hosts, one shared two-hop chain (wall)", 3.0),
     ("rss", "RSS per session (50 open)", None),
+    ("up", "100 MiB upload, cold, two jumps (SFTP vs scp -J)", None),
+    ("down", "100 MiB download, cold, two jumps (SFTP vs scp -J)", None),
 ]
 
 
@@ -569,8 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fanouts", type=int, help="phonehome-jump fan-out rounds")
     ap.add_argument("--ssh-fanouts", type=int, help="OpenSSH fan-out rounds (each: master + fresh)")
     ap.add_argument("--workflows", type=int, default=5, help="workflow runs (default 5)")
+    ap.add_argument("--file-rounds", type=int, default=3, help="100 MiB copies each way (default 3)")
     ap.add_argument("--only", metavar="LIST",
-                    help="comma-separated sections to run: commands,mcp,opens,fanout,workflow "
+                    help="comma-separated sections to run: commands,mcp,opens,fanout,workflow,files "
                          "(default all)")
     ap.add_argument("--targets", type=int, default=5, help="lab targets (default 5)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -604,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(lab, ossh, a)
         bench.warm_up()
         only = set(a.only.split(",")) if a.only else None
-        for section in ("commands", "mcp", "opens", "fanout", "workflow"):
+        for section in ("commands", "mcp", "opens", "fanout", "workflow", "files"):
             if only is None or section in only:
                 getattr(bench, section)()
     except KeyboardInterrupt:

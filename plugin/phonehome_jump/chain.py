@@ -23,6 +23,9 @@ from paramiko_jump import SSHJumpClient
 
 from .errors import AuthError, ConnectError, HostKeyError, PhonehomeJumpError
 from .inventory import Endpoint
+from .known_hosts import KnownHosts, forget as forget_known_hosts
+from .liveness import Link
+from .localfiles import check_key_file, known_hosts_for
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +47,27 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     """Unknown keys: refuse (strict) or record in known_hosts (accept-new). Never silent.
 
     A *changed* key never reaches this policy: paramiko raises BadHostKeyException for it,
-    which :func:`wrap_error` turns into a HostKeyError in both modes.
+    which :func:`wrap_error` turns into a HostKeyError in both modes. A key that known_hosts
+    marks ``@revoked`` is refused in both modes.
     """
 
-    def __init__(self, endpoint: Endpoint, role: str = "hop") -> None:
+    def __init__(self, endpoint: Endpoint, known: KnownHosts | None = None,
+                 role: str = "hop") -> None:
         self.endpoint = endpoint
+        self.known = known
         self.role = role                # "hop", or "host" for the target itself
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         ep = self.endpoint
         line = f"{hostname} {key.get_name()} {key.get_base64()}"
+        revoked = self.known.revoked_entry(key) if self.known is not None else None
+        if revoked is not None:
+            raise HostKeyError(
+                f"host key of {hostname} ({key.get_name()} {fingerprint(key)}) is marked "
+                f"@revoked at {revoked.where}; the connection was refused",
+                hop=ep.name, fingerprint=fingerprint(key), where=f"{self.role} {ep.name!r} ({ep.source})",
+                hint="the host must get a new key; confirm it with the host's owner and add it "
+                     f"to {ep.known_hosts}")
         if ep.host_key_policy != "accept-new":
             raise HostKeyError(
                 f"host key of {hostname} is not in {ep.known_hosts} "
@@ -66,6 +80,7 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "a") as fh:
             fh.write(line + "\n")
+        forget_known_hosts(path)
         client.get_host_keys().add(hostname, key.get_name(), key)
         log.warning("hop %r: accepted new host key %s %s into %s", ep.name, key.get_name(),
                     fingerprint(key), path)
@@ -75,12 +90,38 @@ def _hop_label(ep: Endpoint) -> str:
     return f"{ep.name} ({ep.username}@{ep.host}:{ep.port})"
 
 
+def keep_open_failure_reasons(transport: paramiko.Transport) -> None:
+    """Keep the text a hop sends when it cannot open a tunnel ("Connection refused", "No
+    route to host"): paramiko logs it, then raises ChannelException with only the code."""
+    table = getattr(transport, "_handler_table", None)
+    original = table.get(paramiko.common.MSG_CHANNEL_OPEN_FAILURE) if isinstance(table, dict) else None
+    if original is None:         # another paramiko layout: the code alone still says enough
+        return
+
+    def parse(m: paramiko.Message) -> None:
+        try:
+            m.get_int()
+            m.get_int()
+            transport._phj_open_failure = m.get_text()    # type: ignore[attr-defined]
+        except Exception:  # a malformed message: paramiko's own parser deals with it
+            pass
+        m.rewind()
+        original(m)
+    table[paramiko.common.MSG_CHANNEL_OPEN_FAILURE] = parse
+
+
+def open_failure_reason(transport: Any) -> str | None:
+    """The hop's text for its last failed tunnel open, if it gave one."""
+    return getattr(transport, "_phj_open_failure", None) or None
+
+
 def wrap_error(exc: BaseException, ep: Endpoint, via: Endpoint | None,
-               role: str = "hop") -> PhonehomeJumpError:
+               detail: str | None = None, role: str = "hop") -> PhonehomeJumpError:
     """Turn a socket/paramiko/netmiko failure at one hop into a ConnectError naming that hop.
 
     Walks ``__cause__``/``__context__`` so that library wrappers (netmiko wraps paramiko)
-    still map to the precise reason.
+    still map to the precise reason. ``detail``: the previous hop's reason text for a failed
+    tunnel open.
     """
     seen: list[BaseException] = []
     cur: BaseException | None = exc
@@ -109,11 +150,33 @@ def wrap_error(exc: BaseException, ep: Endpoint, via: Endpoint | None,
                                   "reference; the server's auth log says which method it refused")
         if isinstance(err, paramiko.ChannelException):
             parent = via.name if via else "the previous hop"
+            if err.code == paramiko.OPEN_FAILED_CONNECT_FAILED:
+                # the hop tried and its connect failed: refused, unreachable or timed out
+                said = (detail or "").strip()
+                if said.lower() == "connection refused":
+                    return ConnectError(
+                        f"{parent} could not connect to {label}: nothing listens on "
+                        f"{ep.host}:{ep.port} ({parent} says: {said})", hop=ep.name,
+                        reason="refused", where=where,
+                        hint=f"is sshd running on {ep.host}, on port {ep.port}? check the port "
+                             "in the inventory")
+                if said:
+                    return ConnectError(
+                        f"{parent} could not connect to {label}: {said}", hop=ep.name,
+                        reason="unreachable", where=where,
+                        hint=f"check the address {ep.host} and routing/firewalls between "
+                             f"{parent} and it")
+                return ConnectError(
+                    f"{parent} could not connect to {label}: nothing listens on "
+                    f"{ep.host}:{ep.port} as seen from {parent} (connection refused), or it "
+                    "is unreachable from there", hop=ep.name, reason="refused", where=where,
+                    hint=f"is sshd running on {ep.host}, on port {ep.port}? check the address "
+                         f"and port, and routing/firewalls between {parent} and it")
             return ConnectError(
                 f"{parent} could not open a tunnel to {label}: {err.text or err.code}",
                 hop=ep.name, reason="forwarding", where=where,
-                hint=f"check {ep.name}'s address and port from {parent}'s side, and that {parent} "
-                     "allows TCP forwarding (AllowTcpForwarding)")
+                hint=f"check that {parent} allows TCP forwarding to {ep.host}:{ep.port} "
+                     "(AllowTcpForwarding, PermitOpen)")
         if isinstance(err, socket.gaierror):
             return ConnectError(f"cannot resolve {ep.host!r} ({err.strerror})", hop=ep.name,
                                 reason="dns", where=where,
@@ -128,10 +191,35 @@ def wrap_error(exc: BaseException, ep: Endpoint, via: Endpoint | None,
         if isinstance(err, OSError) and err.errno is not None:
             return ConnectError(f"cannot reach {label}: {err.strerror}", hop=ep.name,
                                 reason="refused", where=where, hint="check the address and routing")
+    if early_eof(exc):
+        return ConnectError(
+            f"{label} closed the connection before login (no SSH banner or key exchange): the "
+            "server refused a new connection", hop=ep.name, reason="closed", where=where,
+            hint="sshd drops new connections while too many logins are in progress "
+                 "(MaxStartups), and when it is overloaded or a TCP wrapper refuses us; check "
+                 "that the endpoint is an SSH server and its auth log")
     text = str(seen[-1]).strip().splitlines()[0] if str(seen[-1]).strip() else type(seen[-1]).__name__
     reason = "closed" if isinstance(seen[-1], EOFError) else "protocol"
     return ConnectError(f"SSH to {label} failed: {text}", hop=ep.name, reason=reason, where=where,
                         hint="check that the endpoint is an SSH server and the chain before it is up")
+
+
+def early_eof(exc: BaseException) -> bool:
+    """True when the server closed before authentication (no banner, or EOF in key exchange).
+
+    That is what sshd does past MaxStartups, so such an open is worth another try.
+    """
+    cur: BaseException | None = exc
+    seen = []
+    while cur is not None and cur not in seen:
+        seen.append(cur)
+        if isinstance(cur, paramiko.AuthenticationException):
+            return False
+        if isinstance(cur, EOFError) or "protocol banner" in str(cur) or isinstance(
+                cur, ConnectionResetError):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def _auth_methods(ep: Endpoint) -> list[str]:
@@ -144,11 +232,13 @@ def credentials(ep: Endpoint) -> dict[str, Any]:
     """Resolve the endpoint's secrets now (connect time) into paramiko/netmiko keyword values."""
     a = ep.auth
     ctx = f"{ep.name} ({ep.source})"
+    passphrase = a.passphrase.resolve(f"{ctx} passphrase") if a.passphrase else None
+    check_key_file(ep, passphrase)     # a bad key file is named, not taken for a network fault
     return {
         "username": ep.username,
         "password": a.password.resolve(f"{ctx} password") if a.password else None,
         "key_filename": str(a.key_file) if a.key_file else None,
-        "passphrase": a.passphrase.resolve(f"{ctx} passphrase") if a.passphrase else None,
+        "passphrase": passphrase,
         "allow_agent": a.use_agent,
     }
 
@@ -169,7 +259,14 @@ def open_tunnel(transport: paramiko.Transport, ep: Endpoint, via: Endpoint) -> p
         return transport.open_channel("direct-tcpip", (ep.host, ep.port), ("127.0.0.1", 0),
                                       timeout=ep.connect_timeout)
     except Exception as exc:  # paramiko raises ChannelException, SSHException, EOFError
-        raise wrap_error(exc, ep, via) from exc
+        if "Timeout opening channel" in str(exc) and transport.is_active():
+            raise ConnectError(
+                f"{via.name} did not finish opening a tunnel to {_hop_label(ep)} within "
+                f"{ep.connect_timeout:g}s", hop=ep.name, reason="timeout",
+                where=f"hop {ep.name!r} ({ep.source})",
+                hint=f"{ep.host}:{ep.port} may drop connections from {via.name} (firewall), or "
+                     f"{via.name} is slow; check the path, or raise connect_timeout") from exc
+        raise wrap_error(exc, ep, via, open_failure_reason(transport)) from exc
 
 
 def _ask_for_nodelay(transport: paramiko.Transport, ep: Endpoint) -> None:
@@ -192,6 +289,56 @@ def _ask_for_nodelay(transport: paramiko.Transport, ep: Endpoint) -> None:
         log.debug("hop %r refused a pty session (%s); bulk output may lag", ep.name, exc)
 
 
+def diagnose(hops: list["Hop"], target_name: str) -> ConnectError | None:
+    """After an open through ``hops`` failed: the first hop that is down or does not answer.
+
+    A tunnel that times out or a login cut short says little by itself; the hop before the
+    target may be silently dead (then the target would be blamed) or have just died (EOF).
+    Each hop, first hop first, is asked to answer a probe now.
+    """
+    for hop in hops:
+        ep, link = hop.endpoint, hop.link
+        where = f"hop {ep.name!r} ({ep.source})"
+        if link is None:
+            if not hop.alive:
+                return ConnectError(f"hop {ep.name!r} ({_hop_label(ep)}) is down; opening "
+                                    f"{target_name} through it failed", hop=ep.name,
+                                    reason="closed", where=where,
+                                    hint="open again once the hop is back up")
+            continue
+        why = link.failure()
+        if why is None:
+            wait = min(ep.connect_timeout, 5.0)
+            if not link.check(wait):
+                link.declare_down(f"did not answer a keepalive within {wait:g}s while a session "
+                                  f"to {target_name} was being opened through it (a silent "
+                                  "drop on the path: firewall, cable, VPN, or the host hung)")
+                why = link.failure()
+        if why is not None:
+            return ConnectError(f"{why}; opening {target_name} through it failed", hop=ep.name,
+                                reason="dead" if link.down else "closed", where=where,
+                                hint=f"check {ep.name} and the path to it, then open again "
+                                     "(the hop is dialed anew)")
+    return None
+
+
+# A stock sshd drops new connections at random once 10 are unauthenticated (MaxStartups
+# 10:30:100). Logins to one target are paced under that; a drop still gets retried.
+LOGINS_PER_TARGET = 8
+_gates: dict[tuple[Any, ...], threading.BoundedSemaphore] = {}
+_gates_lock = threading.Lock()
+
+
+def login_gate(chain: tuple[Endpoint, ...], target: Endpoint) -> threading.BoundedSemaphore:
+    """The semaphore that paces concurrent logins to one target (as reached by its chain)."""
+    key = (tuple(e.key for e in chain), target.host, target.port)
+    with _gates_lock:
+        gate = _gates.get(key)
+        if gate is None:
+            gate = _gates[key] = threading.BoundedSemaphore(LOGINS_PER_TARGET)
+        return gate
+
+
 @dataclass
 class Hop:
     """One live hop connection, shared by every session whose chain starts with its prefix."""
@@ -202,6 +349,7 @@ class Hop:
     users: int = 0
     ready: threading.Event = field(default_factory=threading.Event)
     error: PhonehomeJumpError | None = None
+    link: Link | None = None          # liveness probe; says why the hop is down
 
     @property
     def transport(self) -> paramiko.Transport:
@@ -212,7 +360,12 @@ class Hop:
     @property
     def alive(self) -> bool:
         t = self.client.get_transport()
-        return t is not None and t.is_active()
+        return t is not None and t.is_active() and (self.link is None or self.link.down is None)
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.stop()
+        self.client.close()
 
 
 class HopPool:
@@ -229,8 +382,15 @@ class HopPool:
             for i, ep in enumerate(chain):
                 held.append(self._acquire_one(tuple(e.key for e in chain[: i + 1]), ep,
                                               held[-1] if held else None))
-        except BaseException:
+        except BaseException as exc:
+            blame = None
+            if (held and isinstance(exc, ConnectError)
+                    and exc.reason in ("timeout", "protocol", "closed")):
+                # a hop that timed out or closed may only be behind a dead one already up
+                blame = diagnose(held, chain[len(held)].name)
             self.release(held)
+            if blame is not None:
+                raise blame from exc
             raise
         return held
 
@@ -262,23 +422,28 @@ class HopPool:
 
     def _connect(self, hop: Hop, parent: Hop | None) -> None:
         ep, client = hop.endpoint, hop.client
-        if ep.known_hosts.exists():
-            client.load_host_keys(str(ep.known_hosts))
-        client.set_missing_host_key_policy(HostKeyPolicy(ep))
+        known = known_hosts_for(ep)           # parsed like OpenSSH: markers, bad lines skipped
+        known.install(client, ep.host, ep.port)
+        client.set_missing_host_key_policy(HostKeyPolicy(ep, known))
+        creds = credentials(ep)               # local file problems before any packet
         sock = dial(ep) if parent is None else None
         try:
             client.connect(hostname=ep.host, port=ep.port, sock=sock, timeout=ep.connect_timeout,
                            banner_timeout=ep.connect_timeout, auth_timeout=ep.connect_timeout,
-                           look_for_keys=False, **credentials(ep))
+                           look_for_keys=False, **creds)
         except BaseException as exc:
             client.close()
             if sock is not None:
                 sock.close()
             if isinstance(exc, PhonehomeJumpError):
                 raise
-            raise wrap_error(exc, ep, parent.endpoint if parent else None) from exc
-        if ep.keepalive:
-            hop.transport.set_keepalive(ep.keepalive)
+            raise wrap_error(exc, ep, parent.endpoint if parent else None,
+                             open_failure_reason(parent.transport) if parent else None) from exc
+        keep_open_failure_reasons(hop.transport)
+        outer = [h.link for h in self._chain_of(hop) if h.link is not None]
+        hop.link = Link("hop", ep.name, f"{ep.username}@{ep.host}:{ep.port}", hop.transport,
+                        interval=ep.keepalive, count=ep.keepalive_count, outer=outer,
+                        on_down=hop.client.close).start()
         _ask_for_nodelay(hop.transport, ep)
         log.debug("hop %s up", _hop_label(ep))
 
@@ -293,7 +458,13 @@ class HopPool:
                         del self._hops[hop.key]
                     to_close.append(hop)
         for hop in to_close:
-            hop.client.close()
+            hop.close()
+
+    def _chain_of(self, hop: Hop) -> list[Hop]:
+        """The hops before ``hop`` in its chain, first hop first."""
+        with self._lock:
+            return [h for i in range(1, len(hop.key))
+                    if (h := self._hops.get(hop.key[:i])) is not None]
 
     def stats(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -305,5 +476,5 @@ class HopPool:
             hops = sorted(self._hops.values(), key=lambda h: -len(h.key))
             self._hops.clear()
         for hop in hops:
-            hop.client.close()
+            hop.close()
 

@@ -5,17 +5,20 @@
     inventory check [PATH]                         validate, print a one-line summary
     inventory list [--group G] [--tag T] [--query Q] [--json]
     inventory show HOST [--json]                   resolved target: chain, auth references, source
+    inventory import ssh-config|nornir|ansible PATH… [-o FILE]   write an inventory from theirs
+    inventory export ssh-config [-o FILE]          an OpenSSH config with the same chains
+    cp SRC DEST [--resume] [--confirm]             copy a file, one side HOST:PATH (like scp)
     run HOST [--timeout S] [--confirm] [--sudo-password] -- COMMAND...   like ssh HOST COMMAND
     shell HOST [--timeout S] [--confirm]           a terminal like ssh -t (stdin a tty), or scripted
-    inventory check --keys [HOST...]               every hop's host key at once (known_hosts lines)
+    inventory check --keys [--host H]... [--write]   every hop's host key at once
     workflow check|run FILE ...                    multi-step YAML runbooks (workflow.py)
     serve [--http HOST:PORT] [--agent SITE=HOST:PORT]... [--workflows DIR]   the MCP server
     agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (rpc.py)
 
-Exit codes: the remote exit status for ``run`` (and the last command of a scripted ``shell``);
+Exit codes: the remote exit status for ``run`` and ``shell`` (scripted: its last command's);
 0 ok; 1 other phonehome-jump errors (session, secrets, limits); 2 usage and inventory errors
-(including unknown host names); 124 a command still running after --timeout, or waiting for
-input that ``run`` cannot give; 130 interrupted; 141 stdout closed (broken pipe); 255 connecting
+(including unknown host names); 124 a command still running after --timeout (or, on a
+network device, waiting for input that ``run`` cannot give); 130 interrupted; 141 stdout closed (broken pipe); 255 connecting
 failed (hop unreachable, authentication, host key), like ssh; 70 an internal error; 77 the
 inventory's command policy refused the command (see --confirm). ``workflow`` has its own
 codes for schedulers: 0 all hosts passed, 1 a host failed, 2 invalid, 3 could not run (lock).
@@ -138,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("host", metavar="HOST")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_inventory_show)
+    from .interop.commands import add_inventory_commands
+    add_inventory_commands(inv_cmds, common, _load)
+    from .cli_cp import add_cp_command
+    add_cp_command(commands, common, _manager)
 
     p = commands.add_parser(
         "run", parents=[common], help="run one command on a host (like ssh HOST COMMAND)",
@@ -331,6 +338,9 @@ def cmd_inventory_check(args: argparse.Namespace) -> int:
     files = ", ".join(str(f) for f in inv.sources) or str(path)
     print(f"ok: {n} host{'s' * (n != 1)}, {g} group{'s' * (g != 1)} in "
           f"{len(inv.sources)} file{'s' * (len(inv.sources) != 1)}: {files}")
+    from .localfiles import preflight    # key files, env: variables, known_hosts lines
+    for warning in preflight(inv):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.keys:
         from .cli_keys import check_keys
 

@@ -53,7 +53,8 @@ class ConnectError(PhonehomeJumpError):
     """Reaching a hop or the target failed.
 
     ``hop`` is the inventory name of the endpoint that failed; ``reason`` is one of
-    dns, refused, timeout, auth, host-key, forwarding, protocol, closed.
+    dns, refused, unreachable, timeout, auth, host-key, forwarding, protocol, closed, dead (stopped
+    answering liveness probes), busy (refused new connections before login), local-file.
     """
 
     code = -32001
@@ -80,6 +81,15 @@ class AuthError(ConnectError):
     def __init__(self, what: str, *, hop: str, where: str | None = None,
                  hint: str | None = None) -> None:
         super().__init__(what, hop=hop, reason="auth", where=where, hint=hint)
+
+
+class LocalFileError(ConnectError):
+    """A local file a connection needs (key_file, known_hosts) is missing, a directory, not a
+    key, or readable by others; the message names the file and what is wrong with it."""
+
+    def __init__(self, what: str, *, hop: str, where: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(what, hop=hop, reason="local-file", where=where, hint=hint)
 
 
 class SessionError(PhonehomeJumpError):

@@ -6,9 +6,10 @@ half-way through a connect. All problems of one load are reported together, one
 
 Precedence (first value that is set wins):
 
-* ``port``, ``known_hosts``, ``host_key_policy``, ``keepalive``, ``connect_timeout``,
-  ``device_type``, ``credentials``, ``description``, ``client``: host -> its groups in the order listed ->
-  ``defaults`` -> built-in default (22, ``~/.ssh/known_hosts``, strict, 30, 10.0, linux).
+* ``port``, ``known_hosts``, ``host_key_policy``, ``keepalive``, ``keepalive_count``,
+  ``connect_timeout``, ``device_type``, ``credentials``, ``description``, ``client``: host -> its
+  groups in the order listed -> ``defaults`` -> built-in default (22, ``~/.ssh/known_hosts``,
+  strict, 15, 3, 10.0, linux).
 * ``username``: host.username > credentials.username > groups' username (in order) >
   defaults.username > local user (``getpass.getuser()``). A credential's username belongs to
   its secret, so it beats broad group/default settings; the host itself can still override.
@@ -17,6 +18,10 @@ Precedence (first value that is set wins):
 * ``tags``: union of host, group and defaults tags (that order, de-duplicated).
 * jump hosts: their own fields -> defaults (connection settings and credentials only; never
   ``defaults.via``, which would make every hop go through itself) -> built-ins.
+
+Hops are jump hosts, or hosts: ``via`` may name a host (a bastion that is also a login
+target), which then logs in as it does as a target and keeps its own (inherited) ``via``; a
+name that is both a jump host and a host is ambiguous in ``via``.
 
 Chains: ``chain(hop) = expand(hop.via) + [hop]``. A via list ``[a, b]`` is ``chain(a)`` then
 ``b``; ``b``'s own via prefix must be empty or equal to the chain so far, otherwise it is a
@@ -172,7 +177,15 @@ class _Conn(BaseModel):
                           "seen for the first time (a changed key is always refused). "
                           "Default strict.")
     keepalive: int | None = Field(
-        None, ge=0, description="Seconds between SSH keepalives; 0 disables. Default 30.")
+        None, ge=0, le=86400,
+        description="Seconds between liveness probes (a keepalive@openssh.com request that "
+                    "must be answered, like OpenSSH's ServerAliveInterval), on every hop and "
+                    "the target; 0 disables. Default 15.")
+    keepalive_count: int | None = Field(
+        None, ge=1, le=1000,
+        description="Unanswered probes after which a hop or target is declared down and every "
+                    "session through it dead, naming it (like ServerAliveCountMax): detection "
+                    "within keepalive x keepalive_count seconds. Default 3.")
     connect_timeout: float | None = Field(
         None, gt=0, description="Seconds to wait for TCP connect and SSH handshake. Default 10.")
     via: Names | None = Field(
@@ -306,6 +319,7 @@ class Endpoint:
     keepalive: int
     connect_timeout: float
     source: str
+    keepalive_count: int = 3
 
     @property
     def key(self) -> tuple[str, str, int, str]:
@@ -640,21 +654,46 @@ class _Builder:
         return self.via_memo[id(owner)]
 
     def _hop(self, name: str, stack: list[str]) -> tuple[str, ...] | None:
-        """Full chain ending with jump host ``name``; None if broken (already reported)."""
+        """Full chain ending with hop ``name`` (a jump host, or a host used as a hop); None if
+        broken (already reported)."""
         if name in self.hop_chains:
             return self.hop_chains[name]
-        entry = self.entries["jump_hosts"][name]
+        entry = self._hop_entry(name)
         if name in stack:
             cycle = stack[stack.index(name):] + [name]
             if frozenset(cycle) not in self.cycles:
                 self.cycles.add(frozenset(cycle))
-                self.add(entry.at("via"), f"via cycle: {' -> '.join(cycle)}; a hop cannot "
-                                          "(indirectly) go through itself")
+                inherited = (entry.section == "hosts" and entry.spec is not None
+                             and "via" not in entry.spec.model_fields_set)
+                owner = self._via_owner(entry) if inherited else None
+                hint = (f"; set `via: []` on host '{name}' if it is dialed directly"
+                        if inherited else "")
+                self.add(owner.at("via") if owner else entry.at("via"), f"via cycle: {' -> '.join(cycle)}; a hop cannot "
+                                 f"(indirectly) go through itself{hint}")
             return None
-        prefix = (None if entry.spec is None
-                  else self._expand(entry, entry.spec.via or (), stack + [name]))
+        if entry.spec is None:
+            prefix = None
+        elif entry.section == "hosts":     # a host used as a hop keeps its own (inherited) via
+            owner = self._via_owner(entry)
+            prefix = () if owner is None else self._expand(owner, owner.spec.via or (),
+                                                           stack + [name])
+        else:
+            prefix = self._expand(entry, entry.spec.via or (), stack + [name])
         self.hop_chains[name] = None if prefix is None else prefix + (name,)
         return self.hop_chains[name]
+
+    def _hop_entry(self, name: str) -> _Entry:
+        return self.entries["jump_hosts"].get(name) or self.entries["hosts"][name]
+
+    def _via_owner(self, entry: _Entry) -> _Entry | None:
+        """The layer (host, one of its groups, defaults) whose ``via`` a host uses."""
+        host: HostSpec | None = entry.spec
+        if host is None:
+            return None
+        groups = [self.entries["groups"].get(g) for g in host.groups]
+        owners = [entry, *(g for g in groups if g is not None and g.spec is not None)]
+        return next((o for o in owners if "via" in o.spec.model_fields_set),
+                    self.default_owner.get("via"))
 
     def _expand(self, owner: _Entry, via: tuple[str, ...],
                 stack: list[str]) -> tuple[str, ...] | None:
@@ -662,10 +701,15 @@ class _Builder:
         ok = True
         hops, hosts = self.entries["jump_hosts"], self.entries["hosts"]
         for i, name in enumerate(via):
-            if name not in hops:
-                more = (f" ('{name}' is a host; define it under jump_hosts to hop through it)"
-                        if name in hosts else _suggest(name, hops))
-                self.add(owner.at("via", i), f"{owner.label}: unknown jump host '{name}'" + more)
+            if name in hops and name in hosts:
+                self.add(owner.at("via", i), f"{owner.label}: via '{name}' is ambiguous: it is a "
+                         f"jump host ({_fmt(*hops[name].at())}) and a host "
+                         f"({_fmt(*hosts[name].at())}); rename one")
+                ok = False
+                continue
+            if name not in hops and name not in hosts:
+                self.add(owner.at("via", i), f"{owner.label}: unknown jump host '{name}'"
+                         + _suggest(name, [*hops, *hosts]))
                 ok = False
                 continue
             sub = self._hop(name, stack)
@@ -723,33 +767,47 @@ class _Builder:
         return Endpoint(
             name=entry.name, host=entry.spec.host, port=pick("port", 22), username=username,
             auth=auth, known_hosts=Path(pick("known_hosts", "~/.ssh/known_hosts")).expanduser(),
-            host_key_policy=pick("host_key_policy", "strict"), keepalive=pick("keepalive", 30),
+            host_key_policy=pick("host_key_policy", "strict"), keepalive=pick("keepalive", 15),
+            keepalive_count=pick("keepalive_count", 3),
             connect_timeout=float(pick("connect_timeout", 10.0)), source=_fmt(*entry.at()))
 
     def _hop_endpoint(self, name: str) -> Endpoint | None:
         if name not in self.hop_endpoints:
-            entry = self.entries["jump_hosts"][name]
-            ep = self._endpoint(entry, [entry.spec, self.defaults],
-                                [entry.spec.username, self.defaults.username])
+            entry = self._hop_entry(name)
+            if entry.section == "hosts":   # a host as a hop: logs in as it does as a target
+                layers, users = self._host_layers(entry)
+                ep = None if layers is None else self._endpoint(entry, layers, users)
+            else:
+                ep = self._endpoint(entry, [entry.spec, self.defaults],
+                                    [entry.spec.username, self.defaults.username])
             if ep is None:
                 return None
             self.hop_endpoints[name] = ep
         return self.hop_endpoints[name]
 
-    def target(self, entry: _Entry) -> Target | None:
+    def _host_layers(self, entry: _Entry) -> tuple[list[Any] | None, list[str | None]]:
+        """A host's settings layers (host, groups, defaults) and username candidates."""
         host: HostSpec | None = entry.spec
         if host is None:
-            return None
+            return None, []
         groups = [self.entries["groups"].get(g) for g in host.groups]
         if any(g is None or g.spec is None for g in groups):
-            return None
-        owners = [entry, *groups]
+            return None, []
         layers = [host, *(g.spec for g in groups), self.defaults]
-        via_owner = next((o for o, lay in zip(owners, layers) if "via" in lay.model_fields_set),
-                         self.default_owner.get("via"))
+        return layers, [host.username, *(g.spec.username for g in groups), self.defaults.username]
+
+    def target(self, entry: _Entry) -> Target | None:
+        host: HostSpec | None = entry.spec
+        layers, usernames = self._host_layers(entry)
+        if host is None or layers is None:
+            return None
+        via_owner = self._via_owner(entry)
         names = () if via_owner is None else self._via(via_owner, via_owner.spec.via)
-        endpoint = self._endpoint(entry, layers, [host.username, *(g.spec.username for g in groups),
-                                                  self.defaults.username])
+        if names is not None and entry.name in names:
+            self.add(entry.at("via"), f"host '{entry.name}' goes through itself: "
+                     f"{' -> '.join(names)}; set `via: []` on it if it is dialed directly")
+            return None
+        endpoint = self._endpoint(entry, layers, usernames)
         chain = [self._hop_endpoint(n) for n in names or ()]
         if names is None or endpoint is None or None in chain:
             return None

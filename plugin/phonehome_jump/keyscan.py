@@ -20,6 +20,8 @@ import paramiko
 from paramiko_jump import SSHJumpClient
 
 from .chain import credentials, dial, fingerprint, known_hosts_name, open_tunnel, wrap_error
+from .known_hosts import forget
+from .localfiles import known_hosts_for
 from .errors import PhonehomeJumpError
 from .inventory import Endpoint, Inventory
 
@@ -65,13 +67,6 @@ class Scan:
         for reached in reversed(list(self._reached.values())):
             if reached is not None:
                 reached.client.close()
-
-
-def _known_key(ep: Endpoint) -> tuple[str, paramiko.HostKeys]:
-    keys = paramiko.HostKeys()
-    if ep.known_hosts.exists():
-        keys.load(str(ep.known_hosts))
-    return known_hosts_name(ep.host, ep.port), keys
 
 
 def _offered_key(ep: Endpoint, parent: Any, via: Endpoint | None) -> paramiko.PKey:
@@ -170,17 +165,26 @@ def _check(ep: Endpoint, role: str, parent: Any, via: Endpoint | None,
     except PhonehomeJumpError as err:
         return KeyReport(ep, role, "unreachable", detail=err.what)
     fp = fingerprint(key)
-    name, keys = _known_key(ep)
+    name = known_hosts_name(ep.host, ep.port)
     line = f"{name} {key.get_name()} {key.get_base64()}"
     report = KeyReport(ep, role, "ok", key.get_name(), fp, key=key)
-    known = keys.lookup(name)
-    if known is not None and key.get_name() in known:
-        expected = known[key.get_name()]
-        if expected == key:
-            return report
+    try:
+        known = known_hosts_for(ep)      # read as sessions read it (markers, hashed names)
+    except PhonehomeJumpError as err:
+        return KeyReport(ep, role, "unreadable known_hosts", detail=err.what)
+    revoked = known.revoked_entry(key)
+    if revoked is not None:
+        report.status, report.detail = "revoked", f"marked @revoked at {revoked.where}"
+        return report
+    entries = known.host_entries(ep.host, ep.port)
+    if any(e.key == key for e in entries):
+        return report
+    same_type = [e for e in entries if e.key.get_name() == key.get_name()]
+    if same_type:
         report.status = "changed"
-        report.detail = (f"{ep.known_hosts} has {fingerprint(expected)}: this may be a "
-                         "man-in-the-middle; nothing behind it was contacted")
+        report.detail = (f"{ep.known_hosts} has {fingerprint(same_type[0].key)} "
+                         f"({same_type[0].where}): this may be a man-in-the-middle; nothing "
+                         "behind it was contacted")
         return report
     report.status, report.line = "missing", line
     report.confirmed = bool(confirm(ep, role, key))
@@ -197,5 +201,6 @@ def write_lines(reports: Sequence[KeyReport]) -> dict[Path, int]:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "a") as fh:
                 fh.write(r.line + "\n")
+            forget(path)                    # sessions in this process re-read it
             written[path] = written.get(path, 0) + 1
     return written

@@ -13,19 +13,22 @@ send goes out, and every open, close, command, send and refusal is written to th
 from __future__ import annotations
 
 import logging
+import random
 import secrets
+import shlex
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from .audit import AuditLog, AuditSpec
-from .chain import Hop, HopPool, dial, open_tunnel
-from .errors import (LimitError, PhonehomeJumpError, PolicyError, SessionDeadError, SessionError,
-                     UnknownSessionError)
+from .chain import Hop, HopPool, diagnose, dial, early_eof, login_gate, open_tunnel
+from .errors import (ConnectError, LimitError, PhonehomeJumpError, PolicyError, SessionDeadError,
+                     SessionError, UnknownSessionError)
 from .inventory import Inventory, Target
 from .redact import MASK, add_secret
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
+from .transfer import TransferResult, download, upload
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +110,7 @@ class SessionManager:
             raise
         hops: list[Hop] = []
         try:
-            hops = self.pool.acquire(target.chain)
-            sock = (open_tunnel(hops[-1].transport, target.endpoint, target.chain[-1]) if hops
-                    else dial(target.endpoint))
-            session = Session.start(target, sock, cap=self.cap, framing=framing)
+            hops, session = self._connect(target, framing)
         except BaseException as exc:
             self.pool.release(hops)
             self._unreserve(target.name)
@@ -132,6 +132,76 @@ class SessionManager:
             self.audit.transcript(entry.id, f"# session {entry.id} to {target.name} via "
                                   f"{' -> '.join(chain) or 'direct'}, actor {actor or '-'}\n")
         return self._info(entry)
+
+    def _connect(self, target: Target, framing: str | None) -> tuple[list[Hop], Session]:
+        """Hops (shared), a tunnel and a login to ``target``; the failure blamed on the right hop.
+
+        Logins to one target are paced (a stock sshd drops new connections at random past
+        MaxStartups), and a login the target cut before authentication is retried with
+        backoff; when it keeps happening the error says the target refused new connections.
+        """
+        hops = self.pool.acquire(target.chain)
+        ep = target.endpoint
+        deadline = time.monotonic() + max(ep.connect_timeout, 3.0)
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                try:
+                    return hops, self._login(target, hops, framing)
+                except ConnectError as exc:
+                    if exc.hop != target.name or exc.reason in (
+                            "auth", "host-key", "local-file", "refused", "forwarding", "dns"):
+                        raise
+                    if hops and (blame := diagnose(hops, target.name)) is not None:
+                        raise blame from exc
+                    pause = min(0.1 * 2 ** (attempt - 1), 1.0) * (0.5 + random.random())
+                    early = exc.reason == "closed" and early_eof(exc)
+                    if not early or time.monotonic() + pause > deadline:
+                        if early and attempt > 1:
+                            raise ConnectError(
+                                f"{target.name} refused new connections: it closed {attempt} "
+                                "connections in a row before login", hop=target.name,
+                                reason="busy", where=exc.where,
+                                hint="sshd does this while too many logins to it are in progress "
+                                     "at once (MaxStartups, 10:30:100 by default) or when it is "
+                                     "overloaded: open fewer sessions at once, retry later, or "
+                                     "raise MaxStartups on the target") from exc
+                        raise
+                    log.info("%s closed a new connection before login (attempt %d); retrying "
+                             "in %.2fs", target.name, attempt, pause)
+                    time.sleep(pause)
+                except SessionError as exc:
+                    if hops and (blame := diagnose(hops, target.name)) is not None:
+                        raise blame from exc
+                    raise
+        except BaseException:
+            self.pool.release(hops)
+            raise
+
+    def _login(self, target: Target, hops: list[Hop], framing: str | None) -> Session:
+        # sshd counts a connection against MaxStartups from accept to authentication: the
+        # gate is held from the tunnel's open until Session.start says it has logged in
+        gate = login_gate(target.chain, target.endpoint)
+        gate.acquire()
+        held = [True]
+
+        def logged_in() -> None:
+            if held:
+                held.clear()
+                gate.release()
+        try:
+            sock = (open_tunnel(hops[-1].transport, target.endpoint, target.chain[-1]) if hops
+                    else dial(target.endpoint))
+            try:
+                return Session.start(target, sock, cap=self.cap, framing=framing,
+                                     links=[h.link for h in hops if h.link is not None],
+                                     logged_in=logged_in)
+            except BaseException:
+                sock.close()
+                raise
+        finally:
+            logged_in()
 
     def _reserve(self, target: Target) -> None:
         with self._lock:
@@ -167,6 +237,64 @@ class SessionManager:
     def _unreserve(self, name: str) -> None:
         with self._lock:
             self._opening[name] -= 1
+
+    def revive(self, session_id: str, *, owner: str | None = None) -> SessionInfo:
+        """Reopen a dead (or ended) session under the same id, in its last working directory.
+
+        The hops are dialed anew where they went down; the new shell starts where the old one
+        last was (``cd`` to its cwd). Variables and running jobs of the old shell are gone.
+        Refused (SessionError) while the session is alive.
+        """
+        entry = self._entry(session_id, owner)
+        self._check_hops(entry)
+        old = entry.session
+        if not old.dead:
+            raise SessionError("the session is alive: there is nothing to revive",
+                               where=f"host {old.target.name!r}",
+                               hint="use it as it is; revive is for a session whose shell or hop "
+                                    "went away")
+        with self._lock:
+            if entry.id in self._claimed:
+                raise SessionError(f"session {entry.id!r} is already being revived",
+                                   where=f"host {old.target.name!r}",
+                                   hint="wait for that call to finish, then use the session")
+            self._claimed.add(entry.id)
+        try:
+            if self.audit:
+                self.audit.check()
+            target, cwd, started = old.target, old.cwd, time.time()
+            try:
+                hops, session = self._connect(target, old.framer.name)
+            except PhonehomeJumpError as exc:
+                self._record(entry, "revive", outcome="error", error=str(exc))
+                raise
+            restored = None
+            if cwd and session.framer.name == "sentinel":
+                r = session.command(f"cd -- {shlex.quote(cwd)}", wait=target.endpoint.connect_timeout)
+                restored = r.exit_status == 0 and not r.running
+            with self._lock:
+                mine = self._entries.get(entry.id) is entry
+                if mine:
+                    old_hops, entry.hops, entry.session = entry.hops, hops, session
+                    unfinished, entry.pending, entry.typed = entry.pending, None, ""
+        finally:
+            self._unclaim(entry.id)
+        if not mine:                            # closed while it was being revived
+            session.close()
+            self.pool.release(hops)
+            self._entry(session_id, owner)      # UnknownSessionError, as for any closed id
+            raise SessionError(f"session {session_id!r} was closed while it was being revived")
+        old.close()
+        self.pool.release(old_hops)
+        if unfinished is not None:              # the command that was running when it died
+            self._record(entry, "command", command=unfinished, outcome="unfinished")
+        log.info("session %s to %s revived in %s", entry.id, target.name, session.cwd)
+        self._record(entry, "revive", outcome="ok", cwd=session.cwd, previous=old.dead,
+                     cwd_restored=restored, duration=round(time.time() - started, 4))
+        if restored is False:
+            log.warning("session %s: could not return to %s (%s is where the shell started)",
+                        entry.id, cwd, session.cwd)
+        return self._info(entry)
 
     def close(self, session_id: str, *, owner: str | None = None) -> None:
         self._entry(session_id, owner)          # unknown or not the caller's: the usual error
@@ -283,6 +411,61 @@ class SessionManager:
         self._finished(entry, result, None)
         return result
 
+    # -- files ------------------------------------------------------------------------
+    def upload(self, host: str, local: str, remote: str, *, actor: str | None = None,
+               confirm: bool = False, resume: bool = False, preserve: bool = True,
+               progress: Any = None, max_bytes: int | None = None) -> TransferResult:
+        """Copy local file ``local`` to ``remote`` on inventory host ``host`` (see transfer.py)."""
+        return self._transfer("upload", host, local, remote, actor=actor, confirm=confirm,
+                              resume=resume, preserve=preserve, progress=progress,
+                              max_bytes=max_bytes)
+
+    def download(self, host: str, remote: str, local: str, *, actor: str | None = None,
+                 confirm: bool = False, resume: bool = False, preserve: bool = True,
+                 progress: Any = None, max_bytes: int | None = None) -> TransferResult:
+        """Copy ``remote`` on inventory host ``host`` to local path ``local``."""
+        return self._transfer("download", host, local, remote, actor=actor, confirm=confirm,
+                              resume=resume, preserve=preserve, progress=progress,
+                              max_bytes=max_bytes)
+
+    def _transfer(self, direction: str, host: str, local: str, remote: str, *,
+                  actor: str | None, confirm: bool, **kw: Any) -> TransferResult:
+        target = self.inventory.target(host)
+        actor = actor or self.actor
+        chain = [h.name for h in target.chain]
+        try:
+            target.policy.check_transfer(direction, remote, host=target.name, confirm=confirm)
+        except PolicyError as err:
+            self.record("policy_refusal", strict=False, actor=actor, host=target.name,
+                        chain=chain, command=f"{direction} {remote}", rule=err.rule,
+                        outcome="needs_confirm" if err.needs_confirm else "refused")
+            raise
+        if self.audit:
+            self.audit.check()
+        started = time.time()
+        hops: list[Hop] = []
+        try:
+            # the target itself joins the shared pool as the chain's last "hop"
+            hops = self.pool.acquire((*target.chain, target.endpoint))
+            op = upload if direction == "upload" else download
+            args = (local, remote) if direction == "upload" else (remote, local)
+            result = op(hops[-1].client, target.name, *args, **kw)
+        except BaseException as exc:
+            self.record("transfer", strict=False, actor=actor, host=target.name, chain=chain,
+                        direction=direction, local=str(local), remote=remote, outcome="error",
+                        error=str(exc) if isinstance(exc, PhonehomeJumpError) else type(exc).__name__,
+                        duration=round(time.time() - started, 4))
+            raise
+        finally:
+            self.pool.release(hops)
+        self.record("transfer", strict=False, actor=actor, host=target.name, chain=chain,
+                    direction=direction, local=result.local, remote=result.remote,
+                    bytes=result.bytes, sha256=result.sha256, protocol=result.protocol,
+                    resumed_from=result.resumed_from, outcome="ok", duration=result.duration)
+        log.info("%s %s %s:%s (%d bytes)", direction, result.local, target.name, result.remote,
+                 result.bytes)
+        return result
+
     # -- policy and audit ---------------------------------------------------------------
     def _check_policy(self, entry: _Entry, text: str, *, confirm: bool, at_prompt: bool,
                       secret: bool = False) -> None:
@@ -363,13 +546,13 @@ class SessionManager:
     def _check_hops(self, entry: _Entry) -> None:
         if entry.session.dead:
             return
-        for hop in entry.hops:
+        entry.session.check_links()
+        if entry.session.dead:
+            return
+        for hop in entry.hops:                  # a hop without a probe (keepalive: 0)
             if not hop.alive:
                 entry.session._die(f"hop {hop.endpoint.name!r} is down")
                 return
-        t = entry.session._chan.get_transport()
-        if t is None or not t.is_active() or entry.session._chan.closed:
-            entry.session._die("the connection to the target closed")
 
     def reap(self) -> list[str]:
         """Close sessions idle longer than ``idle_timeout``; mark dead ones. Returns closed ids."""

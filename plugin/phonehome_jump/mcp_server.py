@@ -66,7 +66,8 @@ ssh_session_command, answer prompts with ssh_session_send (secret=true for passw
 collect output with ssh_session_read. A command still running after `wait` returns
 running=true: read it later, answer it, or send control='c'. Large output is capped: page it
 with ssh_session_read(offset=...). Close sessions when done. ssh_run is a one-shot command.
-For a [sudo] password prompt use ssh_session_send(sudo_password=true): the inventory's
+A session whose hop or shell went away is dead (the error names the hop); ssh_session_revive
+reopens it under the same id in the same directory (shell variables are lost). For a [sudo] password prompt use ssh_session_send(sudo_password=true): the inventory's
 password is typed without you seeing it. The inventory's policy may refuse a command (the
 error names the rule); set confirm=true only when the user really intends a command that asks
 for confirmation."""
@@ -492,6 +493,17 @@ def build_server(inventory: Inventory | str | Path, *,
             await rt.call(lambda: rt.manager.close(session_id, owner=owner))
             return Closed(session_id=session_id, closed=True)
 
+    @mcp.tool(annotations=_annotations("Revive a dead session"))
+    async def ssh_session_revive(session_id: SessionId, ctx: Context) -> SessionOut:
+        """Reopen a dead session (its hop or shell went away) under the same id, back in its
+        working directory; shell variables and jobs of the old shell are gone."""
+        with _errors("ssh_session_revive"):
+            owner = rt.owner(ctx)
+            info = await rt.call_with_progress(
+                ctx, lambda: rt.manager.revive(session_id, owner=owner),
+                f"reopening {session_id}")
+            return _session_out(info)
+
     @mcp.tool(annotations=_annotations("Run one command on a host", destructive=True))
     async def ssh_run(
         host: HostName,
@@ -522,6 +534,9 @@ def build_server(inventory: Inventory | str | Path, *,
             if not r.running:
                 await rt.call(lambda: _close_quietly(m, info.id, owner))
             return RunOutput(host=host, session_open=r.running, **_output(info.id, r, waited=w))
+
+    from .files_mcp import register as register_files
+    register_files(mcp, rt, errors=_errors, annotations=_annotations, actor=_actor)
 
     if workflows is not None:
         from .workflow_mcp import register

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
@@ -50,6 +50,22 @@ Patterns = Annotated[tuple[str, ...], BeforeValidator(_as_tuple), AfterValidator
                                                {"type": "array", "items": {"type": "string"}}]})]
 
 
+Access = Literal["allow", "confirm", "deny"]
+
+
+class FilesSpec(BaseModel):
+    """File transfer rules (uploads and downloads through the chain)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    upload: Access | None = Field(None, description="allow, confirm or deny uploads. Default: "
+                                                    "deny on read_only hosts, else allow.")
+    download: Access | None = Field(None, description="allow, confirm or deny downloads. "
+                                                      "Default allow.")
+    paths: Patterns = Field((), description="When set, only remote paths matching one of these "
+                                            "regular expressions may be copied to or from.")
+    deny_paths: Patterns = Field((), description="Remote paths that may never be copied.")
+
+
 class PolicySpec(BaseModel):
     """Command rules (Python regular expressions, searched in each part of a command line)."""
 
@@ -59,6 +75,9 @@ class PolicySpec(BaseModel):
                                               "CLI --confirm, workflow step confirm: true).")
     read_only: bool | None = Field(None, description="true: only commands matching `allow` pass.")
     allow: Patterns = Field((), description="With read_only: the commands that pass.")
+    files: FilesSpec | None = Field(None, description="File transfer rules: upload/download "
+                                                      "allow|confirm|deny, allowed and denied "
+                                                      "remote paths.")
 
 
 # A command line's parts: split at ; && || | & and newlines (quotes are not parsed: a
@@ -75,6 +94,10 @@ class Policy:
     confirm: tuple[str, ...] = ()
     read_only: bool = False
     allow: tuple[str, ...] = ()
+    upload: str | None = None            # allow | confirm | deny; None: by read_only
+    download: str = "allow"
+    paths: tuple[str, ...] = ()
+    deny_paths: tuple[str, ...] = ()
 
     @classmethod
     def resolve(cls, layers: list[PolicySpec | None]) -> Policy:
@@ -84,7 +107,12 @@ class Policy:
         def union(name: str) -> tuple[str, ...]:
             return tuple(dict.fromkeys(p for s in specs for p in getattr(s, name)))
         read_only = next((s.read_only for s in specs if s.read_only is not None), False)
-        return cls(union("deny"), union("confirm"), read_only, union("allow"))
+        files = [s.files for s in specs if s.files is not None]
+        upload = next((f.upload for f in files if f.upload is not None), None)
+        download = next((f.download for f in files if f.download is not None), "allow")
+        return cls(union("deny"), union("confirm"), read_only, union("allow"), upload, download,
+                   tuple(dict.fromkeys(p for f in files for p in f.paths)),
+                   tuple(dict.fromkeys(p for f in files for p in f.deny_paths)))
 
     @property
     def empty(self) -> bool:
@@ -92,7 +120,37 @@ class Policy:
 
     def summary(self) -> dict[str, object]:
         return {"deny": list(self.deny), "confirm": list(self.confirm),
-                "read_only": self.read_only, "allow": list(self.allow)}
+                "read_only": self.read_only, "allow": list(self.allow),
+                "files": {"upload": self.upload_access, "download": self.download,
+                          "paths": list(self.paths), "deny_paths": list(self.deny_paths)}}
+
+    @property
+    def upload_access(self) -> str:
+        return self.upload or ("deny" if self.read_only else "allow")
+
+    def check_transfer(self, direction: str, remote_path: str, *, host: str,
+                       confirm: bool = False) -> None:
+        """Raise :class:`PolicyError` if ``direction`` (upload/download) of ``remote_path`` to
+        or from ``host`` is not allowed."""
+        where = f"host {host!r}"
+        access = self.upload_access if direction == "upload" else self.download
+        if access == "deny":
+            why = " (the host is read-only)" if direction == "upload" and self.upload is None else ""
+            raise PolicyError(f"{direction}s are refused on this host{why}", rule=f"files.{direction}",
+                              where=where, hint="the inventory's policy forbids it; ask its owner")
+        for rule in self.deny_paths:
+            if re.search(rule, remote_path):
+                raise PolicyError(f"{direction} of {remote_path!r} refused by the deny_paths rule "
+                                  f"{rule!r}", rule=rule, where=where,
+                                  hint="this path may not be copied on this host")
+        if self.paths and not any(re.search(rule, remote_path) for rule in self.paths):
+            raise PolicyError(f"{direction} of {remote_path!r} refused: it matches no files.paths "
+                              "rule", rule="files.paths", where=where,
+                              hint="allowed paths match: " + ", ".join(map(repr, self.paths)))
+        if access == "confirm" and not confirm:
+            raise PolicyError(f"{direction} needs confirmation (rule files.{direction})",
+                              rule=f"files.{direction}", needs_confirm=True, where=where,
+                              hint="if it is intended, repeat with confirmation (CLI: --confirm)")
 
     def check(self, command: str, *, host: str, confirm: bool = False, at_prompt: bool = True,
               secret: bool = False) -> None:

@@ -28,7 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from .errors import AgentError, InventoryError, PhonehomeJumpError, UnknownSessionError
+from .errors import (AgentError, InventoryError, PhonehomeJumpError, SessionError,
+                     UnknownSessionError)
 from .inventory import Inventory, _suggest
 from .manager import SessionInfo, SessionManager
 from .redact import add_secret
@@ -120,6 +121,20 @@ class Router:
             self._remote[info.id] = _Remote(site, remote.id, owner, info)
         return info
 
+    def upload(self, host: str, local: str, remote: str, **kw: object) -> object:
+        return self._files_host(host).upload(host, local, remote, **kw)
+
+    def download(self, host: str, remote: str, local: str, **kw: object) -> object:
+        return self._files_host(host).download(host, remote, local, **kw)
+
+    def _files_host(self, host: str) -> SessionManager:
+        site = self.inventory.target(host).client
+        if site is not None:
+            raise AgentError(f"file copies to hosts behind ET Phone Home client site '{site}' are "
+                             "not routed through agents", where=f"host {host!r}",
+                             hint="run the copy on that site's machine (phonehome-jump cp)")
+        return self.manager
+
     def close(self, session_id: str, *, owner: str | None = None) -> None:
         rec = self._find(session_id, owner)
         if rec is None:
@@ -127,6 +142,16 @@ class Router:
         self._call(rec, owner, lambda agent: agent.close(rec.remote_id))
         with self._lock:
             self._remote.pop(session_id, None)
+
+    def revive(self, session_id: str, *, owner: str | None = None) -> SessionInfo:
+        rec = self._find(session_id, owner)
+        if rec is None:
+            return self._local(session_id, owner, lambda: self.manager.revive(session_id,
+                                                                              owner=owner))
+        raise SessionError(f"session {session_id!r} runs at site {rec.site!r}: its agent "
+                           "reopens its sessions itself when it comes back",
+                           where=f"site {rec.site!r}",
+                           hint="close it and open a new session if it stays dead")
 
     def shutdown(self) -> None:
         """Close the remote sessions opened here (their clients are gone too), then the rest."""

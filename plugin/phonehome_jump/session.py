@@ -22,6 +22,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paramiko
@@ -29,6 +30,7 @@ import paramiko
 from .errors import SessionDeadError, SessionError
 from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
+from .liveness import Link, first_failure
 from .output import DEFAULT_CAP, CommandResult, _Run
 from .prompts import CONTROL, awaiting_input, compile_pattern
 from .redact import add_secret, mask
@@ -54,17 +56,27 @@ class Session:
         self._run: _Run | None = None
         self.cwd: str | None = None
         self.dead: str | None = None      # why, once the shell or a hop went away
+        self.ended: int | None = None     # exit status, when the shell itself exited (`exit`)
+        self.links: list[Link] = []       # the hops, then the target: who to blame
         self.last_activity = time.time()
 
     # -- opening ----------------------------------------------------------------------
     @classmethod
     def start(cls, target: Target, sock: Any, *, cap: int = DEFAULT_CAP,
-              framing: str | None = None) -> "Session":
-        """Log in to ``target`` over ``sock`` (a tunnel channel or a TCP socket) and frame the shell."""
+              framing: str | None = None, links: list[Link] | tuple[Link, ...] = (),
+              logged_in: Callable[[], None] | None = None) -> "Session":
+        """Log in to ``target`` over ``sock`` (a tunnel channel or a TCP socket) and frame the shell.
+
+        ``links`` are the liveness links of the hops before it (first hop first); the
+        target's own link is added, so a failure is blamed on the right one. ``logged_in``
+        is called once authentication is done (the caller paces logins up to there).
+        """
         from netmiko import ConnectHandler   # heavy import, only when a session opens
 
         from .chain import HostKeyPolicy, credentials, wrap_error
+        from .localfiles import known_hosts_for
         ep = target.endpoint
+        known = known_hosts_for(ep)          # parsed like OpenSSH (markers, bad lines skipped)
         creds = credentials(ep)
         framing = framing or ("sentinel" if target.device_type in SENTINEL_DEVICE_TYPES else "native")
         try:
@@ -73,18 +85,32 @@ class Session:
                 username=creds["username"], password=creds["password"] or "",
                 use_keys=bool(creds["key_filename"]), key_file=creds["key_filename"],
                 passphrase=creds["passphrase"], allow_agent=creds["allow_agent"],
-                ssh_strict=True, system_host_keys=False, alt_host_keys=True,
-                alt_key_file=str(ep.known_hosts), conn_timeout=ep.connect_timeout,
+                ssh_strict=True, system_host_keys=False, alt_host_keys=False,
+                conn_timeout=ep.connect_timeout,
                 auth_timeout=ep.connect_timeout, banner_timeout=ep.connect_timeout,
-                keepalive=ep.keepalive, fast_cli=True, auto_connect=False)
-            conn.key_policy = HostKeyPolicy(ep, role="host")   # strict or accept-new, as the inventory says
+                keepalive=0, fast_cli=True, auto_connect=False)   # liveness: our own probe
+            conn.key_policy = HostKeyPolicy(ep, known, role="host")   # strict or accept-new, and @revoked
+            build = conn._build_ssh_client
+
+            def build_with_known_hosts() -> paramiko.SSHClient:
+                client = build()
+                known.install(client, ep.host, ep.port)
+                return client
+            conn._build_ssh_client = build_with_known_hosts   # our parser, not paramiko's
             conn.establish_connection(width=PTY_WIDTH, height=1000)
+            if logged_in is not None:
+                logged_in()
         except Exception as exc:
             raise wrap_error(exc, ep, target.chain[-1] if target.chain else None, role="host") from exc
         chan = conn.remote_conn
         chan.settimeout(None)
         framer: Framer = SentinelFramer() if framing == "sentinel" else NativeFramer()
         session = cls(target, conn, chan, framer, cap=cap)   # its secrets: registered by resolve()
+        transport = chan.get_transport()
+        session.links = [*links, Link("target", target.name, f"{ep.username}@{ep.host}:{ep.port}",
+                                      transport, interval=ep.keepalive,
+                                      count=ep.keepalive_count, outer=links,
+                                      on_down=transport.close).start()]
         try:
             framer.setup(session)
             session.last_activity = time.time()
@@ -104,7 +130,7 @@ class Session:
             with self._wlock:
                 self._chan.sendall(text.encode("utf-8"))
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            self._die("the connection closed while sending")
+            self._die(f"the connection closed while sending: {self.blame()}")
             raise self._dead_error() from exc
 
     def _die(self, why: str) -> None:
@@ -112,8 +138,40 @@ class Session:
             self.dead = why
 
     def _dead_error(self) -> SessionDeadError:
+        if self.ended is not None:
+            return SessionDeadError(f"the session has ended: {self.dead}",
+                                    where=f"host {self.target.name!r}",
+                                    hint="open a new session, or revive this one to reopen it "
+                                         "under the same id")
         return SessionDeadError(f"session is dead: {self.dead}", where=f"host {self.target.name!r}",
-                                hint="close it and open a new session")
+                                hint="revive it (same id, same directory) or close it and open "
+                                     "a new session")
+
+    def blame(self, settle: float = 0.5) -> str:
+        """Why the channel closed without an exit status: the first failed link, or the shell.
+
+        A hop's transport notices its EOF a moment after the channels through it close, so
+        look for up to ``settle`` seconds before concluding that only the shell went away.
+        """
+        deadline = time.monotonic() + settle
+        while True:
+            why = first_failure(self.links)
+            if why is not None:
+                return why
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        if self.links:
+            return (f"the remote shell ended without an exit status (killed by a signal, e.g. "
+                    f"kill -9); the connection to {self.target.name} is still up")
+        return "the remote shell or a hop closed the connection"
+
+    def check_links(self) -> None:
+        """Mark the session dead, naming the link, if a hop or the target is down."""
+        if self.dead is None and (why := first_failure(self.links)) is not None:
+            self._die(why)
+        elif self.dead is None and self._chan.closed and (self._run is None or self._run.done):
+            self._die(self.blame(settle=0.2))   # idle: no waiting call will look at the close
 
     def _pump(self, deadline: float, *, setup: bool = False, until: re.Pattern[str] | None = None,
               stop_on_input: bool = False) -> bool:
@@ -146,10 +204,15 @@ class Session:
                 self._chan.status_event.wait(1.0)
                 status = self._chan.exit_status if self._chan.status_event.is_set() else -1
                 if status >= 0:
-                    self._die(f"the remote shell exited with status {status}")
+                    # `exit`: a normal end, with its status; a login shell's "logout" is not output
+                    self.ended = status
+                    self._die(f"the shell exited with status {status}")
+                    if run.text().endswith("logout\n") and run.length - 7 >= run.delivered:
+                        kept = run.text()[:-len("logout\n")]
+                        run.chunks, run.length = [kept], len(kept)
                     run.exit_status, run.cwd, run.done, run.ended = status, self.cwd, True, time.monotonic()
                     return False
-                self._die("the remote shell or a hop closed the connection")
+                self._die(self.blame())
                 raise self._dead_error()
             before = run.length
             self._feed(run, self.framer.filter(self._decoder.decode(data)))
@@ -288,6 +351,8 @@ class Session:
     def close(self) -> None:
         """Close at once, even while another call waits on output (it then ends as dead)."""
         self._die("the session was closed")
+        for link in self.links[-1:]:
+            link.stop()
         try:
             self._conn.disconnect()
         except Exception:  # already gone; nothing to report to the caller

@@ -46,8 +46,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic import field_validator, model_validator
 
-from .errors import (PhonehomeJumpError, PolicyError, SecretError, WorkflowError,
-                     WorkflowLockedError)
+from .errors import (PhonehomeJumpError, PolicyError, SecretError, SessionDeadError,
+                     WorkflowError, WorkflowLockedError)
 from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _LineLoader, _suggest
 from .manager import SessionManager
 
@@ -185,12 +185,29 @@ def _capture(value: Any) -> Any:
 ExitCodes = Annotated[tuple[int, ...], BeforeValidator(_as_tuple)]
 
 
+class CopySpec(BaseModel):
+    """A file copy through the host's chain (the inventory's files policy applies)."""
+
+    model_config = _CFG
+    src: str = Field(min_length=1, description="upload: a local file; download: a path on the "
+                                               "host. ${var} is substituted.")
+    dest: str = Field(min_length=1, description="upload: a path on the host; download: a local "
+                                                "path (an existing directory keeps the name).")
+    resume: bool = Field(False, description="Continue a matching partial copy.")
+
+
 class StepSpec(BaseModel):
-    """One command on every target host, in the host's persistent session."""
+    """One command (or file copy) on every target host, in the host's persistent session."""
 
     model_config = _CFG
     name: str | None = Field(None, description="Label for progress and reports (default: run).")
-    run: str = Field(min_length=1, description="Shell command line; ${var} is substituted.")
+    run: str | None = Field(None, min_length=1,
+                            description="Shell command line; ${var} is substituted.")
+    upload: CopySpec | None = Field(None, description="Instead of run: copy a local file to the "
+                                                      "host (SHA-256 verified); the output is a "
+                                                      "one-line summary.")
+    download: CopySpec | None = Field(None, description="Instead of run: copy a file from the "
+                                                        "host to this machine.")
     expect_exit: ExitCodes | Literal["any"] = Field(
         (0,), description="Exit status(es) that pass; 'any' to ignore it. Default 0. Not checked "
                           "on devices without exit statuses (native framing).")
@@ -206,9 +223,35 @@ class StepSpec(BaseModel):
     confirm: bool = Field(False, description="Confirm a command the host's policy asks to "
                                              "confirm (the runbook's author confirms in writing).")
 
+    @model_validator(mode="after")
+    def _one_action(self) -> "StepSpec":
+        given = [k for k in ("run", "upload", "download") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a step needs exactly one of run, upload, download"
+                             + (f" (it has {', '.join(given)})" if given else ""))
+        if self.run is None and self.answer:
+            raise ValueError("answer is for run steps (a copy asks no questions)")
+        return self
+
+    @property
+    def copy(self) -> tuple[str, CopySpec] | None:
+        if self.upload is not None:
+            return "upload", self.upload
+        if self.download is not None:
+            return "download", self.download
+        return None
+
+    @property
+    def text(self) -> str:
+        """The command line, or ``upload SRC DEST`` / ``download SRC DEST`` for a copy."""
+        if self.run is not None:
+            return self.run
+        kind, spec = self.copy  # type: ignore[misc]
+        return f"{kind} {spec.src} {spec.dest}"
+
     @property
     def label(self) -> str:
-        return self.name or self.run.strip().splitlines()[0][:60]
+        return self.name or self.text.strip().splitlines()[0][:60]
 
 
 class TargetsSpec(BaseModel):
@@ -402,7 +445,8 @@ class Workflow:
         known = set(self.spec.vars) | set(extra) | set(BUILTIN_VARS)
         out = []
         for i, step in enumerate(self.spec.steps):
-            texts = [("run", step.run)]
+            texts: list[tuple[Any, str]] = ([("run", step.run)] if step.run is not None else [
+                ((kind, k), getattr(spec, k)) for kind, spec in [step.copy] for k in ("src", "dest")])
             if step.assert_ is not None:
                 texts += [(("assert", k), getattr(step.assert_, k)) for k in ("regex", "not_regex")
                           if getattr(step.assert_, k)]
@@ -616,7 +660,7 @@ def plan(wf: Workflow, hosts: Sequence[str], vars: Mapping[str, str] | None = No
         steps = []
         for i, step in enumerate(wf.spec.steps, 1):
             steps.append(StepResult(i, BracedTemplate(step.label).safe_substitute(values),
-                                    BracedTemplate(step.run).safe_substitute(values),
+                                    BracedTemplate(step.text).safe_substitute(values),
                                     "skipped", message="dry run"))
         result.hosts[host] = HostResult(host, "passed", steps)
     return result
@@ -646,6 +690,12 @@ def _expected(step: StepSpec, status: int | None) -> str | None:
     return f"exit status {status}, expected {want}"
 
 
+#: Seconds to wait for the prompt after a Ctrl-C; it ends as soon as the prompt is back (a
+#: loaded machine can take seconds, and a step still running would skip the host's next steps).
+INTERRUPT_WAIT = 20.0
+INTERRUPT_REPEAT = 2.0          # seconds between repeated Ctrl-Cs while the prompt stays away
+
+
 class _HostRun:
     """One host: one session, the steps in order."""
 
@@ -668,7 +718,7 @@ class _HostRun:
                 if stopped is None and self.cancel.is_set():
                     stopped = "the run was cancelled"
                 if stopped is not None:
-                    sr = StepResult(i, step.label, step.run, "skipped", message=stopped)
+                    sr = StepResult(i, step.label, step.text, "skipped", message=stopped)
                 else:
                     sr = self.step(sid, i, step)
                     self._audit(sid, sr)
@@ -681,11 +731,11 @@ class _HostRun:
             r.error = str(err)
             if sid is not None and len(r.steps) < len(self.wf.spec.steps):  # failed mid-step
                 step = self.wf.spec.steps[len(r.steps)]
-                r.steps.append(StepResult(len(r.steps) + 1, step.label, step.run, "failed",
+                r.steps.append(StepResult(len(r.steps) + 1, step.label, step.text, "failed",
                                           message=err.what))
                 self._audit(sid, r.steps[-1])
             for i, step in enumerate(self.wf.spec.steps[len(r.steps):], len(r.steps) + 1):
-                r.steps.append(StepResult(i, step.label, step.run, "skipped",
+                r.steps.append(StepResult(i, step.label, step.text, "skipped",
                                           message="not run: " + err.what))
         finally:
             if sid is not None:
@@ -714,9 +764,9 @@ class _HostRun:
         """
         name = BracedTemplate(step.label).safe_substitute(self.values)   # ${vars} in names too
         try:
-            command = self._sub(index, step.run)
+            command = self._sub(index, step.text)
         except _StepProblem as problem:
-            return StepResult(index, name, step.run, "failed", message=problem.message)
+            return StepResult(index, name, step.text, "failed", message=problem.message)
         sr = StepResult(index, name, command, "failed")
         t0 = time.monotonic()
         pieces: list[str] = []
@@ -768,14 +818,44 @@ class _HostRun:
         pieces.append(res.output)
         if if_running and not res.running:
             return res
-        self.m.send(sid, control="c", newline=False, owner=self.owner)
-        res = self.m.read(sid, owner=self.owner, wait=5)
-        pieces.append(res.output)
-        return res
+        # A Ctrl-C can land in a program's own window (sudo switching its terminal to read a
+        # password loses it about a third of the time): press it again until the prompt is back.
+        deadline = time.monotonic() + INTERRUPT_WAIT
+        while True:
+            self.m.send(sid, control="c", newline=False, owner=self.owner)
+            res = self.m.read(sid, owner=self.owner,
+                              wait=max(0.0, min(INTERRUPT_REPEAT, deadline - time.monotonic())))
+            pieces.append(res.output)
+            if not res.running or time.monotonic() >= deadline:
+                return res
+
+    def _copy(self, index: int, step: StepSpec, sr: StepResult, t0: float) -> str:
+        kind, spec = step.copy  # type: ignore[misc]
+        src, dest = self._sub(index, spec.src), self._sub(index, spec.dest)
+        op = self.m.upload if kind == "upload" else self.m.download
+        try:
+            res = op(self.host, src, dest, actor=f"workflow:{self.wf.name}", confirm=step.confirm,
+                     resume=spec.resume)
+        except PolicyError:
+            raise
+        except PhonehomeJumpError as err:
+            if isinstance(err, SessionDeadError):
+                raise
+            raise _StepProblem(_one_line(err, self.host)) from None
+        sr.exit_status, sr.duration = 0, round(time.monotonic() - t0, 4)
+        return (f"{kind}ed {res.bytes} bytes {res.local} {'->' if kind == 'upload' else '<-'} "
+                f"{res.remote} sha256 {res.sha256}\n")
 
     def _execute(self, sid: str, index: int, step: StepSpec, sr: StepResult, pieces: list[str],
                  t0: float) -> None:
         command = sr.command
+        if step.copy is not None:
+            output = sr.output = self._copy(index, step, sr, t0)
+            if (why := self._asserts(index, step, output)) is not None:
+                sr.message = why
+            elif step.capture is not None:
+                self._capture(index, step, sr, output)
+            return
         timeout = step.timeout or self.wf.spec.step_timeout
         deadline = t0 + timeout
         answers = list(step.answer)
@@ -821,15 +901,19 @@ class _HostRun:
         elif (why := self._asserts(index, step, output)) is not None:
             sr.message = why
         elif step.capture is not None:
-            if step.capture.regex is None:
-                value: str | None = output.rstrip("\n")
-            else:
-                m = self._search(index, step.capture.regex, output)
-                value = None if m is None else (m.group(1) if m.re.groups else m.group(0))
-            if value is None:
-                sr.message = f"capture {step.capture.name}: {step.capture.regex!r} did not match"
-            else:
-                self.values[step.capture.name] = sr.captured[step.capture.name] = value
+            self._capture(index, step, sr, output)
+
+    def _capture(self, index: int, step: StepSpec, sr: StepResult, output: str) -> None:
+        assert step.capture is not None
+        if step.capture.regex is None:
+            value: str | None = output.rstrip("\n")
+        else:
+            m = self._search(index, step.capture.regex, output)
+            value = None if m is None else (m.group(1) if m.re.groups else m.group(0))
+        if value is None:
+            sr.message = f"capture {step.capture.name}: {step.capture.regex!r} did not match"
+        else:
+            self.values[step.capture.name] = sr.captured[step.capture.name] = value
 
     def _asserts(self, index: int, step: StepSpec, output: str) -> str | None:
         a = step.assert_

@@ -249,8 +249,10 @@ def test_refused_port_names_the_hop(lab, tmp_path):
                                        "credentials: lab-key}\n" % lab.addr("target2"))
     with SessionManager(inv) as m, pytest.raises(ConnectError) as err:
         m.open("closed-port")
-    assert err.value.hop == "closed-port" and err.value.reason == "forwarding"
+    assert err.value.hop == "closed-port" and err.value.reason == "refused"
     assert "jump2" in str(err.value)
+    assert f"nothing listens on {lab.addr('target2')}:2222" in str(err.value)
+    assert "AllowTcpForwarding" not in str(err.value)
 
 
 # -- lifecycle ---------------------------------------------------------------------------

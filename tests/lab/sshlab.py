@@ -11,7 +11,16 @@ and an env file (passwords) into its state directory. Users:
 - ``phjpass`` password auth
 - ``phjsudo`` password auth, may sudo with its password
 
-Needs root, ``ip`` (iproute2), ``sshd`` and ``sudo``. Used by the test suite, ``make demo``
+Besides target1..N, ``stock1`` is a target whose sshd keeps OpenSSH's default settings
+(``MaxStartups 10:30:100``: new connections are dropped at random past 10 unauthenticated
+ones), as most real servers do. :meth:`Lab.drop` makes a node silently drop every packet
+(iptables DROP inside its namespace: no RST, no ICMP, like a pulled cable or a firewall);
+:meth:`Lab.undrop` heals it. Its inventory entry is :meth:`Lab.stock_host_yaml` (kept out of
+the lab inventory, so host counts there stay the same).
+
+Every node serves SFTP except target3 (``NO_SFTP``), where file copies use SCP.
+
+Needs root, ``ip`` (iproute2), ``iptables``, ``sshd`` and ``sudo``. Used by the test suite, ``make demo``
 and ``bench/``.  ``python tests/lab/sshlab.py up|down|status [--state DIR] [--targets N]``.
 """
 
@@ -39,6 +48,8 @@ DEFAULT_STATE = Path(os.environ.get("PHJ_LAB_STATE", f"/tmp/phonehome-jump-lab-{
 # The lab users are machine-wide, so their passwords are too (one file for every lab).
 ENV_FILE = Path("/var/lib/phonehome-jump-lab/env.json")
 USERS = ("phjkey", "phjpass", "phjsudo")
+#: The one node without an SFTP subsystem, so file copies fall back to SCP there.
+NO_SFTP = "target3"
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin/sshd"
 
 
@@ -55,6 +66,7 @@ class Node:
     name: str          # jump1, jump2, target1, ...
     ns: str            # network namespace
     addr: str          # where the previous hop dials it
+    stock: bool = False  # sshd with OpenSSH's default limits (MaxStartups 10:30:100)
 
     @property
     def host_key(self) -> str:
@@ -75,6 +87,7 @@ class Lab:
         }
         for i in range(1, self.n_targets + 1):
             self.nodes[f"target{i}"] = Node(f"target{i}", f"{PREFIX}target{i}", f"10.{NET}.3.{9 + i}")
+        self.nodes["stock1"] = Node("stock1", f"{PREFIX}stock1", f"10.{NET}.3.200", stock=True)
 
     # -- paths the tests use -------------------------------------------------
     @property
@@ -182,7 +195,8 @@ class Lab:
         run("ip", "link", "add", "br0", "type", "bridge", ns=j2.ns)
         run("ip", "addr", "add", f"10.{NET}.3.1/24", "dev", "br0", ns=j2.ns)
         run("ip", "link", "set", "br0", "up", ns=j2.ns)
-        for i, node in enumerate(n for n in self.nodes.values() if n.name.startswith("target")):
+        for i, node in enumerate(n for n in self.nodes.values()
+                                 if n.name.startswith(("target", "stock"))):
             port = f"t{i + 1}"
             run("ip", "link", "add", port, "netns", j2.ns, "type", "veth", "peer", "name", "eth0", "netns", node.ns)
             run("ip", "link", "set", port, "master", "br0", ns=j2.ns)
@@ -206,11 +220,10 @@ PermitRootLogin no
 AllowUsers {' '.join(USERS)}
 AllowTcpForwarding yes
 UseDNS no
-MaxStartups 200
-MaxSessions 100
 PrintMotd no
 PrintLastLog no
-"""
+{"" if node.name == NO_SFTP else "Subsystem sftp internal-sftp"}
+""" + ("" if node.stock else "MaxStartups 200\nMaxSessions 100\n")
         (self.state / f"sshd_{node.name}.conf").write_text(cfg)
 
     def start_sshd(self, name: str) -> None:
@@ -235,6 +248,25 @@ PrintLastLog no
                 os.kill(int(pid), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
                 pass
+
+    def stock_host_yaml(self, name: str = "lab-stock1") -> str:
+        """An inventory host entry (under ``hosts:``) for the stock-sshd target.
+
+        Not in the lab inventory itself, so host counts there stay as they are.
+        """
+        return (f"  {name}: {{host: {self.addr('stock1')}, groups: [lab], "
+                "description: stock sshd settings (MaxStartups 10:30:100)}\n")
+
+    def drop(self, name: str) -> None:
+        """Silently drop every packet into and out of node ``name`` (no RST, no ICMP)."""
+        ns = self.nodes[name].ns
+        for chain in ("INPUT", "OUTPUT"):
+            run("iptables", "-w", "-I", chain, "-j", "DROP", ns=ns)
+
+    def undrop(self, name: str) -> None:
+        ns = self.nodes[name].ns
+        for chain in ("INPUT", "OUTPUT"):
+            run("iptables", "-w", "-F", chain, ns=ns)
 
     def _known_hosts(self) -> None:
         lines = []

@@ -19,7 +19,8 @@ EP = Endpoint(name="dmz-gw", host="gw.example.net", port=22, username="ops",
     (socket.gaierror(-2, "Name or service not known"), "dns"),
     (ConnectionRefusedError(111, "Connection refused"), "refused"),
     (socket.timeout("timed out"), "timeout"),
-    (paramiko.ChannelException(2, "Connect failed"), "forwarding"),
+    (paramiko.ChannelException(2, "Connect failed"), "refused"),
+    (paramiko.ChannelException(1, "Administratively prohibited"), "forwarding"),
     (EOFError(), "closed"),
 ])
 def test_library_errors_name_the_hop_and_reason(exc, reason):
@@ -45,3 +46,32 @@ def test_fingerprint_and_known_hosts_name():
         "ssh-ed25519", __import__("base64").b64decode(
             "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"))
     assert fingerprint(pub).startswith("SHA256:") and len(fingerprint(pub)) == 50
+
+
+def test_a_failed_tunnel_open_quotes_the_hop():
+    via = Endpoint(name="jump2", host="j2", port=22, username="ops",
+                   auth=Auth(None, None, None, True, None), known_hosts=Path("/kh"),
+                   host_key_policy="strict", keepalive=15, connect_timeout=3.0, source="inv.yaml:3")
+    exc = paramiko.ChannelException(2, "Connect failed")
+    refused = wrap_error(exc, EP, via, "Connection refused")
+    assert refused.reason == "refused" and "nothing listens on gw.example.net:22" in str(refused)
+    assert "jump2 says: Connection refused" in str(refused)
+    unreachable = wrap_error(exc, EP, via, "No route to host")
+    assert unreachable.reason == "unreachable" and "No route to host" in str(unreachable)
+    assert "nothing listens" not in str(unreachable)
+    prohibited = wrap_error(paramiko.ChannelException(1, "Administratively prohibited"), EP, via)
+    assert prohibited.reason == "forwarding" and "AllowTcpForwarding" in str(prohibited)
+
+
+def test_early_eof_is_told_apart_from_auth_failures():
+    from phonehome_jump.chain import early_eof
+    try:
+        try:
+            raise EOFError()
+        except EOFError:
+            raise paramiko.SSHException("Error reading SSH protocol banner")
+    except paramiko.SSHException as banner:
+        assert early_eof(banner)
+        err = wrap_error(banner, EP, None)
+        assert err.reason == "closed" and "before login" in str(err) and "MaxStartups" in str(err)
+    assert not early_eof(paramiko.AuthenticationException("Authentication failed."))

@@ -148,6 +148,66 @@ def test_via_cycle_names_the_cycle() -> None:
     assert "via cycle: a -> b -> a" in what
 
 
+# ----------------------------------------------------------------------------- hosts as hops
+
+def test_a_host_can_be_a_hop_and_keeps_its_own_login_and_via() -> None:
+    inv = load(HOPS.replace("credentials:\n", "credentials:\n  admin: {username: admin, "
+                                               "key_file: ~/.ssh/admin}\n") + """
+groups:
+  behind: {via: dmz-gw, credentials: admin}
+hosts:
+  gw-box: {host: 198.51.100.7, groups: [behind], port: 2222}
+  app: {host: 10.0.0.5, via: gw-box}
+  app2: {host: 10.0.0.6, via: [gw-box]}
+""")
+    app = inv.target("app")
+    assert [e.name for e in app.chain] == ["bastion", "dmz-gw", "gw-box"]
+    hop = app.chain[-1]
+    assert (hop.host, hop.port, hop.username) == ("198.51.100.7", 2222, "admin")
+    assert hop == inv.target("gw-box").endpoint          # one login, shared as a hop
+    assert [e.name for e in inv.target("app2").chain] == ["bastion", "dmz-gw", "gw-box"]
+
+
+def test_a_host_hop_inheriting_defaults_via_through_itself_is_a_cycle_with_a_hint() -> None:
+    found = problems("""
+        defaults: {via: bastion}
+        hosts:
+          bastion: {host: 192.0.2.1}
+          app: {host: 10.0.0.5}
+        """)
+    assert any("via cycle: bastion -> bastion" in what and "via: []" in what
+               for _, what in found)
+    inv = load("""
+        defaults: {via: bastion}
+        hosts:
+          bastion: {host: 192.0.2.1, via: []}
+          app: {host: 10.0.0.5}
+        """)
+    assert [e.name for e in inv.target("app").chain] == ["bastion"]
+    assert inv.target("bastion").chain == ()
+
+
+def test_a_name_that_is_a_jump_host_and_a_host_is_ambiguous_in_via() -> None:
+    found = problems("""
+        jump_hosts:
+          gw: {host: 192.0.2.1}
+        hosts:
+          gw: {host: 192.0.2.1}
+          app: {host: 10.0.0.5, via: gw}
+        """)
+    (where, what), = found
+    assert where == "inv.yaml:5" and "ambiguous" in what and "inv.yaml:2" in what
+
+
+def test_host_hop_cycle_between_hosts() -> None:
+    found = problems("""
+        hosts:
+          a: {host: 192.0.2.1, via: b}
+          b: {host: 192.0.2.2, via: a}
+        """)
+    assert any("via cycle:" in what and "a" in what and "b" in what for _, what in found)
+
+
 # ----------------------------------------------------------------------------- files
 
 def test_directory_merge_two_files() -> None:

@@ -43,7 +43,10 @@ TOOLS = {   # name: (readOnly, destructive, idempotent, openWorld)
     "ssh_session_read": (True, False, False, True),
     "ssh_session_list": (True, False, True, False),
     "ssh_session_close": (False, True, True, True),
+    "ssh_session_revive": (False, False, False, True),
     "ssh_run": (False, True, False, True),
+    "ssh_file_upload": (False, True, False, True),
+    "ssh_file_download": (False, False, False, True),
 }
 
 
@@ -131,7 +134,9 @@ def test_unknown_session_says_so(server):
 
 def test_a_hop_failure_names_the_hop(server):
     r = call(server, "ssh_session_open", {"host": "sl1-prod"})
-    assert r.is_error and "hop 'bastion'" in r.content[0].text and "bastion.invalid" in r.content[0].text
+    # the key file is checked before dialing: a missing one is named, not taken for a DNS fault
+    assert r.is_error and "hop 'bastion'" in r.content[0].text
+    assert "key_file /nonexistent/id_ed25519 does not exist" in r.content[0].text
 
 
 def test_internal_error_hides_details_and_logs_them(server, monkeypatch, caplog):
