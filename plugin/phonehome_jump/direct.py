@@ -146,18 +146,30 @@ class DirectChannel:
     def exec(self, command: str, *, pty: tuple[str, int, int] | None = None) -> paramiko.Channel:
         """Start ``command`` (already policy-checked) like ``ssh host command``."""
         chan = self._session()
-        if pty:
-            term, cols, rows = pty
-            chan.get_pty(term=term, width=cols, height=rows)
-        chan.exec_command(command)
+        try:
+            if pty:
+                term, cols, rows = pty
+                chan.get_pty(term=term, width=cols, height=rows)
+            chan.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._refused("run a command" + (" on a terminal" if pty else ""), exc) from exc
         return chan
 
     def shell(self, term: str, cols: int, rows: int) -> paramiko.Channel:
         """An interactive login shell on a pty sized like the local terminal."""
         chan = self._session()
-        chan.get_pty(term=term, width=cols, height=rows)
-        chan.invoke_shell()
+        try:
+            chan.get_pty(term=term, width=cols, height=rows)
+            chan.invoke_shell()
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._refused("start a shell on a terminal", exc) from exc
         return chan
+
+    def _refused(self, what: str, exc: BaseException) -> SessionError:
+        return SessionError(f"{self.target.name} refused to {what}: {exc or type(exc).__name__}",
+                            where=f"host {self.target.name!r}",
+                            hint="check the account's sshd settings (PermitTTY, ForceCommand) "
+                                 "and login shell")
 
     def sudo_password(self) -> str:
         """The inventory's sudo password for this target, resolved now and registered as secret."""
