@@ -14,6 +14,7 @@
     workflow check|run FILE ...                    multi-step YAML runbooks (workflow.py)
     serve [--http HOST:PORT] [--agent SITE=HOST:PORT]... [--workflows DIR]   the MCP server
     agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (rpc.py)
+    audit verify [PATH]                            check the audit log's hash chain (0/1/2)
 
 Exit codes: the remote exit status for ``run`` and ``shell`` (scripted: its last command's);
 0 ok; 1 other phonehome-jump errors (session, secrets, limits); 2 usage and inventory errors
@@ -217,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "up after 30 s)")
     p.set_defaults(func=cmd_agent)
     _add_workflow_commands(commands, common)
+    from .cli_audit import add_commands as add_audit_commands   # audit verify
+    add_audit_commands(commands, common)
     return parser
 
 

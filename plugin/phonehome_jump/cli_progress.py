@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any, TextIO
 
+from .redact import mask
+
 
 def _isatty(stream: Any) -> bool:
     try:
@@ -71,6 +73,7 @@ class WorkflowProgress:
                     + (f", failed step {', '.join(map(str, failed))}" if failed else "")
                     + (f": {r.error.splitlines()[0]}" if r.error else ""))
             state = "failed" if r.status == "failed" else "passed"
+        line = mask(line)           # a step's name is its command line, which may hold a secret
         if not self.tty:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
             print(f"{stamp} {e.host}: {line}", file=self.stream, flush=True)

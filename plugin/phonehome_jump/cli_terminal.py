@@ -45,7 +45,7 @@ from .direct import DirectChannel, StreamMasker
 from .errors import PhonehomeJumpError, PolicyError
 from .inventory import Target
 from .manager import SessionManager
-from .prompts import asks_for_secret, awaiting_input
+from .prompts import awaiting_input, line_is_secret
 from .redact import MASK
 
 PROG = "phonehome-jump"
@@ -115,7 +115,7 @@ class LineWatch:
         if 0x20 <= byte != 0x7f:
             self.typed += 1
 
-    def entered(self) -> tuple[str, str] | None:
+    def entered(self, command: str | None = None) -> tuple[str, str] | None:
         """The kind of line Enter ends and its text as shown; None in a full-screen program.
 
         Kinds: "secret" (after a password-like prompt, or typed and not echoed: the remote
@@ -139,7 +139,9 @@ class LineWatch:
         end = max(s.cursor.y, row)
         line = display[row][col:] + "".join(display[r] for r in range(row + 1, end + 1))
         line = line.strip()
-        if asks_for_secret(prompt.rstrip()) or (typed and not line):
+        # command: the last command line entered, so that after a program that reads
+        # passwords any prompt-shaped line counts (the shared rule, prompts.line_is_secret)
+        if line_is_secret(prompt, command) or (typed and not line):
             return "secret", line
         if awaiting_input(prompt.rstrip()):
             return "answer", line
@@ -180,6 +182,7 @@ class _Shell:
         self.sent_at: float | None = None   # last keys sent, awaiting their echo
         self.rtt = 0.05                 # echo latency estimate, for settling before a check
         self.closed = False
+        self.last_command: str | None = None   # the last command line entered (prompt rules)
 
     # -- remote to local ------------------------------------------------------------
     def pump(self) -> bool:
@@ -271,7 +274,7 @@ class _Shell:
     def enter(self, key: bytes) -> None:
         assert self.watch is not None
         self.settle()
-        seen = self.watch.entered()
+        seen = self.watch.entered(self.last_command)
         if seen is None:                                 # full-screen program: its own keys
             self.send(key)
             return
@@ -299,6 +302,7 @@ class _Shell:
                 return
         self.send(key)
         if kind == "command":
+            self.last_command = line
             self.ch.record("command", command=line, outcome="entered", terminal=True)
             self.ch.transcript(f"$ {line}\n")
         elif kind == "answer":

@@ -27,8 +27,8 @@ Chains: ``chain(hop) = expand(hop.via) + [hop]``. A via list ``[a, b]`` is ``cha
 ``b``; ``b``'s own via prefix must be empty or equal to the chain so far, otherwise it is a
 conflict. A hop may appear only once in a chain; cycles are errors naming the cycle.
 
-Secrets are references only (``env:NAME`` / ``file:PATH``), read when :meth:`SecretRef.resolve`
-is called. Paths are ``~``-expanded; relative paths are relative to the working directory.
+Secrets are references only (``env:NAME`` / ``file:PATH`` / ``keyring:SERVICE/USER`` /
+``cmd:COMMAND``, see :mod:`.secret_sources`), read when :meth:`SecretRef.resolve` is called. Paths are ``~``-expanded; relative paths are relative to the working directory.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from .audit import AuditSpec
 from .errors import InventoryError, SecretError, UnknownNameError
 from .policy import Policy, PolicySpec
 from .redact import add_secret
+from .secret_sources import from_command, from_keyring, parse_cmd, parse_keyring
 
 __all__ = [
     "Auth", "Endpoint", "Inventory", "InventoryProblems", "SecretRef", "Target", "json_schema",
@@ -70,23 +71,29 @@ _SECRET_FIELDS = frozenset({"password", "passphrase", "sudo_password"})
 
 @dataclass(frozen=True, repr=False)
 class SecretRef:
-    """A pointer to a secret (``env:NAME`` / ``file:PATH``); only resolve() reads the value."""
+    """A pointer to a secret (``env:NAME`` / ``file:PATH`` / ``keyring:SERVICE/USER`` /
+    ``cmd:COMMAND``); only resolve() reads the value."""
 
-    kind: Literal["env", "file"]
+    kind: Literal["env", "file", "keyring", "cmd"]
     name: str  # variable name, or the file path as written
 
     @classmethod
     def parse(cls, text: object) -> SecretRef:
         """Parse a reference; ValueError messages never echo the input (it may be a password)."""
         literal = ("must be a reference, not a literal secret: write env:VAR_NAME (and export "
-                   "VAR_NAME) or file:/path/to/secret (mode 0600) instead")
+                   "VAR_NAME), file:/path/to/secret (mode 0600), keyring:SERVICE/USERNAME or "
+                   "cmd:COMMAND (its output is the secret) instead")
         if isinstance(text, SecretRef):
             return text
         if not isinstance(text, str):
             raise ValueError(literal)
         kind, sep, rest = text.partition(":")
-        if not sep or kind not in ("env", "file"):
+        if not sep or kind not in ("env", "file", "keyring", "cmd"):
             raise ValueError(literal)
+        if kind == "keyring":
+            return cls(kind, parse_keyring(rest))
+        if kind == "cmd":
+            return cls(kind, parse_cmd(rest))
         if kind == "env" and not _ENV_NAME.fullmatch(rest):
             raise ValueError("env: reference needs a variable name of letters, digits and _ "
                              "(e.g. env:SL1_PASSWORD)")
@@ -102,6 +109,11 @@ class SecretRef:
 
     def resolve(self, context: str) -> str:
         """Read the secret now; ``context`` (e.g. "hop 'dmz-gw' password") goes into errors."""
+        if self.kind in ("keyring", "cmd"):
+            read = from_keyring if self.kind == "keyring" else from_command
+            value = read(self.name, str(self), context)
+            add_secret(value)   # masked wherever text leaves the plugin from now on
+            return value
         if self.kind == "env":
             value = os.environ.get(self.name)
             if not value:
@@ -147,7 +159,8 @@ class SecretRef:
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
-        return {"type": "string", "pattern": r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$"}
+        return {"type": "string",
+                "pattern": r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|keyring:.+/.+|cmd:.*\S.*)$"}
 
 
 # --------------------------------------------------------------------------- file models

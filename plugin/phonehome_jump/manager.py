@@ -26,6 +26,8 @@ from .chain import Hop, HopPool, diagnose, dial, early_eof, login_gate, open_tun
 from .errors import (ConnectError, LimitError, PhonehomeJumpError, PolicyError, SessionDeadError,
                      SessionError, UnknownSessionError)
 from .inventory import Inventory, Target
+from .policy import Approval
+from .prompts import prompt_waiting
 from .redact import MASK, add_secret
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
 from .transfer import TransferResult, download, upload
@@ -329,8 +331,14 @@ class SessionManager:
         return entry.session
 
     def command(self, session_id: str, command: str, *, owner: str | None = None,
-                wait: float = 20.0, until: str | None = None, confirm: bool = False) -> CommandResult:
-        """Run ``command`` (policy-checked, audited); see :meth:`Session.command`."""
+                wait: float = 20.0, until: str | None = None,
+                confirm: bool | Approval = False) -> CommandResult:
+        """Run ``command`` (policy-checked, audited); see :meth:`Session.command`.
+
+        ``confirm``: an :class:`Approval` (who approved, how, when) passes the policy's confirm
+        rules and is audited; ``True`` is an approval by this manager's caller (see
+        :func:`default_approval`).
+        """
         entry = self._entry(session_id, owner)
         compile_pattern(until)                  # a bad pattern is refused before anything runs
         self._check_policy(entry, command, confirm=confirm, at_prompt=True)
@@ -351,7 +359,7 @@ class SessionManager:
         return result
 
     def send(self, session_id: str, text: str = "", *, owner: str | None = None, newline: bool = True,
-             control: str | None = None, secret: bool = False, confirm: bool = False,
+             control: str | None = None, secret: bool = False, confirm: bool | Approval = False,
              sudo_password: bool = False) -> None:
         """Type raw text; a line-ending send is policy-checked like a command.
 
@@ -359,16 +367,22 @@ class SessionManager:
         sent as a secret), so a caller can answer a sudo prompt without ever knowing it.
         """
         entry = self._entry(session_id, owner)
+        # Decided from fresh output, not from what the last read saw: this takes in whatever
+        # arrived since (a command that has ended, the prompt after a Ctrl-C or an Enter).
+        fresh = self._guard(session_id, owner, lambda s: s.fresh_input())
         # typed without Enter, a line leaves the session "running" (typed input), yet the
         # shell is still at its prompt: the rest of that line is still a command line
         running = entry.session.running and not entry.typed
-        if (secret or sudo_password) and not running:
-            # typed at the prompt, a secret would run as a command line (history, logs, argv)
-            raise SessionError("no command is waiting for input, so the secret was not typed: "
-                               "at the shell prompt it would run as a command",
+        if (secret or sudo_password) and not (running and fresh and prompt_waiting(*fresh)):
+            # typed at the prompt (or buffered for the shell while a command that reads
+            # nothing runs), a secret would run as a command line (history, logs, argv)
+            why = ("no command is running" if not running or fresh is None else
+                   "the running command's newest output does not end in a prompt")
+            raise SessionError(f"{why}, so the secret was not typed: it could reach the shell "
+                               "prompt and run as a command",
                                where=f"host {entry.session.target.name!r}",
                                hint="run the command that asks for it first, then send the "
-                                    "secret while it waits (awaiting_input)")
+                                    "secret while it waits at its prompt (awaiting_input)")
         if sudo_password:
             target = entry.session.target
             ref = target.endpoint.auth.sudo_password
@@ -413,7 +427,7 @@ class SessionManager:
 
     # -- files ------------------------------------------------------------------------
     def upload(self, host: str, local: str, remote: str, *, actor: str | None = None,
-               confirm: bool = False, resume: bool = False, preserve: bool = True,
+               confirm: bool | Approval = False, resume: bool = False, preserve: bool = True,
                progress: Any = None, max_bytes: int | None = None) -> TransferResult:
         """Copy local file ``local`` to ``remote`` on inventory host ``host`` (see transfer.py)."""
         return self._transfer("upload", host, local, remote, actor=actor, confirm=confirm,
@@ -421,7 +435,7 @@ class SessionManager:
                               max_bytes=max_bytes)
 
     def download(self, host: str, remote: str, local: str, *, actor: str | None = None,
-                 confirm: bool = False, resume: bool = False, preserve: bool = True,
+                 confirm: bool | Approval = False, resume: bool = False, preserve: bool = True,
                  progress: Any = None, max_bytes: int | None = None) -> TransferResult:
         """Copy ``remote`` on inventory host ``host`` to local path ``local``."""
         return self._transfer("download", host, local, remote, actor=actor, confirm=confirm,
@@ -429,17 +443,26 @@ class SessionManager:
                               max_bytes=max_bytes)
 
     def _transfer(self, direction: str, host: str, local: str, remote: str, *,
-                  actor: str | None, confirm: bool, **kw: Any) -> TransferResult:
+                  actor: str | None, confirm: bool | Approval, **kw: Any) -> TransferResult:
         target = self.inventory.target(host)
         actor = actor or self.actor
         chain = [h.name for h in target.chain]
+        what = f"{direction} {remote}"
+        approval = default_approval(confirm, actor)
+        if approval is not None and approval.command is not None and approval.command != what:
+            approval = None         # a person approved another copy than this one
         try:
-            target.policy.check_transfer(direction, remote, host=target.name, confirm=confirm)
+            target.policy.check_transfer(direction, remote, host=target.name,
+                                         confirm=approval is not None)
         except PolicyError as err:
             self.record("policy_refusal", strict=False, actor=actor, host=target.name,
-                        chain=chain, command=f"{direction} {remote}", rule=err.rule,
+                        chain=chain, command=what, rule=err.rule,
                         outcome="needs_confirm" if err.needs_confirm else "refused")
             raise
+        rule = target.policy.transfer_confirm_rule(direction, remote, host=target.name)
+        if approval is not None and rule is not None:
+            self.record("approval", actor=actor, host=target.name, chain=chain, command=what,
+                        rule=rule, **{**approval.fields(), "approved_by": approval.by or actor})
         if self.audit:
             self.audit.check()
         started = time.time()
@@ -467,27 +490,63 @@ class SessionManager:
         return result
 
     # -- policy and audit ---------------------------------------------------------------
-    def _check_policy(self, entry: _Entry, text: str, *, confirm: bool, at_prompt: bool,
-                      secret: bool = False) -> None:
+    def _check_policy(self, entry: _Entry, text: str, *, confirm: bool | Approval,
+                      at_prompt: bool, secret: bool = False) -> None:
         self.check_policy(entry.session.target, text, confirm=confirm, at_prompt=at_prompt,
                           secret=secret, actor=entry.actor, session_id=entry.id)
 
-    def check_policy(self, target: Target, text: str, *, confirm: bool, at_prompt: bool,
-                     secret: bool = False, actor: str | None = None,
+    def check_policy(self, target: Target, text: str, *, confirm: bool | Approval,
+                     at_prompt: bool, secret: bool = False, actor: str | None = None,
                      session_id: str | None = None) -> None:
         """The target's policy on ``text``; a refusal is audited, then raised (PolicyError).
 
+        An approval that lets the text through a confirm rule is audited (who, how, when)
+        before the text goes out; that record fails closed like the action's own.
         Public for the MCP router, which checks routed commands before they leave.
         """
+        approval = default_approval(confirm, actor)
+        if approval is not None and approval.command is not None and approval.command != text:
+            approval = None         # a person approved another line than this one
+        chain = [h.name for h in target.chain]
         try:
-            target.policy.check(text, host=target.name, confirm=confirm, at_prompt=at_prompt,
-                                secret=secret)
+            target.policy.check(text, host=target.name, confirm=approval is not None,
+                                at_prompt=at_prompt, secret=secret)
         except PolicyError as err:
             self.record("policy_refusal", strict=False, actor=actor, host=target.name,
-                        chain=[h.name for h in target.chain], session_id=session_id,
-                        command=text, rule=err.rule,
+                        chain=chain, session_id=session_id, command=text, rule=err.rule,
                         outcome="needs_confirm" if err.needs_confirm else "refused")
             raise
+        if approval is not None:
+            rule = target.policy.confirm_rule(text, host=target.name, at_prompt=at_prompt,
+                                              secret=secret)
+            if rule is not None:
+                self.record("approval", actor=actor, host=target.name, chain=chain,
+                            session_id=session_id, command=text, rule=rule,
+                            **{**approval.fields(), "approved_by": approval.by or actor})
+
+    def approval_needed(self, session_id: str, text: str = "", *, owner: str | None = None,
+                        command: bool = False, newline: bool = True, control: str | None = None,
+                        secret: bool = False) -> tuple[Target, str, str] | None:
+        """(target, rule, line) when only a confirm rule stands between this call and the host.
+
+        ``command``: for :meth:`command` (else for :meth:`send` with these arguments). The
+        line is exactly what the policy will check (a line typed in pieces, whole), so an
+        :class:`Approval` for it can name it. None: no approval is needed, or none would help.
+        """
+        entry = self._entry(session_id, owner)
+        target = entry.session.target
+        if secret and not command:
+            return None     # never shown to anyone; at a prompt the guard refuses it anyway
+        if command:
+            line, at_prompt = text, True
+        else:
+            running = entry.session.running and not entry.typed
+            if not ("\n" in text or "\r" in text or (newline and bool(text or not control))):
+                return None                     # no Enter: nothing is checked yet
+            line, at_prompt = ((entry.typed + text) if not running else text), not running
+        rule = target.policy.confirm_rule(line, host=target.name, at_prompt=at_prompt,
+                                          secret=secret)
+        return (target, rule, line) if rule is not None else None
 
     def _finished(self, entry: _Entry, result: CommandResult, command: str | None) -> None:
         """Audit a command once it has ended (now, or on the read that saw its prompt)."""
@@ -612,6 +671,16 @@ class SessionManager:
                            created=e.created, last_activity=s.last_activity, state=s.state,
                            cwd=s.cwd, framing=s.framer.name, owner=e.owner, dead_reason=s.dead,
                            actor=e.actor)
+
+
+def default_approval(confirm: bool | Approval, actor: str | None) -> Approval | None:
+    """``confirm`` as an :class:`Approval`: ``True`` is the caller's own, named by its actor
+    (``cli:…`` typed --confirm, ``workflow:…`` is a file's ``confirm: true``)."""
+    if isinstance(confirm, Approval) or not confirm:
+        return confirm or None
+    kind = (actor or "").partition(":")[0]
+    via = {"cli": "cli-confirm-flag", "workflow": "workflow-file"}.get(kind, "api")
+    return Approval(via, actor)
 
 
 def _new_id() -> str:

@@ -36,14 +36,16 @@ import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resolve import Elicit, ElicitationResult, Resolve
 from mcp_types import ToolAnnotations
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
 from .errors import PhonehomeJumpError, UnknownSessionError
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
+from .mcp_approval import Approve, Gate, decide, gate, question
 from .redact import RedactingFilter
 from .routing import Router, check_sites, parse_agents
 from .rpc import is_loopback, parse_listen
@@ -69,8 +71,9 @@ with ssh_session_read(offset=...). Close sessions when done. ssh_run is a one-sh
 A session whose hop or shell went away is dead (the error names the hop); ssh_session_revive
 reopens it under the same id in the same directory (shell variables are lost). For a [sudo] password prompt use ssh_session_send(sudo_password=true): the inventory's
 password is typed without you seeing it. The inventory's policy may refuse a command (the
-error names the rule); set confirm=true only when the user really intends a command that asks
-for confirmation."""
+error names the rule). A command the policy asks to confirm is shown to the user, who approves
+or declines it in their client; you cannot approve it yourself (confirm=true counts only where
+the inventory allows it for clients that cannot ask their user)."""
 
 
 # --------------------------------------------------------------------------- results
@@ -341,9 +344,11 @@ def _annotations(title: str, *, read_only: bool = False, destructive: bool = Fal
 
 HostName = Annotated[str, Field(description="Inventory host name (see inventory_list).")]
 SessionId = Annotated[str, Field(description="Session id from ssh_session_open (or ssh_run).")]
-Confirm = Annotated[bool, Field(description="Confirm a command that the host's policy marks as "
-                                            "needing confirmation (the refusal names the rule). "
-                                            "Set it only when the user intends that command.")]
+Confirm = Annotated[bool, Field(description="Only where the inventory allows it "
+                                            "(mcp_approval: elicit-or-model) and this client "
+                                            "cannot ask its user: confirm a command the host's "
+                                            "policy asks to confirm. Otherwise the user is "
+                                            "asked, and this flag does not approve anything.")]
 Wait = Annotated[float, Field(ge=0, description=f"Seconds to wait for the command to finish "
                                                 f"(at most {MAX_WAIT:g}; larger values are capped). "
                                                 "If it is still running then, running=true is "
@@ -367,8 +372,8 @@ def build_server(inventory: Inventory | str | Path, *,
     inv = inventory if isinstance(inventory, Inventory) else Inventory.load(inventory)
     check_sites(inv, agents or {})
     rt = _Runtime(inv, manager_kwargs, agents)
-    mcp: MCPServer = MCPServer("phonehome-jump", version=__version__, instructions=INSTRUCTIONS,
-                               lifespan=rt.lifespan, log_level="WARNING")
+    mcp: MCPServer = _Server("phonehome-jump", version=__version__, instructions=INSTRUCTIONS,
+                             lifespan=rt.lifespan, log_level="WARNING")
     mcp.phonehome_jump = rt          # type: ignore[attr-defined]  # for tests and embedding
 
     @mcp.tool(annotations=_annotations("List inventory hosts", read_only=True, idempotent=True,
@@ -406,12 +411,22 @@ def build_server(inventory: Inventory | str | Path, *,
                 f"connecting to {host} via {chain}")
             return _session_out(info)
 
+    async def command_gate(session_id: str, command: str, ctx: Context) -> Gate:
+        owner = rt.owner(ctx)
+        return gate(lambda: rt.manager.approval_needed(session_id, command, owner=owner,
+                                                       command=True), ctx)
+
+    async def command_question(g: Annotated[Gate, Resolve(command_gate)]) -> Elicit[Approve] | str:
+        return question(g)
+
     @mcp.tool(annotations=_annotations("Run a command in a session", destructive=True))
     async def ssh_session_command(
         session_id: SessionId,
         command: Annotated[str, Field(description="Shell command line (several lines run as one "
                                                   "command).")],
         ctx: Context,
+        g: Annotated[Gate, Resolve(command_gate)],
+        answer: Annotated[ElicitationResult[Approve], Resolve(command_question)],
         wait: Wait = 20.0,
         until: Until = None,
         confirm: Confirm = False,
@@ -423,16 +438,30 @@ def build_server(inventory: Inventory | str | Path, *,
         """
         with _errors("ssh_session_command"):
             owner, w = rt.owner(ctx), _wait(wait)
+            approval = decide(g, answer, confirm=confirm, actor=_actor(ctx, owner),
+                              record=rt.manager.record, session_id=session_id)
             r = await rt.call_with_progress(
                 ctx, lambda: rt.manager.command(session_id, command, owner=owner, wait=w,
-                                                until=until, confirm=confirm),
+                                                until=until, confirm=approval),
                 f"running on {session_id}", total=w)
             return Output(**_output(session_id, r, waited=w))
+
+    async def send_gate(session_id: str, text: str, newline: bool, control: str | None,
+                        secret: bool, sudo_password: bool, ctx: Context) -> Gate:
+        owner = rt.owner(ctx)
+        return gate(lambda: rt.manager.approval_needed(
+            session_id, text, owner=owner, newline=newline, control=control,
+            secret=secret or sudo_password), ctx)
+
+    async def send_question(g: Annotated[Gate, Resolve(send_gate)]) -> Elicit[Approve] | str:
+        return question(g)
 
     @mcp.tool(annotations=_annotations("Type into a session", destructive=True))
     async def ssh_session_send(
         session_id: SessionId,
         ctx: Context,
+        g: Annotated[Gate, Resolve(send_gate)],
+        answer: Annotated[ElicitationResult[Approve], Resolve(send_question)],
         text: Annotated[str, Field(description="Text to type (answer a prompt).")] = "",
         newline: Annotated[bool, Field(description="Press Enter after the text.")] = True,
         control: Annotated[str | None, Field(description="Control key to send after the text: "
@@ -449,9 +478,11 @@ def build_server(inventory: Inventory | str | Path, *,
         """Type raw text or a control key into the session; then collect output with ssh_session_read."""
         with _errors("ssh_session_send"):
             owner = rt.owner(ctx)
+            approval = decide(g, answer, confirm=confirm, actor=_actor(ctx, owner),
+                              record=rt.manager.record, session_id=session_id)
             await rt.call(lambda: rt.manager.send(session_id, text, owner=owner, newline=newline,
                                                   control=control, secret=secret,
-                                                  confirm=confirm, sudo_password=sudo_password))
+                                                  confirm=approval, sudo_password=sudo_password))
             return Sent(session_id=session_id, sent=True)
 
     @mcp.tool(annotations=_annotations("Read session output", read_only=True))
@@ -504,11 +535,23 @@ def build_server(inventory: Inventory | str | Path, *,
                 f"reopening {session_id}")
             return _session_out(info)
 
+    async def run_gate(host: str, command: str, ctx: Context) -> Gate:
+        def needed() -> tuple[Target, str, str] | None:
+            target = inv.target(host)
+            rule = target.policy.confirm_rule(command, host=target.name)
+            return (target, rule, command) if rule is not None else None
+        return gate(needed, ctx)
+
+    async def run_question(g: Annotated[Gate, Resolve(run_gate)]) -> Elicit[Approve] | str:
+        return question(g)
+
     @mcp.tool(annotations=_annotations("Run one command on a host", destructive=True))
     async def ssh_run(
         host: HostName,
         command: Annotated[str, Field(description="Shell command line.")],
         ctx: Context,
+        g: Annotated[Gate, Resolve(run_gate)],
+        answer: Annotated[ElicitationResult[Approve], Resolve(run_question)],
         wait: Wait = 20.0,
         confirm: Confirm = False,
     ) -> RunOutput:
@@ -520,12 +563,14 @@ def build_server(inventory: Inventory | str | Path, *,
         with _errors("ssh_run"):
             owner, w = rt.owner(ctx), _wait(wait)
             m = rt.manager
+            approval = decide(g, answer, confirm=confirm, actor=_actor(ctx, owner),
+                              record=m.record)
             info = await rt.call_with_progress(
                 ctx, lambda: m.open(host, owner=owner, actor=_actor(ctx, owner)),
                 f"connecting to {host}")
             try:
                 r = await rt.call_with_progress(
-                    ctx, lambda: m.command(info.id, command, owner=owner, wait=w, confirm=confirm),
+                    ctx, lambda: m.command(info.id, command, owner=owner, wait=w, confirm=approval),
                     f"running on {host}", total=w)
             except BaseException:
                 with anyio.CancelScope(shield=True):
@@ -543,6 +588,26 @@ def build_server(inventory: Inventory | str | Path, *,
         register(mcp, rt, Path(workflows), errors=_errors, wait_cap=MAX_WAIT,
                  annotations=_annotations)
     return mcp
+
+
+class _Server(MCPServer):
+    """MCPServer whose argument errors name the parameter and the problem, never the value:
+    the SDK's text repeats each rejected input (a malformed ``send(secret=true)`` would
+    return the secret in the error)."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None,
+                        *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context, *args, **kwargs)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, ValidationError):
+                raise
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
+                for err in cause.errors(include_url=False, include_input=False))
+            raise ToolError(f"Error executing tool {name}: invalid arguments: {problems} "
+                            "(see the tool's input schema)") from None
 
 
 def _actor(ctx: Context, owner: str) -> str:

@@ -44,6 +44,7 @@ class _Run:
     length: int = 0
     tail: str = ""                   # last characters, where the prompt is searched
     delivered: int = 0               # characters already returned to the caller
+    answered: int = 0                # output length when a line or control key was last typed
     exit_status: int | None = None
     cwd: str | None = None
     done: bool = False

@@ -13,6 +13,12 @@ shell prompt is a command and gets every rule. A line typed while a command runs
 that (already checked) command: deny and confirm still apply, ``read_only`` does not, and a
 send marked secret (a password answer) is not matched at all.
 
+Who confirms (:class:`Approval`): over MCP a person, through MCP elicitation (the model's
+``confirm=true`` alone never passes a confirm rule; see ``mcp_approval``); on the CLI the
+person who typed ``--confirm``; in a workflow the author of the file (a step's
+``confirm: true``); through the agent protocol the MCP server in front of it. The audit log
+records who approved, how and when.
+
 Matching: each rule is a Python regular expression searched in each part of the command line,
 the parts being split at ``;``, ``&&``, ``||``, ``|``, ``&`` and newlines (so ``ls; reboot``
 is refused by ``\\breboot\\b`` and ``^reboot`` alike). With ``read_only``, every part must
@@ -23,8 +29,10 @@ match an ``allow`` rule, and command substitution (``$(``, backticks) and output
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Annotated, Literal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
@@ -50,6 +58,8 @@ Patterns = Annotated[tuple[str, ...], BeforeValidator(_as_tuple), AfterValidator
                                                {"type": "array", "items": {"type": "string"}}]})]
 
 
+McpApproval = Literal["elicit", "elicit-or-model", "refuse"]
+
 Access = Literal["allow", "confirm", "deny"]
 
 
@@ -71,13 +81,56 @@ class PolicySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     deny: Patterns = Field((), description="Refused, naming the rule that matched.")
-    confirm: Patterns = Field((), description="Refused unless the call confirms (MCP confirm=true, "
-                                              "CLI --confirm, workflow step confirm: true).")
+    confirm: Patterns = Field((), description="Refused unless a person approves: over MCP through "
+                                              "elicitation (see mcp_approval), CLI --confirm, "
+                                              "workflow step confirm: true.")
     read_only: bool | None = Field(None, description="true: only commands matching `allow` pass.")
     allow: Patterns = Field((), description="With read_only: the commands that pass.")
     files: FilesSpec | None = Field(None, description="File transfer rules: upload/download "
                                                       "allow|confirm|deny, allowed and denied "
                                                       "remote paths.")
+    mcp_approval: McpApproval | None = Field(
+        None, description="Who passes a confirm rule over MCP. elicit (default): a person, "
+                          "through MCP elicitation; a client that cannot elicit is refused. "
+                          "elicit-or-model: as elicit, but a client that cannot elicit may "
+                          "pass it with the model's confirm=true (weaker: no person involved). "
+                          "refuse: never over MCP (CLI --confirm and workflow files only). "
+                          "First layer that sets it wins (host, groups, defaults).")
+
+
+@dataclass(frozen=True)
+class Approval:
+    """Who let a command through a confirm rule, how, and when (for the audit log).
+
+    ``via``: ``mcp-elicitation`` (a person answered the MCP client's dialog),
+    ``mcp-model-confirm`` (the model's confirm=true, only under ``mcp_approval:
+    elicit-or-model``), ``cli-confirm-flag``, ``workflow-file``, ``agent-protocol`` (the
+    caller of the agent protocol) or ``api`` (a Python caller's confirm=True).
+    """
+
+    via: str
+    by: str | None = None
+    at: float = field(default_factory=time.time)
+    #: the exact line a person was shown and approved (None: whatever the call sends)
+    command: str | None = None
+    rule: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The audit record's fields."""
+        return {"approved_via": self.via, "approved_by": self.by,
+                "approved_at": datetime.fromtimestamp(self.at, timezone.utc)
+                .isoformat(timespec="milliseconds")}
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"via": self.via, "by": self.by, "at": self.at, "command": self.command}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Approval:
+        def text(key: str) -> str | None:
+            return str(data[key]) if data.get(key) is not None else None
+        at = data.get("at")
+        return cls(text("via") or "agent-protocol", text("by"),
+                   float(at) if isinstance(at, (int, float)) else time.time(), text("command"))
 
 
 # A command line's parts: split at ; && || | & and newlines (quotes are not parsed: a
@@ -98,6 +151,7 @@ class Policy:
     download: str = "allow"
     paths: tuple[str, ...] = ()
     deny_paths: tuple[str, ...] = ()
+    mcp_approval: McpApproval = "elicit"
 
     @classmethod
     def resolve(cls, layers: list[PolicySpec | None]) -> Policy:
@@ -107,12 +161,14 @@ class Policy:
         def union(name: str) -> tuple[str, ...]:
             return tuple(dict.fromkeys(p for s in specs for p in getattr(s, name)))
         read_only = next((s.read_only for s in specs if s.read_only is not None), False)
+        approval = next((s.mcp_approval for s in specs if s.mcp_approval is not None), "elicit")
         files = [s.files for s in specs if s.files is not None]
         upload = next((f.upload for f in files if f.upload is not None), None)
         download = next((f.download for f in files if f.download is not None), "allow")
         return cls(union("deny"), union("confirm"), read_only, union("allow"), upload, download,
                    tuple(dict.fromkeys(p for f in files for p in f.paths)),
-                   tuple(dict.fromkeys(p for f in files for p in f.deny_paths)))
+                   tuple(dict.fromkeys(p for f in files for p in f.deny_paths)),
+                   mcp_approval=approval)
 
     @property
     def empty(self) -> bool:
@@ -121,6 +177,7 @@ class Policy:
     def summary(self) -> dict[str, object]:
         return {"deny": list(self.deny), "confirm": list(self.confirm),
                 "read_only": self.read_only, "allow": list(self.allow),
+                "mcp_approval": self.mcp_approval,
                 "files": {"upload": self.upload_access, "download": self.download,
                           "paths": list(self.paths), "deny_paths": list(self.deny_paths)}}
 
@@ -129,7 +186,7 @@ class Policy:
         return self.upload or ("deny" if self.read_only else "allow")
 
     def check_transfer(self, direction: str, remote_path: str, *, host: str,
-                       confirm: bool = False) -> None:
+                       confirm: bool | Approval = False) -> None:
         """Raise :class:`PolicyError` if ``direction`` (upload/download) of ``remote_path`` to
         or from ``host`` is not allowed."""
         where = f"host {host!r}"
@@ -150,9 +207,34 @@ class Policy:
         if access == "confirm" and not confirm:
             raise PolicyError(f"{direction} needs confirmation (rule files.{direction})",
                               rule=f"files.{direction}", needs_confirm=True, where=where,
-                              hint="if it is intended, repeat with confirmation (CLI: --confirm)")
+                              hint="a person must approve it: over MCP the client asks its "
+                                   "user (elicitation); CLI: --confirm; workflow step: "
+                                   "confirm: true")
 
-    def check(self, command: str, *, host: str, confirm: bool = False, at_prompt: bool = True,
+    def transfer_confirm_rule(self, direction: str, remote_path: str, *, host: str) -> str | None:
+        """As :meth:`confirm_rule`, for a file copy: ``files.upload``/``files.download`` when
+        only that ``confirm`` access stands in the way."""
+        try:
+            self.check_transfer(direction, remote_path, host=host)
+        except PolicyError as err:
+            return err.rule if err.needs_confirm else None
+        return None
+
+    def confirm_rule(self, command: str, *, host: str, at_prompt: bool = True,
+                     secret: bool = False) -> str | None:
+        """The confirm rule that alone stands between ``command`` and the host, if any.
+
+        None when the command passes unconfirmed, and None too when another rule refuses it
+        (deny, read_only: no approval would help; :meth:`check` then says why).
+        """
+        try:
+            self.check(command, host=host, at_prompt=at_prompt, secret=secret)
+        except PolicyError as err:
+            return err.rule if err.needs_confirm else None
+        return None
+
+    def check(self, command: str, *, host: str, confirm: bool | Approval = False,
+              at_prompt: bool = True,
               secret: bool = False) -> None:
         """Raise :class:`PolicyError` if ``command`` may not be sent to ``host``.
 
@@ -185,5 +267,6 @@ class Policy:
                 if any(re.search(rule, part) for part in parts):
                     raise PolicyError(f"command needs confirmation (rule {rule!r})", rule=rule,
                                       needs_confirm=True, where=where,
-                                      hint="if it is intended, repeat the call with confirm=true "
-                                           "(CLI: --confirm; workflow step: confirm: true)")
+                                      hint="a person must approve it: over MCP the client "
+                                           "asks its user (elicitation); CLI: --confirm; "
+                                           "workflow step: confirm: true")

@@ -30,8 +30,9 @@ from typing import TypeVar
 
 from .errors import (AgentError, InventoryError, PhonehomeJumpError, SessionError,
                      UnknownSessionError)
-from .inventory import Inventory, _suggest
+from .inventory import Inventory, Target, _suggest
 from .manager import SessionInfo, SessionManager
+from .policy import Approval
 from .redact import add_secret
 from .rpc import NOT_RESTORED, RemoteAgent, is_loopback, parse_listen
 from .session import CommandResult
@@ -175,7 +176,8 @@ class Router:
 
     # -- operations -------------------------------------------------------------------
     def command(self, session_id: str, command: str, *, owner: str | None = None,
-                wait: float = 20.0, until: str | None = None, confirm: bool = False) -> CommandResult:
+                wait: float = 20.0, until: str | None = None,
+                confirm: bool | Approval = False) -> CommandResult:
         rec = self._find(session_id, owner)
         if rec is None:
             return self._local(session_id, owner, lambda: self.manager.command(
@@ -186,7 +188,7 @@ class Router:
 
     def send(self, session_id: str, text: str = "", *, owner: str | None = None,
              newline: bool = True, control: str | None = None, secret: bool = False,
-             confirm: bool = False, sudo_password: bool = False) -> None:
+             confirm: bool | Approval = False, sudo_password: bool = False) -> None:
         rec = self._find(session_id, owner)
         if rec is None:
             return self._local(session_id, owner, lambda: self.manager.send(
@@ -237,9 +239,25 @@ class Router:
                         self._remote.pop(r.info.id, None)
         return sorted(infos, key=lambda i: i.created)
 
+    def approval_needed(self, session_id: str, text: str = "", *, owner: str | None = None,
+                        command: bool = False, newline: bool = True, control: str | None = None,
+                        secret: bool = False) -> tuple[Target, str, str] | None:
+        """As :meth:`SessionManager.approval_needed`; routed sessions by this server's policy."""
+        rec = self._find(session_id, owner)
+        if rec is None:
+            return self._local(session_id, owner, lambda: self.manager.approval_needed(
+                session_id, text, owner=owner, command=command, newline=newline,
+                control=control, secret=secret))
+        if not command and (secret or not ((newline and text) or "\n" in text or "\r" in text)):
+            return None                         # a secret is never shown in a dialog
+        target = self.inventory.target(rec.info.host)
+        rule = target.policy.confirm_rule(text, host=target.name, at_prompt=command,
+                                          secret=secret)
+        return (target, rule, text) if rule is not None else None
+
     # -- internals --------------------------------------------------------------------
-    def _check_policy(self, rec: _Remote, text: str, *, confirm: bool, at_prompt: bool,
-                      secret: bool = False) -> None:
+    def _check_policy(self, rec: _Remote, text: str, *, confirm: bool | Approval,
+                      at_prompt: bool, secret: bool = False) -> None:
         """This server's inventory policy applies to routed sessions too (the agent then
         applies its own): a rule written here holds whichever site runs the session."""
         self.manager.check_policy(self.inventory.target(rec.info.host), text, confirm=confirm,

@@ -87,6 +87,7 @@ from .errors import (AgentError, ConnectError, InventoryError, LimitError, Phone
                      SessionError, UnknownNameError, UnknownSessionError)
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
+from .policy import Approval
 from .redact import REDACTOR, RedactingFilter
 from .session import CommandResult
 
@@ -187,6 +188,8 @@ class CommandParams(_Params):
     timeout: float = Field(20.0, ge=0, allow_inf_nan=False)
     until: str | None = None
     confirm: bool = False           # passes the policy's confirm rules
+    # who approved (the MCP server in front of the agent): {via, by, at, command}
+    approval: dict[str, Any] | None = None
 
 
 class SendParams(_Params):
@@ -196,6 +199,7 @@ class SendParams(_Params):
     control: str | None = None
     secret: bool = False
     confirm: bool = False
+    approval: dict[str, Any] | None = None
     sudo_password: bool = False     # type the inventory's sudo password (never on the wire)
 
 
@@ -221,6 +225,14 @@ class InventoryShowParams(_Params):
 
 
 _REFUSED = ("password", "key_file", "jump_hosts")
+
+
+def _approval(confirm: bool, approval: dict[str, Any] | None) -> bool | Approval:
+    """The decision of the MCP server in front of the agent (who approved, how, when); a bare
+    ``confirm: true`` is the agent-protocol caller's own."""
+    if approval is not None:
+        return Approval.from_wire(approval)
+    return Approval("agent-protocol") if confirm else False
 
 
 def _validate(method: str, model: type[_Params], params: dict[str, Any]) -> Any:
@@ -416,14 +428,15 @@ class Dispatcher:
         self._not_pending(p.session_id)
         wait = min(p.timeout, self.max_wait)
         r = self.manager.command(p.session_id, p.command, wait=wait, until=p.until,
-                                 confirm=p.confirm)
+                                 confirm=_approval(p.confirm, p.approval))
         self.sync()
         return {**self._output(p.session_id, r, wait), "prompt_detected": not r.running}
 
     def _send(self, p: SendParams) -> dict[str, Any]:
         self._not_pending(p.session_id)
         self.manager.send(p.session_id, p.text, newline=p.send_newline, control=p.control,
-                          secret=p.secret, confirm=p.confirm, sudo_password=p.sudo_password)
+                          secret=p.secret, confirm=_approval(p.confirm, p.approval),
+                          sudo_password=p.sudo_password)
         return {"session_id": p.session_id, "sent": True}
 
     def _read(self, p: ReadParams) -> dict[str, Any]:
@@ -814,19 +827,23 @@ class RemoteAgent:
         return _info(self.call("ssh_session_open", params, timeout=self.open_timeout))
 
     def command(self, session_id: str, command: str, *, wait: float = 20.0,
-                until: str | None = None, confirm: bool = False) -> CommandResult:
+                until: str | None = None, confirm: bool | Approval = False) -> CommandResult:
         params = {"session_id": session_id, "command": command, "timeout": float(wait),
-                  "confirm": confirm}
+                  "confirm": bool(confirm)}
+        if isinstance(confirm, Approval):
+            params["approval"] = confirm.to_wire()
         if until is not None:
             params["until"] = until
         return _command_result(self.call("ssh_session_command", params, timeout=wait + 60))
 
     def send(self, session_id: str, text: str = "", *, newline: bool = True,
-             control: str | None = None, secret: bool = False, confirm: bool = False,
+             control: str | None = None, secret: bool = False, confirm: bool | Approval = False,
              sudo_password: bool = False) -> None:
         params: dict[str, Any] = {"session_id": session_id, "text": text,
-                                  "send_newline": newline, "secret": secret, "confirm": confirm,
-                                  "sudo_password": sudo_password}
+                                  "send_newline": newline, "secret": secret,
+                                  "confirm": bool(confirm), "sudo_password": sudo_password}
+        if isinstance(confirm, Approval):
+            params["approval"] = confirm.to_wire()
         if control is not None:
             params["control"] = control
         self.call("ssh_session_send", params, timeout=30)

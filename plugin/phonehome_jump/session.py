@@ -225,8 +225,10 @@ class Session:
                 window = run.text()[max(before - 256, run.delivered, 0):]
                 if until is not None and until.search(window):
                     return True
-                # only output the caller has not seen yet can be a new question
-                if stop_on_input and awaiting_input(run.text()[max(run.delivered, run.length - 256):]):
+                # only output the caller has not seen yet can be a new question; by its words
+                # only (not by the program): a wait must not end at "prog: " cut mid-message
+                if stop_on_input and awaiting_input(
+                        run.text()[max(run.delivered, run.answered, run.length - 256):]):
                     return True
         return False
 
@@ -302,20 +304,54 @@ class Session:
         if not payload and newline:
             payload = "\n"
         self.last_activity = time.time()
+        answers = "\n" in payload or "\r" in payload or bool(control)
         if not self._lock.acquire(blocking=False):
             run = self._run
             if run is not None and not run.done:
                 # Another call is waiting on this command's output: this is an answer or a
                 # Ctrl-C for it, so write now rather than after that call's wait.
                 self._write(payload)
+                if answers:
+                    run.answered = run.length
                 return
             self._lock.acquire()    # a short holder (a read of finished output): wait for it
         try:
             if self._run is None or self._run.done:
                 self._run = _Run(None, time.monotonic())   # typed at the shell: frame it like a command
             self._write(payload)
+            if answers:     # a prompt printed before this answer asks for nothing any more
+                self._run.answered = self._run.length
         finally:
             self._lock.release()
+
+    def fresh_input(self) -> tuple[str, str | None] | None:
+        """What the running command asks for *now*: (newest output, its command line).
+
+        None when no command runs. Output already waiting on the channel is taken in first
+        (without waiting for more), so a command that has ended since the last read counts as
+        ended; and the text is only what arrived since a line or control key was last typed,
+        so a prompt already answered asks for nothing. Callers judge the text with
+        :func:`~.prompts.awaiting_input`.
+        """
+        if self.dead:
+            raise self._dead_error()
+        if self._lock.acquire(blocking=False):     # never delays a send behind a long wait
+            try:
+                run = self._run
+                if run is None or run.done:
+                    return None
+                self._pump(time.monotonic())            # drain what has arrived; never blocks
+                if run.done:
+                    return None
+                return run.text()[max(run.answered, run.length - 256):], run.command
+            finally:
+                self._lock.release()
+        # another call is reading this command's output right now: its view is fresh
+        run = self._run
+        if run is None or run.done:
+            return None
+        tail, length, answered = run.tail, run.length, run.answered
+        return tail[max(0, len(tail) - (length - answered)):], run.command
 
     def read(self, *, wait: float = 0.0, until: str | None = None, offset: int | None = None) -> CommandResult:
         """Collect pending output (waiting up to ``wait`` for the prompt or ``until``), or page.

@@ -490,8 +490,14 @@ async def test_the_servers_policy_holds_for_routed_sessions(sites, tmp_path):
         assert "deny rule" in await error(client, "ssh_session_command", session_id=sid,
                                           command="shutdown -h now")
         assert "deny rule" in await error(client, "ssh_session_send", session_id=sid, text="shutdown")
-        assert "confirm=true" in await error(client, "ssh_session_command", session_id=sid,
-                                             command="touch /tmp/phj-routed")
-        r = await ok(client, "ssh_session_command", session_id=sid, confirm=True,
+        assert "cannot ask its user" in await error(client, "ssh_session_command", confirm=True,
+                                                    session_id=sid, command="touch /tmp/phj-routed")
+
+    async def approve(context, params):
+        import mcp_types
+        return mcp_types.ElicitResult(action="accept", content={"approve": True})
+    async with Client(server, elicitation_callback=approve) as client:
+        sid = (await ok(client, "ssh_session_open", host="lab-target1"))["session_id"]
+        r = await ok(client, "ssh_session_command", session_id=sid,
                      command="touch /tmp/phj-routed && echo ok")
         assert r["output"] == "ok\n"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -71,13 +73,16 @@ def agent(lab, monkeypatch):
     sock.unlink(missing_ok=True)
     proc = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
     try:
-        for _ in range(500):
-            if sock.exists():
+        # the socket file appears before the agent listens on it: add until it answers
+        deadline = time.monotonic() + 30
+        while True:
+            add = subprocess.run(["ssh-add", "-q", str(lab.key_file)], capture_output=True,
+                                 text=True, env={**os.environ, "SSH_AUTH_SOCK": str(sock)})
+            if add.returncode == 0:
                 break
-            proc.wait(0.01) if proc.poll() is not None else None
-            subprocess.run(["true"])
-        subprocess.run(["ssh-add", "-q", str(lab.key_file)], check=True,
-                       env={**os.environ, "SSH_AUTH_SOCK": str(sock)})
+            assert proc.poll() is None, "ssh-agent exited"
+            assert time.monotonic() < deadline, add.stderr
+            threading.Event().wait(0.05)
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
         yield sock
     finally:

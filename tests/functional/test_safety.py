@@ -99,10 +99,11 @@ async def test_policy_through_mcp(lab, tmp_path):
         assert r.is_error and "deny rule" in r.content[0].text and "lab-target1" in r.content[0].text
         r = await client.call_tool("ssh_session_command",
                                    {"session_id": sid, "command": "touch /tmp/phj-confirmed"})
-        assert r.is_error and "confirm=true" in r.content[0].text
+        assert r.is_error and "needs a person's approval" in r.content[0].text
+        # the model's confirm=true alone does not pass it (this client cannot ask its user)
         r = await client.call_tool("ssh_session_command", {"session_id": sid, "confirm": True,
                                                            "command": "touch /tmp/phj-confirmed"})
-        assert not r.is_error and r.structured_content["exit_status"] == 0
+        assert r.is_error and "cannot ask its user" in r.content[0].text
         r = await client.call_tool("ssh_session_send", {"session_id": sid, "text": "shutdown"})
         assert r.is_error and "deny rule" in r.content[0].text
         r = await client.call_tool("ssh_run", {"host": "lab-readonly", "command": "touch /x"})
@@ -118,10 +119,14 @@ def test_policy_through_the_cli(lab, tmp_path):
     unconfirmed = subprocess.run([str(SCRIPT), "run", "lab-target1", "--", "touch /tmp/phj-confirmed"],
                                  env=env, capture_output=True, text=True, timeout=120)
     assert unconfirmed.returncode == 77 and "--confirm" in unconfirmed.stderr
-    confirmed = subprocess.run([str(SCRIPT), "run", "--confirm", "lab-target1", "--",
-                                "touch /tmp/phj-confirmed && echo ok"],
+    audit = tmp_path / "cli-audit.jsonl"
+    confirmed = subprocess.run([str(SCRIPT), "--audit-log", str(audit), "run", "--confirm",
+                                "lab-target1", "--", "touch /tmp/phj-confirmed && echo ok"],
                                env=env, capture_output=True, text=True, timeout=120)
     assert (confirmed.returncode, confirmed.stdout) == (0, "ok\n")
+    (approval,) = [r for r in records(audit) if r["event"] == "approval"]
+    assert approval["approved_via"] == "cli-confirm-flag"
+    assert approval["approved_by"].startswith("cli:") and approval["approved_at"]
     scripted = subprocess.run([str(SCRIPT), "shell", "lab-readonly"], input="pwd\ntouch /tmp/y\n",
                               env=env, capture_output=True, text=True, timeout=120)
     assert scripted.returncode == 77 and "read-only" in scripted.stderr
@@ -157,6 +162,10 @@ def test_audit_records_a_scripted_session_completely(lab, tmp_path):
     assert late["duration"] >= 1.0
     assert (send["command"], typed["command"], typed["exit_status"]) == ("echo typed", "echo typed", 0)
     assert close["outcome"] == "closed"
+    assert [r["seq"] for r in recs] == list(range(1, 8))         # hash-chained, in order
+    proc = subprocess.run([str(SCRIPT), "audit", "verify", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "chain intact" in proc.stdout, proc.stderr
     transcript = (transcripts / f"{sid}.log").read_text()
     assert "$ sleep 1; echo late\nlate\n# exit 0, cwd /tmp" in transcript
     assert "» echo typed" in transcript
@@ -290,6 +299,11 @@ def test_policy_and_audit_through_a_workflow(lab, tmp_path, monkeypatch):
     assert [(r["step"], r["outcome"]) for r in wf_steps] == [(1, "passed"), (2, "failed")]
     assert all(r["actor"] == "workflow:guarded" for r in recs)
     assert [r["event"] for r in recs if r["event"] == "policy_refusal"] == ["policy_refusal"]
+    # the file's author approved step 1: audited before it ran, as the workflow file's approval
+    (approval,) = [r for r in recs if r["event"] == "approval"]
+    assert (approval["approved_via"], approval["approved_by"]) == ("workflow-file", "workflow:guarded")
+    assert approval["command"].startswith("touch /tmp/phj-confirmed") and approval["approved_at"]
+    assert recs.index(approval) < next(i for i, r in enumerate(recs) if r["event"] == "command")
     # without the step's confirm, the confirm rule stops the run at step 1
     wf.write_text(GUARDED.replace("    confirm: true\n", ""))
     proc = subprocess.run([str(SCRIPT), "workflow", "run", str(wf), "--report", str(report)],
@@ -317,6 +331,16 @@ def test_policy_through_the_agent_protocol(lab, tmp_path):
         r = wire.ok("ssh_session_command", session_id=sid, command="touch /tmp/phj-confirmed",
                     confirm=True)
         assert r["exit_status"] == 0
+        # the MCP server in front of the agent passes its decision: who approved, how, when
+        approval = {"via": "mcp-elicitation", "by": "mcp:claude/c-1", "at": 0.0,
+                    "command": "touch /tmp/phj-confirmed"}
+        r = wire.ok("ssh_session_command", session_id=sid, command="touch /tmp/phj-confirmed",
+                    confirm=True, approval=approval)
+        assert r["exit_status"] == 0
+        # an approval of another line does not pass this one
+        err = wire.error("ssh_session_command", session_id=sid, confirm=True, approval=approval,
+                         command="touch /tmp/phj-confirmed-other")
+        assert err["code"] == -32007 and "confirm" in err["message"]
         assert wire.error("ssh_session_send", session_id=sid, text="shutdown")["code"] == -32007
         ro = wire.ok("ssh_session_open", host="lab-readonly")["session_id"]
         err = wire.error("ssh_session_command", session_id=ro, command="touch /tmp/x")
@@ -326,7 +350,11 @@ def test_policy_through_the_agent_protocol(lab, tmp_path):
     recs = records(audit)
     assert {r["actor"] for r in recs} == {"agent"}
     assert [r["outcome"] for r in recs if r["event"] == "policy_refusal"] == [
-        "refused", "needs_confirm", "refused", "refused"]
+        "refused", "needs_confirm", "needs_confirm", "refused", "refused"]
+    approvals = [r for r in recs if r["event"] == "approval"]
+    assert [(r["approved_via"], r["approved_by"]) for r in approvals] == [
+        ("agent-protocol", "agent"), ("mcp-elicitation", "mcp:claude/c-1")]
+    assert approvals[1]["approved_at"].startswith("1970-01-01T00:00:00")
 
 
 WORKFLOW_CANARY = """\
@@ -403,7 +431,7 @@ def test_a_line_typed_in_pieces_is_checked_whole_and_secrets_never_hit_the_promp
             m.send(sid, "")                                 # Enter: the whole line is checked
         m.send(sid, control="c", newline=False)             # drop the line: a fresh prompt
         assert not m.read(sid, wait=5).running
-        with pytest.raises(SessionError, match="no command is waiting for input"):
+        with pytest.raises(SessionError, match="the secret was not typed"):
             m.send(sid, "s3cret-typed-at-the-prompt", secret=True)
         r = m.command(sid, "echo still here")
         assert (r.output, r.exit_status) == ("still here\n", 0)

@@ -6,7 +6,7 @@ import pytest
 
 from phonehome_jump.errors import PolicyError
 from phonehome_jump.inventory import Inventory, InventoryProblems
-from phonehome_jump.policy import Policy, PolicySpec
+from phonehome_jump.policy import Approval, Policy, PolicySpec
 
 INVENTORY = """
 defaults:
@@ -72,9 +72,35 @@ def test_read_only_does_not_apply_to_input_of_a_running_command(inv):
 def test_confirm_passes_only_when_confirmed(inv):
     p = inv.target("both").policy
     err = refused(p, "systemctl restart em7")
-    assert err.needs_confirm and "confirm=true" in err.hint
+    assert err.needs_confirm and "a person must approve it" in err.hint
+    assert "confirm=true" not in err.hint       # the model is not told to approve itself
     p.check("systemctl restart em7", host="h", confirm=True)
     refused(p, "reboot", confirm=True)          # confirm never overrides deny
+    assert p.confirm_rule("systemctl restart em7", host="h") == r"\bsystemctl\s+(restart|stop)\b"
+    assert p.confirm_rule("ls", host="h") is None
+    assert p.confirm_rule("reboot; systemctl stop x", host="h") is None   # deny: no approval helps
+
+
+def test_mcp_approval_first_layer_wins_and_defaults_to_elicit():
+    inv = Inventory.from_text(
+        "defaults: {username: u, policy: {mcp_approval: refuse}}\n"
+        "groups: {lab: {policy: {mcp_approval: elicit-or-model}}}\n"
+        "hosts:\n  a: {host: 192.0.2.1}\n  b: {host: 192.0.2.2, groups: [lab]}\n"
+        "  c: {host: 192.0.2.3, groups: [lab], policy: {mcp_approval: elicit}}\n")
+    assert [inv.target(h).policy.mcp_approval for h in "abc"] == [
+        "refuse", "elicit-or-model", "elicit"]
+    assert Policy().mcp_approval == "elicit"
+    with pytest.raises(InventoryProblems, match="mcp_approval"):
+        Inventory.from_text("defaults: {policy: {mcp_approval: model}}\nhosts: {a: {host: x}}\n")
+
+
+def test_approvals_name_who_how_and_when():
+    a = Approval("mcp-elicitation", "mcp:claude/c-1", at=0.0, command="reboot", rule="r")
+    assert a.fields() == {"approved_via": "mcp-elicitation", "approved_by": "mcp:claude/c-1",
+                          "approved_at": "1970-01-01T00:00:00.000+00:00"}
+    assert Approval.from_wire(a.to_wire()) == Approval("mcp-elicitation", "mcp:claude/c-1", 0.0,
+                                                       "reboot")
+    assert Approval.from_wire({"at": "junk"}).via == "agent-protocol"
 
 
 def test_read_only_first_layer_wins_and_lists_merge(inv):
