@@ -11,7 +11,7 @@ terminal emulator (pyte). When Enter is pressed, it is held until the remote's e
 settled, and the line is read off the emulated screen from where the cursor was when the
 line's first key was typed; the text before that point on the row is the prompt:
 
-* a prompt that asks for a secret (``prompts.asks_for_secret``: "Password:", "[sudo] …:",
+* a prompt that asks for a secret (``prompts.line_is_secret``: "Password:", "[sudo] …:",
   "Enter PEM pass phrase:", …), or keys typed that the remote did not echo (echo off is how
   every program asks for a password, whatever its prompt: ``sudo -p 'Code> '``): the line is
   a secret: not checked, audited as ``********``;
