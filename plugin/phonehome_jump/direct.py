@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 class StreamMasker:
     """Masks registered secrets in a byte stream that arrives in pieces.
 
-    A secret may straddle two pieces, so a tail that begins some secret is held back until
+    Each secret becomes as many stars (as the CLI always printed them). A secret may
+    straddle two pieces, so a tail that begins some secret is held back until
     the next piece (or :meth:`flush`); any other text passes at once, so an interactive
     echo is not delayed. Bytes that are not UTF-8 pass unchanged.
     """
@@ -48,7 +49,7 @@ class StreamMasker:
         values = REDACTOR._values
         if not values or not text:
             return self._encode(text)
-        masked = REDACTOR.mask(text)
+        masked = REDACTOR.mask(text, keep_length=True)
         hold = 0
         for value in values:
             for n in range(min(len(value) - 1, len(text)), hold, -1):
@@ -63,7 +64,7 @@ class StreamMasker:
     def flush(self) -> bytes:
         text = self._held + self._decoder.decode(b"", final=True)
         self._held = ""
-        return self._encode(REDACTOR.mask(text))
+        return self._encode(REDACTOR.mask(text, keep_length=True))
 
     @property
     def pending(self) -> bool:
