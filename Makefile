@@ -23,7 +23,7 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[mcp,test]'
 
 demo: setup
 	$(BIN)/python tests/lab/demo.py

@@ -13,7 +13,7 @@
     inventory check --keys [--host H]... [--write]   every hop's host key at once
     workflow check|run FILE ...                    multi-step YAML runbooks (workflow.py)
     serve [--http HOST:PORT] [--agent SITE=HOST:PORT]... [--workflows DIR]   the MCP server
-    agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (rpc.py)
+    agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (agent_server)
     audit verify [PATH]                            check the audit log's hash chain (0/1/2)
 
 Exit codes: the remote exit status for ``run`` and ``shell`` (scripted: its last command's);
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(loopback HOST:PORT, e.g. the ET Phone Home tunnel port); repeatable")
     p.set_defaults(func=cmd_serve)
 
-    # ET Phone Home: the agent protocol (length-prefixed JSON) beside the client (rpc.py)
+    # ET Phone Home: the agent protocol (length-prefixed JSON) beside the client (agent_server.py)
     p = commands.add_parser(
         "agent", parents=[common], help="serve the ET Phone Home agent protocol on loopback",
         description="Serve ssh_session_* and inventory_* over the ET Phone Home agent protocol "
@@ -213,9 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", metavar="FILE",
                    help="non-secret session records for ssh_session_restore (default "
                         "$XDG_STATE_HOME/phonehome-jump/agent-sessions.json)")
-    p.add_argument("--max-wait", type=_timeout, default=25.0, metavar="S",
-                   help="cap on a request's wait (default 25: the ET Phone Home server gives "
-                        "up after 30 s)")
+    p.add_argument("--max-wait", type=_timeout, default=8.0, metavar="S",
+                   help="cap on a request's wait (default 8: under the 10 s the ET Phone Home "
+                        "server's health monitor leaves a queued call); keep it below "
+                        "--caller-timeout")
+    p.add_argument("--caller-timeout", type=_timeout, default=10.0, metavar="S",
+                   help="the caller's shortest timeout (default 10): a slower reply may have "
+                        "missed it, and its output comes back on the next read")
     p.set_defaults(func=cmd_agent)
     _add_workflow_commands(commands, common)
     from .cli_audit import add_commands as add_audit_commands   # audit verify
@@ -224,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+    if importlib.util.find_spec("mcp") is None:     # the `mcp` extra (it brings anyio too)
+        print("phonehome-jump: `serve` needs the MCP SDK, which is not installed here\n"
+              "  try: pip install 'phonehome-jump[mcp]' in phonehome-jump's own environment (not "
+              "in the ET Phone Home server's: it pins its own mcp)", file=sys.stderr)
+        return 2
     from .mcp_server import serve   # the MCP SDK is only imported by the command that needs it
 
     return serve(args.inventory, http=args.http, token_file=args.token_file,
@@ -232,10 +242,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from .rpc import serve_agent
+    from .agent_server import serve_agent
 
     return serve_agent(args.inventory, args.listen, state_file=args.state,
-                       max_wait=args.max_wait, audit_log=args.audit_log)
+                       max_wait=args.max_wait, caller_timeout=args.caller_timeout,
+                       audit_log=args.audit_log)
 
 
 # --------------------------------------------------------------------------- helpers

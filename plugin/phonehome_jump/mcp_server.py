@@ -48,8 +48,8 @@ from .manager import SessionInfo, SessionManager
 from .mcp_approval import Approve, Gate, decide, gate, question
 from .redact import RedactingFilter
 from .routing import Router, check_sites, parse_agents
-from .rpc import is_loopback, parse_listen
 from .session import CommandResult
+from .wire import is_loopback, parse_listen
 
 log = logging.getLogger(__name__)
 

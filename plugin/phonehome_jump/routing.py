@@ -6,7 +6,7 @@ agent answers (for ET Phone Home: the client's tunnel port on the server's loopb
 :class:`Router` then offers the :class:`SessionManager` operations the MCP server calls:
 
 * a host with no ``client`` runs in-process, in the local manager, as without agents;
-* a host whose ``client`` has an agent runs there, through :class:`~.rpc.RemoteAgent`;
+* a host whose ``client`` has an agent runs there, through :class:`~.agent_client.RemoteAgent`;
 * a host whose ``client`` has no agent is refused with an error naming the site and the flag
   (dialing it from here would only time out: the site is where it is reachable from).
 
@@ -34,7 +34,8 @@ from .inventory import Inventory, Target, _suggest
 from .manager import SessionInfo, SessionManager
 from .policy import Approval
 from .redact import add_secret
-from .rpc import NOT_RESTORED, RemoteAgent, is_loopback, parse_listen
+from .agent_client import RemoteAgent
+from .wire import NOT_RESTORED, is_loopback, parse_listen
 from .session import CommandResult
 
 log = logging.getLogger(__name__)
@@ -282,8 +283,21 @@ class Router:
             except UnknownSessionError as err:
                 if NOT_RESTORED not in str(err):
                     raise
-                agent.restore()    # the agent restarted, and no pooled connection noticed it
-                return op(agent)
+                # the agent restarted, and no pooled connection noticed it
+                restored = agent.restore()
+                try:
+                    return op(agent)
+                except UnknownSessionError as again:
+                    if NOT_RESTORED not in str(again):
+                        raise
+                    # the agent keeps the record (a hop down now): so does this server
+                    why = next((f["error"] for f in restored.get("failed", [])
+                                if f.get("session_id") == rec.remote_id), "not reopened")
+                    raise SessionError(
+                        f"session {rec.info.id!r} is recorded at site '{rec.site}' but could not "
+                        f"be reopened yet: {why}", where=f"site {rec.site!r}",
+                        hint="retry when the chain is reachable again (each retry tries to "
+                             "reopen it); ssh_session_close forgets it") from None
         except UnknownSessionError:
             # the agent no longer has it (closed there, or restarted without its state)
             with self._lock:

@@ -177,9 +177,11 @@ def test_an_unmodified_caller_gets_clear_refusals(agent, lab):
     assert password not in json.dumps(err)
     err = w.error("ssh_session_open", host="lab-target1", jump_hosts=[{"host": "10.0.0.1"}])
     assert "'jump_hosts' is refused" in err["message"] and "inventory" in err["message"]
-    err = w.error("ssh_session_open", host=lab.addr("target2"), username="phjkey", port=22)
-    assert err["code"] == -32602 and "an address, not an inventory name" in err["message"]
-    assert "lab-target2" in err["message"]
+    err = w.error("ssh_session_open", host=lab.addr("target1"))     # three names there
+    assert err["code"] == -32602 and "3 inventory hosts match address" in err["message"]
+    assert "pass the inventory name as host: lab-password, lab-sudo, lab-target1" in err["message"]
+    err = w.error("ssh_session_open", host=lab.addr("target2"), username="phjpass", port=22)
+    assert "no inventory host at address" in err["message"] and "lab-target2" in err["message"]
     err = w.error("ssh_session_open", host="lab-target1", username="root")
     assert "'username' differs from the inventory's 'phjkey'" in err["message"]
     # what the unmodified server sends for an inventory host is accepted
@@ -246,7 +248,9 @@ def _body(text: bytes) -> bytes:
 BAD_FRAMES = {   # name: (bytes sent, expected error code or None for a clean close, closes?)
     "oversized length": (struct.pack(">I", 0xFFFFFFFF) + b"{}", -32600, True),
     "invalid JSON": (_body(b'{"method": "ssh_session_list", '), -32700, False),
-    "invalid UTF-8": (_body(b'{"method": "\xff\xfe", "id": "x"}'), -32700, False),
+    "invalid UTF-8 method": (_body(b'{"method": "\xff\xfe", "id": "x"}'), -32600, False),
+    "invalid UTF-8 text": (_body(b'{"method": "ssh_session_send", "id": "x", "params": '
+                                 b'{"session_id": "s-1", "text": "\xff"}}'), -32602, False),
     "empty body": (_body(b""), -32700, False),
     "not an object": (_body(b'["ssh_session_list"]'), -32600, False),
     "missing method": (_body(b'{"params": {}, "id": "m"}'), -32600, False),
@@ -463,6 +467,37 @@ async def test_a_dead_agent_is_named_and_the_client_reconnects(sites, lab):
         assert "client site 'site-b'" in text and "--agent site-b=HOST:PORT" in text
 
 
+@pytest.mark.anyio
+async def test_a_routed_session_outlives_a_restore_during_a_jump1_outage(sites, lab):
+    inv, a, b = sites
+    server = build_server(inv, agents={"site-a": ("127.0.0.1", a.port), "site-b": ("127.0.0.1", b.port)})
+    async with Client(server) as client:
+        sid = (await ok(client, "ssh_session_open", host="lab-target2"))["session_id"]
+        await ok(client, "ssh_session_command", session_id=sid, command="cd /var")
+        port = b.port
+        b.stop(signal.SIGKILL)
+        subprocess.run(["kill", (lab.state / "jump1.pid").read_text().strip()], check=True)
+        try:
+            deadline = time.monotonic() + 10
+            while lab.reachable_directly("jump1"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            b2 = Agent(b.inventory, b.state, port=port)
+            # the automatic restore (reconnect) and the retried one both fail: kept, and said so
+            text = await error(client, "ssh_session_command", session_id=sid, command="pwd")
+            assert "could not be reopened yet" in text and "jump1" in text, text
+            listed = (await ok(client, "ssh_session_list"))["sessions"]
+            assert [x["session_id"] for x in listed] == [sid]
+        finally:
+            lab.start_sshd("jump1")                      # healed
+        try:
+            r = await ok(client, "ssh_session_command", session_id=sid, command="pwd")
+            assert (r["output"], r["cwd"]) == ("/var\n", "/var")
+            await ok(client, "ssh_session_close", session_id=sid)
+        finally:
+            b2.stop()
+
+
 def test_open_under_a_chosen_id_refuses_one_in_use(manager):
     from phonehome_jump.errors import SessionError
     info = manager.open("lab-target1", session_id="s-chosen")
@@ -501,3 +536,56 @@ async def test_the_servers_policy_holds_for_routed_sessions(sites, tmp_path):
         r = await ok(client, "ssh_session_command", session_id=sid,
                      command="touch /tmp/phj-routed && echo ok")
         assert r["output"] == "ok\n"
+
+
+# ----------------------------------------------------------------------------- hostile callers
+
+def test_a_burst_of_simultaneous_connects_is_all_answered(agent):
+    n = 300
+    go = threading.Barrier(n)
+    replies: list = [None] * n
+
+    def one(i: int) -> None:
+        go.wait()
+        w = Wire(agent.port)                  # every connect at once: the listen backlog
+        try:
+            replies[i] = w.call("heartbeat")
+        finally:
+            w.close()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(r is not None and r["result"] == {"status": "alive"} for r in replies)
+    # the listen queue holds such a burst (Send-Q of a listening socket is its backlog)
+    ss = subprocess.run(["ss", "-Hltn", f"sport = :{agent.port}"], capture_output=True,
+                        text=True, check=True).stdout.split()
+    assert int(ss[2]) >= n, ss
+    assert agent.proc.poll() is None
+
+
+def test_text_that_is_not_utf8_is_refused_and_the_session_goes_on(agent):
+    w = agent.connect()
+    sid = w.ok("ssh_session_open", host="lab-target3")["session_id"]
+    body = (b'{"method": "ssh_session_send", "id": "bad", "params": {"session_id": "'
+            + sid.encode() + b'", "text": "echo \xff\xfe"}}')
+    w.send_raw(struct.pack(">I", len(body)) + body)
+    reply = w.recv()
+    assert reply["id"] == "bad" and reply["error"]["code"] == -32602
+    assert "parameter 'text' is not valid UTF-8" in reply["error"]["message"]
+    err = w.error("ssh_session_command", session_id=sid, command="echo \ud800")
+    assert err["code"] == -32602 and "parameter 'command'" in err["message"]
+    r = w.ok("ssh_session_command", session_id=sid, command="echo still here")
+    assert (r["stdout"], r["exit_status"]) == ("still here\n", 0)
+    w.ok("ssh_session_close", session_id=sid)
+
+
+def test_an_unwritable_state_file_refuses_to_start(lab, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = subprocess.run([CLI, "--inventory", str(lab.inventory), "agent", "--listen",
+                           "127.0.0.1:0", "--state", str(blocker / "state.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "cannot write the state file" in proc.stderr, proc.stderr
+    assert "--state PATH" in proc.stderr and "listening" not in proc.stderr

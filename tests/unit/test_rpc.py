@@ -12,7 +12,8 @@ import struct
 import pytest
 
 from phonehome_jump.errors import (AgentError, ConnectError, InventoryError, LimitError,
-                                   PhonehomeJumpError, SessionError, UnknownSessionError)
+                                   PhonehomeJumpError, SessionError, UnknownNameError,
+                                   UnknownSessionError)
 from phonehome_jump.inventory import Inventory
 from phonehome_jump.manager import SessionManager
 from phonehome_jump.routing import check_sites, parse_agents
@@ -30,6 +31,8 @@ hosts:
   web1: {host: 192.0.2.10, credentials: key, groups: [east]}
   web2: {host: 192.0.2.11, credentials: pw, client: site-b}
   db1: {host: 192.0.2.12, credentials: key}
+  db1-admin: {host: 192.0.2.12, credentials: pw}
+  db1-ops: {host: 192.0.2.12, port: 2222, credentials: key}
 """
 
 
@@ -80,7 +83,7 @@ def test_read_frame_end_of_stream_and_mid_frame():
 # ----------------------------------------------------------------------------- bad requests
 
 @pytest.mark.parametrize("payload,code,text", [
-    (b"\xff{}", -32700, "not valid UTF-8"),
+    (b"\xff{}", -32700, "invalid JSON"),
     (b"{", -32700, "invalid JSON"),
     (b"[" * 50_000 + b"]" * 50_000, -32700, "parse error"),
     (b"[]", -32600, "expected a JSON object"),
@@ -133,9 +136,9 @@ def test_credentials_are_refused_and_never_echoed(dispatcher, monkeypatch):
         assert r["error"]["code"] == -32602 and f"'{name}' is refused" in r["error"]["message"]
         assert secret not in json.dumps(r)
     r = dispatcher.handle({"method": "ssh_session_open", "id": "1",
-                           "params": {"host": "192.0.2.11", "username": "admin"}})
-    assert "an address, not an inventory name" in r["error"]["message"]
-    assert "host='web2'" in r["error"]["message"]
+                           "params": {"host": "192.0.2.11", "username": "root"}})
+    assert "no inventory host at address '192.0.2.11' logs in as 'root'" in r["error"]["message"]
+    assert "web2 (admin@192.0.2.11:22)" in r["error"]["message"]
     r = dispatcher.handle({"method": "ssh_session_open", "id": "1",
                            "params": {"host": "web1", "port": 2222}})
     assert "'port' 2222 differs from the inventory's 22" in r["error"]["message"]
@@ -250,3 +253,46 @@ def test_serve_checks_its_agents_before_serving(tmp_path, capsys, agent, text):
     assert main(["--inventory", str(inv), "serve", "--agent", "site-b=127.0.0.1:7023",
                  "--agent", agent]) == 2
     assert text in capsys.readouterr().err
+
+
+def test_an_address_picks_the_inventory_host_with_that_username_and_port(dispatcher):
+    pick = dispatcher._target      # the choice itself; opening would dial
+    assert pick("192.0.2.12", username="admin", port=22).name == "db1-admin"
+    assert pick("192.0.2.12", username="ops", port=2222).name == "db1-ops"
+    assert pick("192.0.2.11", username="admin").name == "web2"
+    with pytest.raises(UnknownNameError, match="2 inventory hosts match address '192.0.2.12' "
+                                               "and username 'ops'") as exc:
+        pick("192.0.2.12", username="ops", port=22)
+    assert "db1, db1-ops" in exc.value.hint
+    with pytest.raises(UnknownNameError, match="no inventory host at address '192.0.2.12' logs "
+                                               "in as 'admin' on port 2222"):
+        pick("192.0.2.12", username="admin", port=2222)
+
+
+@pytest.mark.parametrize("payload,name", [
+    (b'{"method": "ssh_session_send", "id": "u1", "params": {"session_id": "s-1", "text": "a\xffb"}}',
+     "text"),
+    (b'{"method": "ssh_session_send", "id": "u1", "params": {"session_id": "s-1", "text": "\\ud800"}}',
+     "text"),
+    (b'{"method": "ssh_session_command", "id": "u1", "params": {"session_id": "s-\xc3", "command": "id"}}',
+     "session_id"),
+])
+def test_text_that_is_not_utf8_is_refused_by_parameter_name(dispatcher, payload, name):
+    r = reply(dispatcher, payload)
+    assert r["id"] == "u1" and r["error"]["code"] == -32602, r
+    assert f"parameter '{name}' is not valid UTF-8" in r["error"]["message"]
+    assert "nothing was sent" in r["error"]["message"]
+
+
+def test_heartbeat_answers_like_the_client(dispatcher):
+    assert dispatcher.handle({"method": "heartbeat", "id": "h"}) == {"id": "h", "result":
+                                                                      {"status": "alive"}}
+
+
+def test_a_capped_result_says_how_to_get_the_middle_without_offset(dispatcher):
+    from phonehome_jump.session import CommandResult
+    r = CommandResult("cat big", "head…tail", 0, False, "/", 1.0, 0, 50_000, 50_000, True,
+                      (8_000, 42_000))
+    note = dispatcher._output("s-1", r, 8.0)["note"]
+    assert "characters 8000–42000 of 50000" in note and "offset=8000" in note
+    assert "> /tmp/out.txt" in note and "sed -n 1,200p" in note
