@@ -84,6 +84,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .delivery import Delivery, DeliveryLedger
 from .errors import PhonehomeJumpError, UnknownNameError, UnknownSessionError
+from .inputs import Seconds, Whole
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
 from .policy import Approval
@@ -120,7 +121,7 @@ class OpenParams(_Params):
     actor: str | None = None        # who acts, for the audit log (an MCP server passes its client)
     # Sent by the unmodified ET Phone Home server; checked, never used to log in.
     username: str | None = None
-    port: int | None = None
+    port: Whole | None = None
     password: Any = None
     key_file: Any = None
     jump_hosts: Any = None
@@ -129,7 +130,7 @@ class OpenParams(_Params):
 class CommandParams(_Params):
     session_id: str
     command: str
-    timeout: float = Field(20.0, ge=0, allow_inf_nan=False)
+    timeout: Seconds = Field(20.0, ge=0)
     until: str | None = None
     confirm: bool = False           # passes the policy's confirm rules
     # who approved (the MCP server in front of the agent): {via, by, at, command}
@@ -149,8 +150,8 @@ class SendParams(_Params):
 
 class ReadParams(_Params):
     session_id: str
-    timeout: float = Field(0.5, ge=0, allow_inf_nan=False)
-    offset: int | None = Field(None, ge=0)
+    timeout: Seconds = Field(0.5, ge=0)
+    offset: Whole | None = Field(None, ge=0)
     until: str | None = None
 
 

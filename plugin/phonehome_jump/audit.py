@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .audit_chain import GENESIS, last_link, seal
 from .errors import AuditError
+from .inputs import Whole
 from .redact import REDACTOR
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,9 @@ class AuditSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     path: str = Field(min_length=1, description="JSON Lines audit file ('~' expanded). "
                                                 "The CLI's --audit-log overrides it.")
-    max_bytes: int = Field(10_000_000, ge=0, description="Rotate when the file reaches this "
+    max_bytes: Whole = Field(10_000_000, ge=0, description="Rotate when the file reaches this "
                                                          "size; 0 never rotates.")
-    backups: int = Field(5, ge=0, description="Rotated files to keep (path.1 … path.N).")
+    backups: Whole = Field(5, ge=0, le=1000, description="Rotated files to keep (path.1 … path.N).")
     on_error: Literal["refuse", "continue"] = Field(
         "refuse", description="refuse: refuse commands while the log cannot be written "
                               "(fail closed); continue: warn and go on.")

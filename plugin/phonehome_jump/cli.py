@@ -42,7 +42,8 @@ from typing import Any, TextIO
 
 from . import __version__
 from .audit import ENV_AUDIT
-from .errors import ConnectError, InventoryError, PhonehomeJumpError, PolicyError
+from .errors import ConnectError, InputError, InventoryError, PhonehomeJumpError, PolicyError
+from .inputs import count_arg, seconds_arg
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
 from .redact import REDACTOR, RedactingFilter, mask
@@ -73,13 +74,7 @@ class _Timeout(Exception):
 # --------------------------------------------------------------------------- parser
 
 def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
+    return seconds_arg(text)    # finite, more than 0, at most a week
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -470,6 +465,10 @@ def _isatty(stream: Any) -> bool:
 def _scripted(manager: SessionManager, info: SessionInfo, lines: Any, timeout: float,
               confirm: bool = False) -> int:
     """Each stdin line is one command in the same shell (cwd and variables persist)."""
+    try:    # a byte that is not UTF-8 then reaches the core, which names it (not a traceback)
+        lines.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, OSError):
+        pass
     status = EXIT_OK
     for line in lines:
         command = line.rstrip("\r\n")
@@ -505,8 +504,8 @@ def _add_workflow_commands(commands: Any, common: argparse.ArgumentParser) -> No
     p.add_argument("--hosts", nargs="+", metavar="HOST", help="only these of its targets")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                    help="set or override a variable (repeatable)")
-    p.add_argument("--concurrency", type=int, metavar="N", help="hosts in parallel "
-                                                                "(default: the workflow's)")
+    p.add_argument("--concurrency", type=count_arg(1, 100), metavar="N",
+                   help="hosts in parallel, 1-100 (default: the workflow's)")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would run on which host; connect to nothing")
     p.add_argument("--report", metavar="OUT.json", help="write the JSON report here")
@@ -542,9 +541,6 @@ def cmd_workflow_run(args: argparse.Namespace) -> int:
     from .workflow import WorkflowLock, junit_xml, plan, run_workflow
 
     wf, inv, names, values = _workflow_prepare(args)     # InventoryError: exit 2 in main()
-    if args.concurrency is not None and args.concurrency < 1:
-        print(f"{PROG}: --concurrency must be at least 1", file=sys.stderr)
-        return EXIT_WF_INVALID
     if args.dry_run:
         result = plan(wf, names, values)
         for host, hr in result.hosts.items():
@@ -612,7 +608,7 @@ def _setup_logging(verbosity: int) -> Callable[[], None]:
 
 
 def exit_code(err: PhonehomeJumpError) -> int:
-    if isinstance(err, InventoryError):
+    if isinstance(err, (InventoryError, InputError)):
         return EXIT_USAGE
     if isinstance(err, ConnectError):
         return EXIT_CONNECT

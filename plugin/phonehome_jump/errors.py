@@ -102,6 +102,24 @@ class SessionDeadError(SessionError):
     """The shell, the target or a hop under it went away; the session must be reopened."""
 
 
+class PatternError(SessionError):
+    """A caller's regular expression (``until``, a workflow's assert/capture/answer) is invalid."""
+
+    code = -32602
+    detail: str = ""        # the problem alone, without the pattern (for file:line messages)
+
+
+class PatternTimeoutError(PatternError):
+    """A caller's regular expression took longer than its time limit to match (backtracking)."""
+
+
+class InputError(PhonehomeJumpError):
+    """A caller's argument is unusable as given: text that is not valid Unicode (a lone
+    surrogate, a byte that is not UTF-8), a number that is not finite or out of range."""
+
+    code = -32602
+
+
 class UnknownSessionError(SessionError):
     """No open session has that id (for this caller)."""
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import gc
 import getpass
 import json
 import os
@@ -45,16 +46,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic import model_validator
 from pydantic_core import core_schema
 
 from .audit import AuditSpec
 from .errors import InventoryError, SecretError, UnknownNameError
+from .inputs import Seconds, Whole, check_text
 from .policy import Policy, PolicySpec
 from .redact import add_secret
 from .secret_sources import from_command, from_keyring, parse_cmd, parse_keyring
+from .yamlload import KeyPath as _KeyPath
+from .yamlload import YamlProblem, parse_yaml, read_text
 
 __all__ = [
     "Auth", "Endpoint", "Inventory", "InventoryProblems", "SecretRef", "Target", "json_schema",
@@ -62,6 +65,8 @@ __all__ = [
 ]
 
 ENV_VAR = "PHONEHOME_JUMP_INVENTORY"
+MAX_HOSTS = 20_000                  # hosts in one inventory (about 10 s to load on a busy machine)
+MAX_INVENTORY_BYTES = 16 * 2**20    # all files of one inventory (each file: yamlload's limits)
 HostKeyPolicy = Literal["strict", "accept-new"]
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_FIELDS = frozenset({"password", "passphrase", "sudo_password"})
@@ -171,7 +176,7 @@ def _as_tuple(value: Any) -> Any:
 
 Names = Annotated[tuple[str, ...], BeforeValidator(_as_tuple), WithJsonSchema(
     {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})]
-Port = Annotated[int, Field(ge=1, le=65535)]
+Port = Annotated[Whole, Field(ge=1, le=65535)]
 # numbers are accepted where text is expected: engineers write `username: 1234`, `host: 7750`
 _CFG = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
@@ -189,18 +194,19 @@ class _Conn(BaseModel):
         None, description="strict: refuse unknown host keys; accept-new: trust and record a key "
                           "seen for the first time (a changed key is always refused). "
                           "Default strict.")
-    keepalive: int | None = Field(
+    keepalive: Whole | None = Field(
         None, ge=0, le=86400,
         description="Seconds between liveness probes (a keepalive@openssh.com request that "
                     "must be answered, like OpenSSH's ServerAliveInterval), on every hop and "
                     "the target; 0 disables. Default 15.")
-    keepalive_count: int | None = Field(
+    keepalive_count: Whole | None = Field(
         None, ge=1, le=1000,
         description="Unanswered probes after which a hop or target is declared down and every "
                     "session through it dead, naming it (like ServerAliveCountMax): detection "
                     "within keepalive x keepalive_count seconds. Default 3.")
-    connect_timeout: float | None = Field(
-        None, gt=0, description="Seconds to wait for TCP connect and SSH handshake. Default 10.")
+    connect_timeout: Seconds | None = Field(
+        None, gt=0, le=3600, description="Seconds to wait for TCP connect and SSH handshake "
+                                         "(at most 3600). Default 10.")
     via: Names | None = Field(
         None, description="Jump host name, or list of names, to go through (first hop first). "
                           "A hop's own via is prepended. [] means direct.")
@@ -382,68 +388,18 @@ class InventoryProblems(InventoryError):
                          + [f"  {where}: {what}" for where, what in self.problems])
 
 
-# --------------------------------------------------------------------------- YAML with lines
-
-_MERGE = "tag:yaml.org,2002:merge"
-_KeyPath = tuple[str | int, ...]
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that builds plain data from the node tree itself, so it can record the line
-    of every key / list item (for error locations) and catch duplicate keys, which PyYAML
-    otherwise silently resolves to the last value."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.lines: dict[_KeyPath, int] = {}
-        self.problems: list[tuple[int, str]] = []
-
-    def build(self) -> Any:
-        node = self.get_single_node()
-        return None if node is None else self._walk(node, ())
-
-    def _pairs(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node, bool]]:
-        """Own pairs first, then `<<: *anchor` pairs (own keys win, as in YAML)."""
-        pairs = [(k, v, False) for k, v in node.value if k.tag != _MERGE]
-        for k, v in node.value:
-            if k.tag != _MERGE:
-                continue
-            for src in v.value if isinstance(v, yaml.SequenceNode) else [v]:
-                if isinstance(src, yaml.MappingNode):
-                    pairs += [(kk, vv, True) for kk, vv, _ in self._pairs(src)]
-                else:
-                    self.problems.append((k.start_mark.line + 1, "'<<' must merge a mapping"))
-        return pairs
-
-    def _walk(self, node: yaml.Node, path: _KeyPath) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            out: dict[str, Any] = {}
-            for knode, vnode, merged in self._pairs(node):
-                line = knode.start_mark.line + 1
-                if not isinstance(knode, yaml.ScalarNode):
-                    self.problems.append((line, "keys must be plain names"))
-                    continue
-                key = knode.value  # raw text: `on:` or `7750:` stay names, not bool/int
-                if key in out:
-                    if not merged:
-                        where = ".".join(map(str, path)) or "the top level"
-                        self.problems.append((line, f"duplicate key '{key}' in {where} (first at "
-                                                    f"line {self.lines[path + (key,)]}); YAML "
-                                                    "would silently keep only the last one"))
-                        self.lines[path + (key,)] = line  # YAML keeps the last value
-                        out[key] = self._walk(vnode, path + (key,))
-                    continue
-                self.lines[path + (key,)] = line
-                out[key] = self._walk(vnode, path + (key,))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self.lines[path + (i,)] = item.start_mark.line + 1
-            return [self._walk(item, path + (i,)) for i, item in enumerate(node.value)]
-        return self.construct_object(node, deep=True)
-
-
 # --------------------------------------------------------------------------- validation
+
+# device types known without importing netmiko's drivers (all of them are netmiko's)
+_BUILTIN_DEVICE_TYPES = frozenset({"linux", "generic", "ovs_linux", "terminal_server"})
+
+
+def known_device_types() -> frozenset[str]:
+    """netmiko's device types that run over SSH (its telnet and serial variants cannot go
+    through a jump chain)."""
+    from netmiko.ssh_dispatcher import CLASS_MAPPER   # heavy: only when a network OS is named
+    return frozenset(d for d in CLASS_MAPPER if not d.endswith(("_telnet", "_serial")))
+
 
 def _suggest(name: str, choices: Iterable[str]) -> str:
     choices = sorted(choices)
@@ -463,6 +419,7 @@ _PLAIN = {
     "literal_error": "must be one of {expected}", "bool_type": "must be true or false",
     "bool_parsing": "must be true or false", "string_type": "must be text",
     "string_too_short": "must not be empty", "tuple_type": "must be a name or a list of names",
+    "finite_number": "must be a finite number",
 }
 
 
@@ -554,19 +511,11 @@ class _Builder:
     def parse(self, text: str, file: str) -> None:
         self.files.append(file)
         try:
-            loader = _LineLoader(text)
-            data = loader.build()
-            loader.dispose()
-        except yaml.reader.ReaderError as exc:  # raised before any mark exists
-            line = text[:exc.position].count("\n") + 1
-            self.add((file, line), f"invalid YAML: character #x{exc.character:04x} is not allowed")
+            data, lines, problems = parse_yaml(text)
+        except YamlProblem as exc:
+            self.add((file, exc.line), exc.what)
             return
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            self.add((file, mark.line + 1 if mark else None),
-                     f"invalid YAML: {exc.problem or exc.context}")
-            return
-        for line, what in loader.problems:
+        for line, what in problems:
             self.add((file, line), what)
         if data is None:
             return  # an empty file is fine
@@ -575,15 +524,15 @@ class _Builder:
                      + ", ".join(_SECTIONS))
             return
         for section, body in data.items():
-            at = (file, loader.lines[(section,)])
+            at = (file, lines[(section,)])
             if section not in _SECTIONS:
                 self.add(at, f"unknown section '{section}'" + _suggest(section, _SECTIONS))
             elif section == "defaults":
-                entry = _Entry("defaults", "defaults", file, loader.lines)
+                entry = _Entry("defaults", "defaults", file, lines)
                 entry.spec = self._validate(entry, body)
                 self.default_parts.append(entry)
             elif section == "audit":
-                entry = _Entry("audit", "audit", file, loader.lines)
+                entry = _Entry("audit", "audit", file, lines)
                 if self.audit is not None:
                     self.add(at, f"audit is set twice: {_fmt(*self.audit.at())} and "
                                  f"{_fmt(*entry.at())}; keep one")
@@ -593,8 +542,12 @@ class _Builder:
             elif body is not None and not isinstance(body, dict):
                 self.add(at, f"section '{section}' must be a mapping of name: settings")
             else:
+                if section == "hosts" and len(self.entries["hosts"]) + len(body or {}) > MAX_HOSTS:
+                    raise InventoryProblems([(_fmt(*at), f"more than {MAX_HOSTS} hosts in the "
+                                              "inventory; split the sites into several "
+                                              "inventories (one per agent or MCP server)")])
                 for name, value in (body or {}).items():
-                    self._add_entry(_Entry(section, name, file, loader.lines), value)
+                    self._add_entry(_Entry(section, name, file, lines), value)
 
     def _add_entry(self, entry: _Entry, value: Any) -> None:
         known = self.entries[entry.section]
@@ -743,6 +696,26 @@ class _Builder:
                 ok = False
         return chain if ok else None
 
+    def check_device_types(self) -> None:
+        """A device_type netmiko does not know is an error at load, with the closest names
+        (it used to surface only after connecting, with hundreds of names)."""
+        owners = self.default_parts + [e for sec in ("groups", "hosts")
+                                       for e in self.entries[sec].values()]
+        used = [(e, e.spec.device_type) for e in owners
+                if e.spec is not None and e.spec.device_type is not None]
+        if all(d in _BUILTIN_DEVICE_TYPES for _, d in used):
+            return                  # the common case: no need to import netmiko's drivers
+        known = known_device_types()
+        for entry, dtype in used:
+            if dtype not in known:
+                close = difflib.get_close_matches(dtype, sorted(known), n=5, cutoff=0.5)
+                more = (" (did you mean " + ", ".join(f"'{c}'" for c in close) + "?)" if close
+                        else "")
+                self.add(entry.at("device_type"),
+                         f"{entry.label}: unknown device_type '{dtype}'{more}; it must be "
+                         f"one of netmiko's {len(known)} SSH device types (netmiko's "
+                         "PLATFORMS.md lists them)")
+
     # -- phase 3: resolve
     def _username(self, entry: _Entry, *candidates: str | None) -> str:
         for value in candidates:
@@ -839,6 +812,7 @@ class _Builder:
 
     def finish(self) -> dict[str, Target]:
         self.check()
+        self.check_device_types()
         targets = {}
         if not self.problems:  # resolving half-valid data would only repeat known problems
             for name in sorted(self.entries["hosts"]):
@@ -877,14 +851,42 @@ class Inventory:
             raise InventoryError(f"no *.yaml or *.yml files in directory {root}", where=str(root),
                                  hint=hint)
         builder = _Builder()
-        for file in files:
-            try:
-                text = file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise InventoryError(f"cannot read inventory file: {exc}", where=str(file),
-                                     hint="check the path and its permissions") from exc
-            builder.parse(text, str(file))
-        return cls(builder.finish(), builder.entries["groups"], files, builder.audit_spec)
+        total = 0
+        try:
+            for file in files:
+                try:
+                    text = read_text(file)
+                except YamlProblem as exc:
+                    builder.files.append(str(file))
+                    builder.add((str(file), exc.line), exc.what)
+                    continue
+                except UnicodeDecodeError as exc:
+                    # from None: the decode error carries the file's raw bytes
+                    line = exc.object[:exc.start].count(b"\n") + 1
+                    raise InventoryError(f"the file is not UTF-8 text (byte 0x"
+                                         f"{exc.object[exc.start]:02x} at offset {exc.start})",
+                                         where=f"{file}:{line}", hint="save it as UTF-8") from None
+                except OSError as exc:
+                    raise InventoryError(f"cannot read inventory file: {exc.strerror or exc}",
+                                         where=str(file),
+                                         hint="check the path and its permissions") from exc
+                total += len(text)
+                if total > MAX_INVENTORY_BYTES:
+                    raise InventoryError(
+                        f"the inventory's files add up to more than {MAX_INVENTORY_BYTES} bytes "
+                        f"({MAX_INVENTORY_BYTES // 2**20} MiB)", where=str(root),
+                        hint=f"an inventory holds at most {MAX_HOSTS} hosts; split the sites "
+                             "into several inventories (one per agent or MCP server)")
+                builder.parse(text, str(file))
+            return cls(builder.finish(), builder.entries["groups"], files, builder.audit_spec)
+        except MemoryError:
+            pass    # leave the handler first: its traceback holds the half-built data
+        del builder
+        gc.collect()
+        raise InventoryError("ran out of memory while loading the inventory", where=str(root),
+                             hint=f"an inventory holds at most {MAX_HOSTS} hosts and "
+                                  f"{MAX_INVENTORY_BYTES // 2**20} MiB; give the process "
+                                  "more memory or split the inventory")
 
     @classmethod
     def from_text(cls, text: str, source: str = "<string>") -> Inventory:
@@ -893,6 +895,7 @@ class Inventory:
         return cls(builder.finish(), builder.entries["groups"], (), builder.audit_spec)
 
     def target(self, name: str) -> Target:
+        check_text(name, "host")
         try:
             return self._targets[name]
         except KeyError:
@@ -908,6 +911,8 @@ class Inventory:
     def targets(self, group: str | None = None, tag: str | None = None,
                 query: str | None = None) -> list[Target]:
         """Sorted by name; query: case-insensitive substring of name, host or description."""
+        for param, value in (("group", group), ("tag", tag), ("query", query)):
+            check_text(value, param)
         if group is not None and group not in self._groups:
             raise UnknownNameError(f"unknown group '{group}'" + _suggest(group, self._groups),
                                    hint="use a group defined under the inventory's `groups:` "

@@ -23,8 +23,9 @@ from typing import Any
 
 from .audit import AuditLog, AuditSpec
 from .chain import Hop, HopPool, diagnose, dial, early_eof, login_gate, open_tunnel
-from .errors import (ConnectError, LimitError, PhonehomeJumpError, PolicyError, SessionDeadError,
-                     SessionError, UnknownSessionError)
+from .errors import (ConnectError, LimitError, PatternTimeoutError, PhonehomeJumpError,
+                     PolicyError, SessionDeadError, SessionError, UnknownSessionError)
+from .inputs import check_text
 from .inventory import Inventory, Target
 from .policy import Approval
 from .prompts import prompt_waiting
@@ -97,6 +98,7 @@ class SessionManager:
         old id); it is refused with SessionError while a session (or an open) already has it.
         ``actor`` names who acts in the audit log (default: the manager's actor).
         """
+        check_text(session_id, "session_id", where=f"host {host!r}")
         target = self.inventory.target(host)   # UnknownNameError with suggestions
         actor = actor or self.actor
         chain = [h.name for h in target.chain]
@@ -340,6 +342,9 @@ class SessionManager:
         :func:`default_approval`).
         """
         entry = self._entry(session_id, owner)
+        where = f"host {entry.session.target.name!r}"
+        check_text(command, "command", where=where)     # refused before anything runs
+        check_text(until, "until", where=where)
         compile_pattern(until)                  # a bad pattern is refused before anything runs
         self._check_policy(entry, command, confirm=confirm, at_prompt=True)
         if self.audit:
@@ -350,6 +355,8 @@ class SessionManager:
         try:
             result = self._guard(session_id, owner,
                                  lambda s: s.command(command, wait=wait, until=until))
+        except PatternTimeoutError:
+            raise                               # sent and still running: audited when it ends
         except PhonehomeJumpError as err:
             if not busy:                        # sent, and the session died under it (reboot)
                 entry.pending = None
@@ -367,6 +374,12 @@ class SessionManager:
         sent as a secret), so a caller can answer a sudo prompt without ever knowing it.
         """
         entry = self._entry(session_id, owner)
+        where = f"host {entry.session.target.name!r}"
+        check_text(text, "text", where=where)
+        check_text(control, "control", where=where)
+        if not text and not sudo_password and (control == "" or (control is None and not newline)):
+            return          # nothing to type: a no-op changes nothing (and is not audited)
+        control = control or None
         # Decided from fresh output, not from what the last read saw: this takes in whatever
         # arrived since (a command that has ended, the prompt after a Ctrl-C or an Enter).
         fresh = self._guard(session_id, owner, lambda s: s.fresh_input())
@@ -408,7 +421,9 @@ class SessionManager:
         if not running:
             if ends_line and entry.pending is None and line.strip():
                 entry.pending = line.strip()    # a command typed at the prompt: audit its end
-            entry.typed = "" if ends_line or control else entry.typed + text
+            # Ctrl-C/Ctrl-U discard the typed line (the session makes sure of it)
+            key = control.lower().removeprefix("ctrl-").removeprefix("^") if control else None
+            entry.typed = "" if ends_line or key in ("c", "u") else entry.typed + text
         shown = MASK if secret else text
         self._record(entry, "send", command=shown if text else None,
                      control=control, outcome="sent")
@@ -420,6 +435,7 @@ class SessionManager:
         entry = self._entry(session_id, owner)
         if offset is not None:      # paging a finished output works even on a dead session
             return entry.session.read(offset=offset)
+        check_text(until, "until", where=f"host {entry.session.target.name!r}")
         compile_pattern(until)
         result = self._guard(session_id, owner, lambda s: s.read(wait=wait, until=until))
         self._finished(entry, result, None)
@@ -445,6 +461,8 @@ class SessionManager:
     def _transfer(self, direction: str, host: str, local: str, remote: str, *,
                   actor: str | None, confirm: bool | Approval, **kw: Any) -> TransferResult:
         target = self.inventory.target(host)
+        # the remote path travels as UTF-8 text (a local one may hold any bytes: the OS's)
+        check_text(str(remote), "remote path", where=f"host {target.name!r}")
         actor = actor or self.actor
         chain = [h.name for h in target.chain]
         what = f"{direction} {remote}"

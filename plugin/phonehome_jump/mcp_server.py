@@ -21,6 +21,7 @@ client per transport) 2026-07-28 requests share one owner.
 
 import argparse
 import hmac
+import io
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
 from .errors import PhonehomeJumpError, UnknownSessionError
+from .inputs import Seconds, Whole, repair_json_line
 from .inventory import ENV_VAR, Inventory, Target
 from .manager import SessionInfo, SessionManager
 from .mcp_approval import Approve, Gate, decide, gate, question
@@ -349,12 +351,14 @@ Confirm = Annotated[bool, Field(description="Only where the inventory allows it 
                                             "cannot ask its user: confirm a command the host's "
                                             "policy asks to confirm. Otherwise the user is "
                                             "asked, and this flag does not approve anything.")]
-Wait = Annotated[float, Field(ge=0, description=f"Seconds to wait for the command to finish "
+Wait = Annotated[Seconds, Field(ge=0, description=f"Seconds to wait for the command to finish "
                                                 f"(at most {MAX_WAIT:g}; larger values are capped). "
                                                 "If it is still running then, running=true is "
                                                 "returned and the command keeps running.")]
 Until = Annotated[str | None, Field(description="Python regular expression: stop waiting early "
-                                                "when new output matches it (e.g. a prompt).")]
+                                                "when new output matches it (e.g. a prompt). "
+                                                "At most 2000 characters; a search that takes "
+                                                "more than 1 s is given up with an error.")]
 
 
 def build_server(inventory: Inventory | str | Path, *,
@@ -489,11 +493,11 @@ def build_server(inventory: Inventory | str | Path, *,
     async def ssh_session_read(
         session_id: SessionId,
         ctx: Context,
-        wait: Annotated[float, Field(ge=0, description=f"Seconds to wait for the command to finish "
+        wait: Annotated[Seconds, Field(ge=0, description=f"Seconds to wait for the command to finish "
                                                        f"(at most {MAX_WAIT:g}); 0 returns what has "
                                                        "arrived.")] = 0.0,
         until: Until = None,
-        offset: Annotated[int | None, Field(ge=0, description="Page the current/last command's "
+        offset: Annotated[Whole | None, Field(ge=0, description="Page the current/last command's "
                                                               "whole output from this character "
                                                               "(see omitted / next_offset).")] = None,
     ) -> Output:
@@ -628,6 +632,44 @@ def _close_quietly(manager: SessionManager | Router, session_id: str, owner: str
 
 # --------------------------------------------------------------------------- HTTP and serve()
 
+class _RepairingStdin(io.TextIOWrapper):
+    """stdin as the SDK reads it (UTF-8, a bad byte becomes U+FFFD), with lone surrogate
+    escapes (``"\\ud800"``) made U+FFFD too: the SDK drops a line it cannot parse without an
+    answer, while this way the tool answers with an error naming the parameter."""
+
+    def readline(self, size: int = -1) -> str:  # type: ignore[override]
+        return repair_json_line(super().readline(size))
+
+    def close(self) -> None:                     # never close the process's stdin
+        try:
+            self.detach()
+        except ValueError:
+            pass
+
+
+async def _serve_stdio(server: MCPServer) -> None:
+    """``server.run("stdio")``, reading stdin through :class:`_RepairingStdin`."""
+    from mcp.server.stdio import stdio_server
+
+    stdin = anyio.wrap_file(_RepairingStdin(sys.stdin.buffer, encoding="utf-8", errors="replace"))
+    async with stdio_server(stdin=stdin) as (read_stream, write_stream):
+        low = server._lowlevel_server        # what MCPServer.run_stdio_async runs, too
+        await low.run(read_stream, write_stream, low.create_initialization_options())
+
+
+def _repair_body(body: bytes) -> bytes:
+    """A request body with bytes that are not UTF-8 and lone surrogate escapes made U+FFFD,
+    so the request parses and its tool names the bad parameter (see :class:`_RepairingStdin`)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = body.decode("utf-8", errors="replace")
+    else:
+        if "\\u" not in text:
+            return body
+    return repair_json_line(text).encode("utf-8")
+
+
 class _HttpGate:
     """ASGI wrapper for the streamable-HTTP app: bearer token, and the handshake era only.
 
@@ -664,7 +706,36 @@ class _HttpGate:
                 "code": -32022, "message": f"unsupported protocol version {version}: this server "
                 "keeps SSH sessions per connection and speaks the initialize handshake",
                 "data": {"supported": list(HANDSHAKE_PROTOCOL_VERSIONS), "requested": version}}})
+        if scope.get("method") == "POST":
+            scope, receive = await _repaired(scope, receive)
         await self.app(scope, receive, send)
+
+
+async def _repaired(scope: Any, receive: Any) -> tuple[Any, Any]:
+    """The request with its body read and repaired (:func:`_repair_body`); others unchanged."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":       # the client went away: pass that on
+            async def gone() -> Any:
+                return message
+            return scope, gone
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    fixed = _repair_body(body)
+    if fixed is not body:
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+        scope = {**scope, "headers": headers + [(b"content-length", str(len(fixed)).encode())]}
+    replayed = False
+
+    async def replay() -> Any:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": fixed, "more_body": False}
+        return await receive()
+    return scope, replay
 
 
 async def _respond(send: Any, status: int, payload: dict[str, Any],
@@ -729,7 +800,7 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
         return 2
     if http is None:
         try:
-            server.run("stdio")
+            anyio.run(_serve_stdio, server)
         except KeyboardInterrupt:
             return 130
         return 0

@@ -23,11 +23,13 @@ Matching: each rule is a Python regular expression searched in each part of the 
 the parts being split at ``;``, ``&&``, ``||``, ``|``, ``&`` and newlines (so ``ls; reboot``
 is refused by ``\\breboot\\b`` and ``^reboot`` alike). With ``read_only``, every part must
 match an ``allow`` rule, and command substitution (``$(``, backticks) and output redirection
-(``>``) are refused outright.
+(``>``) are refused outright. Rules are run like callers' patterns (:mod:`.patterns`: ``re``
+syntax, a time limit per search); a rule that exceeds it refuses the command.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass, field
@@ -36,7 +38,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from .errors import PolicyError
+from .errors import PatternError, PatternTimeoutError, PolicyError
+from .patterns import SafePattern, compile_safe
 from .redact import mask
 
 
@@ -47,10 +50,26 @@ def _as_tuple(value: object) -> object:
 def _compiles(patterns: tuple[str, ...]) -> tuple[str, ...]:
     for pattern in patterns:
         try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"has an invalid regular expression {pattern!r}: {exc}") from None
+            _rule(pattern)
+        except PatternError as exc:
+            raise ValueError(f"has an invalid regular expression {pattern!r}: "
+                             f"{exc.detail}") from None
     return patterns
+
+
+@functools.lru_cache(maxsize=1024)
+def _rule(pattern: str) -> SafePattern:
+    return compile_safe(pattern, what="policy rule")
+
+
+def _search(rule: str, text: str, where: str) -> bool:
+    """The rule matches ``text``; a rule that backtracks past its time limit refuses (fail
+    closed: a guardrail that cannot decide does not let the command through)."""
+    try:
+        return _rule(rule).search(text) is not None
+    except PatternTimeoutError as exc:
+        raise PolicyError(f"command refused: {exc.what}", rule=rule, where=where,
+                          hint="ask the inventory's owner to simplify this policy rule") from None
 
 
 Patterns = Annotated[tuple[str, ...], BeforeValidator(_as_tuple), AfterValidator(_compiles),
@@ -196,11 +215,11 @@ class Policy:
             raise PolicyError(f"{direction}s are refused on this host{why}", rule=f"files.{direction}",
                               where=where, hint="the inventory's policy forbids it; ask its owner")
         for rule in self.deny_paths:
-            if re.search(rule, remote_path):
+            if _search(rule, remote_path, where):
                 raise PolicyError(f"{direction} of {remote_path!r} refused by the deny_paths rule "
                                   f"{rule!r}", rule=rule, where=where,
                                   hint="this path may not be copied on this host")
-        if self.paths and not any(re.search(rule, remote_path) for rule in self.paths):
+        if self.paths and not any(_search(rule, remote_path, where) for rule in self.paths):
             raise PolicyError(f"{direction} of {remote_path!r} refused: it matches no files.paths "
                               "rule", rule="files.paths", where=where,
                               hint="allowed paths match: " + ", ".join(map(repr, self.paths)))
@@ -247,7 +266,7 @@ class Policy:
         parts = [p.strip() for p in _SPLIT.split(command)]
         parts = [p for p in parts if p] or [command.strip()]
         for rule in self.deny:
-            if any(re.search(rule, part) for part in parts):
+            if any(_search(rule, part, where) for part in parts):
                 raise PolicyError(f"command refused by the deny rule {rule!r}", rule=rule,
                                   where=where, hint="this command is not allowed on this host by "
                                   "the inventory's policy; ask its owner if it must run")
@@ -257,14 +276,14 @@ class Policy:
                                   "$(...), backticks or > redirection", rule="read_only",
                                   where=where, hint="run a plain read-only command")
             for part in parts:
-                if not any(re.search(rule, part) for rule in self.allow):
+                if not any(_search(rule, part, where) for rule in self.allow):
                     allowed = ", ".join(repr(r) for r in self.allow) or "none"
                     raise PolicyError(f"command refused: the host is read-only and {mask(part)!r} "
                                       "matches no allow rule", rule="read_only", where=where,
                                       hint=f"allowed commands match: {allowed}")
         if not confirm:
             for rule in self.confirm:
-                if any(re.search(rule, part) for part in parts):
+                if any(_search(rule, part, where) for part in parts):
                     raise PolicyError(f"command needs confirmation (rule {rule!r})", rule=rule,
                                       needs_confirm=True, where=where,
                                       hint="a person must approve it: over MCP the client "

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import SessionError
+from .patterns import SafePattern, compile_safe
 
 _SECRET_WORDS = (r"password|passphrase|pass\s?phrase|passcode|\bpin\b|\bsecret\b|\btoken\b"
                  r"|verification\s+code|\botp\b|one-time\s+code|\bpassword\s+again")
@@ -104,12 +104,9 @@ def line_is_secret(tail: str, command: str | None = None) -> bool:
 CONTROL = {"c": "\x03", "d": "\x04", "z": "\x1a", "\\": "\x1c", "[": "\x1b", "l": "\x0c", "u": "\x15"}
 
 
-def compile_pattern(pattern: str | None) -> re.Pattern[str] | None:
-    """An ``until`` pattern, compiled; SessionError if it is not a valid regular expression."""
+def compile_pattern(pattern: str | None) -> SafePattern | None:
+    """An ``until`` pattern, compiled with a time limit per search (:mod:`.patterns`);
+    PatternError (a SessionError) if it is not a valid regular expression."""
     if pattern is None:
         return None
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise SessionError(f"invalid 'until' pattern {pattern!r}: {exc}",
-                           hint="pass a Python regular expression") from exc
+    return compile_safe(pattern, what="'until' pattern")

@@ -18,7 +18,6 @@ Two framings:
 from __future__ import annotations
 
 import codecs
-import re
 import socket
 import threading
 import time
@@ -32,12 +31,14 @@ from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
 from .liveness import Link, first_failure
 from .output import DEFAULT_CAP, CommandResult, _Run
+from .patterns import SafePattern
 from .prompts import CONTROL, awaiting_input, compile_pattern
 from .redact import add_secret, mask
 
 __all__ = ["DEFAULT_CAP", "CommandResult", "Session", "compile_pattern"]
 
 PTY_WIDTH = 4096              # wide, so programs do not wrap or truncate output
+DISCARD_WAIT = 5.0            # seconds for the prompt after Ctrl-C drops a typed line
 
 
 class Session:
@@ -56,6 +57,7 @@ class Session:
         self._run: _Run | None = None
         self.cwd: str | None = None
         self.dead: str | None = None      # why, once the shell or a hop went away
+        self._partial = False             # a command line typed at the prompt, no Enter yet
         self.ended: int | None = None     # exit status, when the shell itself exited (`exit`)
         self.links: list[Link] = []       # the hops, then the target: who to blame
         self.last_activity = time.time()
@@ -126,9 +128,12 @@ class Session:
 
     # -- the wire ---------------------------------------------------------------------
     def _write(self, text: str) -> None:
+        self._write_bytes(text.encode("utf-8"))
+
+    def _write_bytes(self, data: bytes) -> None:
         try:
             with self._wlock:
-                self._chan.sendall(text.encode("utf-8"))
+                self._chan.sendall(data)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self._die(f"the connection closed while sending: {self.blame()}")
             raise self._dead_error() from exc
@@ -173,7 +178,7 @@ class Session:
         elif self.dead is None and self._chan.closed and (self._run is None or self._run.done):
             self._die(self.blame(settle=0.2))   # idle: no waiting call will look at the close
 
-    def _pump(self, deadline: float, *, setup: bool = False, until: re.Pattern[str] | None = None,
+    def _pump(self, deadline: float, *, setup: bool = False, until: SafePattern | None = None,
               stop_on_input: bool = False) -> bool:
         """Read until the prompt ends the current run, ``until`` matches, or the deadline.
 
@@ -289,20 +294,28 @@ class Session:
 
     def send(self, text: str = "", *, newline: bool = True, control: str | None = None,
              secret: bool = False) -> None:
-        """Type raw text (answer a prompt, send Ctrl-C). ``secret`` text is masked in all output."""
+        """Type raw text (answer a prompt, send Ctrl-C). ``secret`` text is masked in all output.
+
+        Nothing to type (``text=""`` with ``newline=False``, or ``control=""``) is a no-op.
+        At the shell prompt, Ctrl-U or Ctrl-C discards a line typed without Enter and leaves
+        the session idle again.
+        """
         if self.dead:
             raise self._dead_error()
-        if secret and text:
-            add_secret(text)
-        payload = text + ("\n" if newline and text else "")
+        key = None
         if control:
             key = control.lower().removeprefix("ctrl-").removeprefix("^")
             if key not in CONTROL:
                 raise SessionError(f"unknown control key {control!r}", where=f"host {self.target.name!r}",
                                    hint=f"use one of: {', '.join('ctrl-' + k for k in CONTROL)}")
-            payload += CONTROL[key]
-        if not payload and newline:
+        payload = text + ("\n" if newline and text else "") + (CONTROL[key] if key else "")
+        if not payload and newline and control is None:
             payload = "\n"
+        if not payload:
+            return                  # nothing to type: the session's state is left as it was
+        data = payload.encode("utf-8")          # before any state changes (a lone surrogate)
+        if secret and text:
+            add_secret(text)
         self.last_activity = time.time()
         answers = "\n" in payload or "\r" in payload or bool(control)
         if not self._lock.acquire(blocking=False):
@@ -310,19 +323,51 @@ class Session:
             if run is not None and not run.done:
                 # Another call is waiting on this command's output: this is an answer or a
                 # Ctrl-C for it, so write now rather than after that call's wait.
-                self._write(payload)
+                if key == "u" and self._partial and self.framer.name == "sentinel":
+                    data = (text + CONTROL["c"]).encode("utf-8")    # see _discard_line
+                self._write_bytes(data)
+                if key in ("c", "u") or "\n" in payload or "\r" in payload:
+                    self._partial = False
                 if answers:
                     run.answered = run.length
                 return
             self._lock.acquire()    # a short holder (a read of finished output): wait for it
         try:
+            at_prompt = self._run is None or self._run.done or self._partial
             if self._run is None or self._run.done:
                 self._run = _Run(None, time.monotonic())   # typed at the shell: frame it like a command
-            self._write(payload)
+            sentinel = self.framer.name == "sentinel"
+            if key in ("c", "u") and (at_prompt if sentinel else self._partial):
+                self._discard_line(text, key)
+                return
+            self._write_bytes(data)
             if answers:     # a prompt printed before this answer asks for nothing any more
                 self._run.answered = self._run.length
+            if "\n" in payload or "\r" in payload or key:
+                self._partial = False           # a line was entered: a program may run now
+            elif at_prompt:
+                self._partial = True            # part of a command line, not entered yet
         finally:
             self._lock.release()
+
+    def _discard_line(self, text: str, key: str) -> None:
+        """Ctrl-U/Ctrl-C at the shell prompt: drop what was typed there, back to idle.
+
+        The sentinel framing turns the terminal's line editing off, so Ctrl-U would reach the
+        shell as a character of the line; Ctrl-C (SIGINT) makes the shell drop the line and
+        print its prompt, which ends the typed-input run. On network OSes the device's own
+        line editing handles the key; nothing ran, so the run ends here.
+        """
+        run = self._run
+        assert run is not None
+        self._partial = False
+        if self.framer.name != "sentinel":
+            self._write_bytes((text + CONTROL[key]).encode("utf-8"))
+            run.done, run.ended = True, time.monotonic()
+            return
+        self._write_bytes((text + CONTROL["c"]).encode("utf-8"))
+        run.answered = run.length
+        self._pump(time.monotonic() + DISCARD_WAIT)
 
     def fresh_input(self) -> tuple[str, str | None] | None:
         """What the running command asks for *now*: (newest output, its command line).

@@ -42,14 +42,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic import field_validator, model_validator
 
-from .errors import (PhonehomeJumpError, PolicyError, SecretError, SessionDeadError,
-                     WorkflowError, WorkflowLockedError)
-from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _LineLoader, _suggest
+from .errors import (PatternError, PatternTimeoutError, PhonehomeJumpError, PolicyError,
+                     SecretError, SessionDeadError, WorkflowError, WorkflowLockedError)
+from .inputs import MAX_SECONDS, Seconds, Whole, check_text
+from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _suggest
 from .manager import SessionManager
+from .patterns import MULTILINE, compile_safe
+from .prompts import awaiting_input
+from .yamlload import YamlProblem, parse_yaml, read_text
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,12 @@ __all__ = [
     "Workflow", "WorkflowFile", "StepSpec", "AnswerSpec", "AssertSpec", "CaptureSpec",
     "TargetsSpec", "WorkflowProblems", "StepResult", "HostResult", "RunResult", "Event",
     "WorkflowLock", "run_workflow", "plan", "junit_xml", "parse_vars", "discover",
+    "discover_loaded", "load_cached",
 ]
 
 BUILTIN_VARS = ("host", "workflow")
+MAX_WORKFLOW_BYTES = 2**20       # one workflow file (1 MiB)
+POLL = 0.5                      # seconds a step waits between checks for cancellation
 STATE_ENV = "PHONEHOME_JUMP_STATE"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -102,10 +108,12 @@ def _as_tuple(value: Any) -> Any:
 
 
 def _regex(value: str) -> str:
+    # checked as it will run: each ${name} becomes its (escaped) value, here a plain letter
+    probe = BracedTemplate(value).safe_substitute({n: "x" for n in names_in(value)})
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"is not a valid regular expression ({exc})") from None
+        compile_safe(probe, flags=MULTILINE)
+    except PatternError as exc:
+        raise ValueError(f"is not a valid regular expression ({exc.detail})") from None
     return value
 
 
@@ -182,7 +190,8 @@ def _capture(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
-ExitCodes = Annotated[tuple[int, ...], BeforeValidator(_as_tuple)]
+ExitCodes = Annotated[tuple[Annotated[Whole, Field(ge=0, le=255)], ...],
+                     BeforeValidator(_as_tuple)]
 
 
 class CopySpec(BaseModel):
@@ -218,8 +227,9 @@ class StepSpec(BaseModel):
     assert_: AssertSpec | None = Field(None, alias="assert", description="Output checks.")
     on_fail: Literal["stop", "continue"] = Field(
         "stop", description="stop: skip this host's remaining steps (default); continue: go on.")
-    timeout: float | None = Field(None, gt=0, description="Seconds for this step (default: "
-                                                          "the workflow's step_timeout).")
+    timeout: Seconds | None = Field(None, gt=0, le=MAX_SECONDS,
+                                    description="Seconds for this step (default: the "
+                                                "workflow's step_timeout).")
     confirm: bool = Field(False, description="Confirm a command the host's policy asks to "
                                              "confirm (the runbook's author confirms in writing).")
 
@@ -281,8 +291,9 @@ class WorkflowFile(BaseModel):
     name: str = Field(min_length=1, description="Workflow name (MCP workflow_run uses it).")
     description: str | None = Field(None, description="What the workflow is for.")
     targets: TargetsSpec
-    concurrency: int = Field(10, ge=1, le=100, description="Hosts in parallel. Default 10.")
-    step_timeout: float = Field(60.0, gt=0, description="Default seconds per step. Default 60.")
+    concurrency: Whole = Field(10, ge=1, le=100, description="Hosts in parallel. Default 10.")
+    step_timeout: Seconds = Field(60.0, gt=0, le=MAX_SECONDS,
+                                  description="Default seconds per step. Default 60.")
     vars: dict[str, str] = Field({}, description="Variables for ${name}; --var overrides.")
     steps: tuple[StepSpec, ...] = Field(min_length=1, description="Run in order on each host.")
 
@@ -402,9 +413,16 @@ class Workflow:
     def load(cls, path: str | os.PathLike[str]) -> Workflow:
         file = Path(path)
         try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise WorkflowError(f"cannot read workflow file: {getattr(exc, 'strerror', None) or exc}",
+            text = read_text(file, MAX_WORKFLOW_BYTES)
+        except YamlProblem as exc:
+            raise WorkflowProblems([(str(file), exc.what)]) from None
+        except UnicodeDecodeError as exc:
+            line = exc.object[:exc.start].count(b"\n") + 1
+            raise WorkflowError(f"the file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                                f"at offset {exc.start})", where=f"{file}:{line}",
+                                hint="save it as UTF-8") from None
+        except OSError as exc:
+            raise WorkflowError(f"cannot read workflow file: {exc.strerror or exc}",
                                 where=str(file), hint="check the path and its permissions") from exc
         return cls.from_text(text, str(file))
 
@@ -412,19 +430,10 @@ class Workflow:
     def from_text(cls, text: str, source: str = "<string>") -> Workflow:
         problems: list[tuple[int | None, str]] = []
         try:
-            loader = _LineLoader(text)
-            data = loader.build()
-            loader.dispose()
-        except yaml.reader.ReaderError as exc:
-            raise WorkflowProblems([(_fmt(source, text[:exc.position].count("\n") + 1),
-                                     f"invalid YAML: character #x{exc.character:04x} is not "
-                                     "allowed")]) from None
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            raise WorkflowProblems([(_fmt(source, mark.line + 1 if mark else None),
-                                     f"invalid YAML: {exc.problem or exc.context}")]) from None
-        problems += loader.problems
-        lines = loader.lines
+            data, lines, found = parse_yaml(text, MAX_WORKFLOW_BYTES)
+        except YamlProblem as exc:
+            raise WorkflowProblems([(_fmt(source, exc.line), exc.what)]) from None
+        problems += found
         wf = None
         if not isinstance(data, dict):
             problems.append((1, "a workflow must be a mapping with name, targets and steps"))
@@ -544,6 +553,7 @@ def parse_vars(items: Iterable[str]) -> dict[str, str]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
+        check_text(value, f"--var {key}", where="--var")
         if not sep or not _NAME.fullmatch(key):
             raise WorkflowError(f"--var wants NAME=VALUE, got {item.split('=')[0]!r}...",
                                 where="--var", hint="e.g. --var service=em7")
@@ -551,19 +561,52 @@ def parse_vars(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def discover(directory: str | os.PathLike[str]) -> dict[str, Path | WorkflowError]:
-    """Workflow name -> file (or its load error, keyed by file stem) for a directory."""
-    out: dict[str, Path | WorkflowError] = {}
+_CACHE: dict[Path, tuple[tuple[int, ...], Workflow | WorkflowError]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_cached(file: Path) -> Workflow | WorkflowError:
+    """The workflow in ``file`` (or why it cannot be loaded), parsed again only when the file
+    changed (inode, size, mtime, ctime): listing a directory does not re-parse every file."""
+    try:
+        st = file.stat()
+    except OSError as exc:
+        return WorkflowError(f"cannot read workflow file: {exc.strerror or exc}", where=str(file),
+                             hint="check the path and its permissions")
+    key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(file)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    try:
+        loaded: Workflow | WorkflowError = Workflow.load(file)
+    except WorkflowError as exc:
+        loaded = exc
+    except (MemoryError, RecursionError) as exc:   # one bad file never breaks the others
+        loaded = WorkflowError(f"cannot load the workflow ({type(exc).__name__})",
+                               where=str(file), hint="check the file; it may be far too big")
+    with _CACHE_LOCK:
+        _CACHE[file] = (key, loaded)
+    return loaded
+
+
+def discover_loaded(directory: str | os.PathLike[str]) -> dict[str, Workflow | WorkflowError]:
+    """Workflow name -> workflow (or its load error, keyed by file stem) for a directory."""
+    out: dict[str, Workflow | WorkflowError] = {}
     root = Path(directory)
     if not root.is_dir():
         return out
     for file in sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml")
-                       and not p.name.startswith(".")):
-        try:
-            out.setdefault(Workflow.load(file).name, file)
-        except WorkflowError as exc:
-            out.setdefault(file.stem, exc)
+                       and not p.name.startswith(".") and p.is_file()):
+        loaded = load_cached(file)
+        out.setdefault(loaded.name if isinstance(loaded, Workflow) else file.stem, loaded)
     return out
+
+
+def discover(directory: str | os.PathLike[str]) -> dict[str, Path | WorkflowError]:
+    """Workflow name -> file (or its load error, keyed by file stem) for a directory."""
+    return {name: Path(wf.file) if isinstance(wf, Workflow) else wf
+            for name, wf in discover_loaded(directory).items()}
 
 
 # --------------------------------------------------------------------------- results
@@ -772,8 +815,19 @@ class _HostRun:
         pieces: list[str] = []
         try:
             self._execute(sid, index, step, sr, pieces, t0)
-        except _StepProblem as problem:
-            sr.message = problem.message
+        except (_StepProblem, PatternError) as problem:
+            # a pattern that is invalid with its variables, or that backtracks past its time
+            # limit: the step fails; a command still running is interrupted
+            sr.message = (problem.message if isinstance(problem, _StepProblem)
+                          else _one_line(problem, self.host))
+            res = self.m.read(sid, owner=self.owner, wait=0)
+            pieces.append(res.output)
+            if res.running:
+                sr.message += "; interrupted the command (Ctrl-C)"
+                res = self._interrupt(sid, pieces)
+            if res.running or not sr.output:
+                sr.output, sr.exit_status = "".join(pieces), res.exit_status
+                sr.duration = round(time.monotonic() - t0, 4)
         except (PolicyError, SecretError) as err:
             # refused before it was sent (policy), or while it runs (an answer's secret is
             # unset, a typed answer is refused): then interrupt it so the session stays usable
@@ -794,13 +848,21 @@ class _HostRun:
         except ValueError as exc:
             raise _StepProblem(f"cannot substitute variables: {exc}") from None
 
-    def _search(self, index: int, pattern: str, output: str) -> re.Match[str] | None:
-        regex = self._sub(index, pattern, regex=True)
+    def _search(self, index: int, pattern: str, output: str, *, what: str = "pattern",
+                substitute: bool = True) -> Any:
+        """A match of the step's pattern in ``output`` (``^``/``$`` at each line), or None.
+
+        Matched with a time limit (:mod:`.patterns`): a pattern that backtracks for ever
+        fails this step instead of hanging the run past its step_timeout.
+        """
+        regex = self._sub(index, pattern, regex=True) if substitute else pattern
         try:
-            return re.search(regex, output, re.MULTILINE)
-        except re.error as exc:
-            raise _StepProblem(f"{pattern!r} with the variables substituted is not a valid "
-                               f"regular expression ({exc})") from None
+            return compile_safe(regex, what=what, flags=MULTILINE).search(output)
+        except PatternError as exc:
+            if regex != pattern and not isinstance(exc, PatternTimeoutError):
+                raise _StepProblem(f"{pattern!r} with the variables substituted is not a valid "
+                                   f"regular expression ({exc.detail})") from None
+            raise _StepProblem(_one_line(exc, self.host)) from None
 
     def _missing(self, index: int, name: str) -> str:
         """Why ``name`` has no value at step ``index`` (check() already caught the rest)."""
@@ -865,30 +927,35 @@ class _HostRun:
         def until() -> str | None:
             return answers[0].prompt if answers else None
 
-        res = self.m.command(sid, command, owner=self.owner, wait=timeout, until=until(),
-                             confirm=step.confirm)
+        # waits in short slices, so a cancelled run (Ctrl-C) stops within one of them
+        res = self.m.command(sid, command, owner=self.owner, wait=min(timeout, POLL),
+                             until=until(), confirm=step.confirm)
         while True:
             pieces.append(res.output)
             truncated |= res.truncated
             if not res.running:
                 break
             text = "".join(pieces)
-            if answers and re.search(answers[0].prompt, text[seen:], re.MULTILINE):
+            if answers and self._search(index, answers[0].prompt, text[seen:], what="answer "
+                                        "prompt", substitute=False):
                 ans = answers.pop(0)
                 value, secret = _resolve_answer(ans, self.m.inventory, self.host)
                 self.m.send(sid, value, owner=self.owner, secret=secret)
                 seen = len(text)
-            elif res.awaiting_input or time.monotonic() >= deadline or self.cancel.is_set():
+            # judged on all the output since the last answer, not one read's piece of it (the
+            # waits are short slices, so a prompt may arrive split over two reads)
+            elif (asking := res.awaiting_input or awaiting_input(text[seen:][-256:])) \
+                    or time.monotonic() >= deadline or self.cancel.is_set():
                 why = ("was cancelled" if self.cancel.is_set() else
                        f"waits for input no answer matches: {_last_line(text)!r}"
-                       if res.awaiting_input else f"was still running after {timeout:g}s")
+                       if asking else f"was still running after {timeout:g}s")
                 sr.message = f"the command {why}; interrupted it (Ctrl-C)"
                 res = self._interrupt(sid, pieces)
                 sr.output, sr.duration = _join(pieces), round(time.monotonic() - t0, 4)
                 sr.exit_status = res.exit_status
                 return
-            res = self.m.read(sid, owner=self.owner, wait=max(0.0, deadline - time.monotonic()),
-                              until=until())
+            res = self.m.read(sid, owner=self.owner,
+                              wait=min(POLL, max(0.0, deadline - time.monotonic())), until=until())
         if truncated:                             # the whole output, not head + tail
             pieces[:] = [_all_output(self.m, sid, self.owner)]
         output = "".join(pieces)

@@ -20,7 +20,8 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
 from .errors import PhonehomeJumpError, UnknownNameError, WorkflowError
-from .workflow import HostResult, RunResult, Workflow, WorkflowLock, discover, run_workflow
+from .inputs import Seconds, check_text
+from .workflow import HostResult, RunResult, Workflow, WorkflowLock, discover_loaded, run_workflow
 
 MAX_STEP_OUTPUT = 8000          # characters of one step's output in a tool result
 KEEP_RUNS = 20                  # finished runs kept for workflow_status
@@ -89,18 +90,18 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
     runs_lock = threading.Lock()
 
     def find(name: str) -> Workflow:
-        found = discover(directory)
+        found = discover_loaded(directory)
         entry = found.get(name)
         if entry is None:
-            by_stem = {p.stem: p for p in found.values() if isinstance(p, Path)}
+            by_stem = {Path(w.file).stem: w for w in found.values() if isinstance(w, Workflow)}
             entry = by_stem.get(name)
         if entry is None:
             from .inventory import _suggest
             raise UnknownNameError(f"no workflow named '{name}' in {directory}"
                                    + _suggest(name, found), hint="list them with workflow_list")
         if isinstance(entry, WorkflowError):
-            raise entry
-        return Workflow.load(entry)
+            raise entry.with_traceback(None)     # cached: no traceback of an earlier call
+        return entry
 
     async def wait_for(run: _Run, wait: float) -> WorkflowRunOut:
         if wait > 0:
@@ -112,24 +113,28 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
     async def workflow_list() -> WorkflowListOut:
         """The workflows (multi-step runbooks) this server can run, with targets and steps."""
         with errors("workflow_list"):
-            out = []
-            for name, entry in discover(directory).items():
-                if isinstance(entry, WorkflowError):
-                    out.append(WorkflowInfo(name=name, file=str(entry.where or name),
-                                            problem=str(entry)))
-                    continue
-                wf = Workflow.load(entry)
-                s = wf.spec
-                try:                      # targets and variables against this inventory
-                    wf.check(rt.inventory)
-                    problem = None
-                except WorkflowError as err:
-                    problem = str(err)
-                out.append(WorkflowInfo(
-                    name=wf.name, file=str(entry), description=s.description,
-                    targets=s.targets.model_dump(exclude_none=True),
-                    steps=[st.label for st in s.steps], vars=dict(s.vars), problem=problem))
-            return WorkflowListOut(directory=str(directory), workflows=out)
+            # files are read in a worker thread (never on the event loop), and parsed again
+            # only when they changed
+            return await rt.call(listing)
+
+    def listing() -> WorkflowListOut:
+        out = []
+        for name, wf in discover_loaded(directory).items():
+            if isinstance(wf, WorkflowError):
+                out.append(WorkflowInfo(name=name, file=str(wf.where or name),
+                                        problem=str(wf)))
+                continue
+            s = wf.spec
+            try:                      # targets and variables against this inventory
+                wf.check(rt.inventory)
+                problem = None
+            except WorkflowError as err:
+                problem = str(err)
+            out.append(WorkflowInfo(
+                name=wf.name, file=wf.file, description=s.description,
+                targets=s.targets.model_dump(exclude_none=True),
+                steps=[st.label for st in s.steps], vars=dict(s.vars), problem=problem))
+        return WorkflowListOut(directory=str(directory), workflows=out)
 
     @mcp.tool(annotations=annotations("Run a workflow", destructive=True))
     async def workflow_run(
@@ -140,7 +145,7 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
                         "list is refused).")] = None,
         vars: Annotated[dict[str, str] | None, Field(description="Variables to set or override "
                                                                  "(not secrets).")] = None,
-        wait: Annotated[float, Field(ge=0, description=f"Seconds to wait for the run (at most "
+        wait: Annotated[Seconds, Field(ge=0, description=f"Seconds to wait for the run (at most "
                                                        f"{wait_cap:g}); a longer run returns "
                                                        "running=true and a run_id.")] = 20.0,
     ) -> WorkflowRunOut:
@@ -150,8 +155,14 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
         returned with the results so far; collect the rest with workflow_status(run_id).
         """
         with errors("workflow_run"):
+            check_text(name, "name")
+            for h in hosts or ():
+                check_text(h, "hosts")
+            for k, v in (vars or {}).items():
+                check_text(k, "vars")
+                check_text(v, f"vars.{k}")
             owner = rt.owner(ctx)
-            wf = find(name)
+            wf = await rt.call(lambda: find(name))
             values = dict(vars or {})
             manager = rt.manager
             # problems now, as tool errors (hosts=[] too: it is not "every target")
@@ -193,7 +204,7 @@ def register(mcp: Any, rt: Any, directory: Path, *, errors: Any, wait_cap: float
     async def workflow_status(
         run_id: Annotated[str, Field(description="run_id from workflow_run.")],
         ctx: Context,
-        wait: Annotated[float, Field(ge=0, description=f"Seconds to wait for the run to finish "
+        wait: Annotated[Seconds, Field(ge=0, description=f"Seconds to wait for the run to finish "
                                                        f"(at most {wait_cap:g}).")] = 20.0,
     ) -> WorkflowRunOut:
         """Results of a workflow run so far (or final); waits up to `wait` for it to finish."""

@@ -118,7 +118,8 @@ def test_nornir_resolution_and_unknown_platform(tmp_path):
      "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
      "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n",
      "expands to more than"),
-    ("x: &a [*a]\n", "refers to itself"),
+    ("x: &a [*a]\n", "cannot contain itself"),
+    ("x: " + "[" * 150 + "]" * 150 + "\n", "nested"),
 ])
 def test_imported_yaml_refuses_alias_bombs(text, match):
     with pytest.raises(InventoryError, match=match):

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import InventoryError
+from ..yamlload import YamlProblem, parse_yaml
 
 __all__ = ["Draft", "Note", "device_type_for", "env_name", "jump_name", "load_yaml",
            "parse_jump"]
@@ -168,36 +169,17 @@ def device_type_for(platform: str) -> str | None:
     return p if p in CLASS_MAPPER else None
 
 
-_MAX_NODES = 200_000     # an import file expands to at most this many YAML nodes
-
-
 def load_yaml(text: str, source: str) -> Any:
-    """Safe YAML for imported files, refusing alias bombs and recursive aliases."""
+    """Another tool's YAML, with the limits of our own files (alias bombs, recursion, depth,
+    size refused; see :mod:`..yamlload`) and the problem's file:line in the error."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise InventoryError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
-                             where=where, hint="fix the YAML syntax") from exc
-    if node is None:
-        return None
-    count, stack = 0, [(node, ())]
-    while stack:                      # count the nodes the document expands to
-        n, path = stack.pop()
-        count += 1
-        if count > _MAX_NODES:
-            raise InventoryError(f"the YAML expands to more than {_MAX_NODES:,} nodes "
-                                 "(nested aliases?)", where=f"{source}:{n.start_mark.line + 1}",
-                                 hint="write the values out instead of aliasing aliases")
-        if id(n) in path:
-            raise InventoryError("a YAML alias refers to itself", where=f"{source}:"
-                                 f"{n.start_mark.line + 1}", hint="remove the recursive alias")
-        if isinstance(n, yaml.SequenceNode):
-            stack += [(c, path + (id(n),)) for c in n.value]
-        elif isinstance(n, yaml.MappingNode):
-            stack += [(c, path + (id(n),)) for kv in n.value for c in kv]
-    return yaml.load(text, Loader=yaml.SafeLoader)
+        data, _, problems = parse_yaml(text)
+    except YamlProblem as exc:
+        raise InventoryError(exc.what, where=f"{source}:{exc.line}" if exc.line else source,
+                             hint="fix the file, then import it again") from None
+    for line, what in problems:       # duplicate keys: PyYAML would keep the last silently
+        raise InventoryError(what, where=f"{source}:{line}", hint="fix the file, then import it again")
+    return data
 
 
 _JUMP = re.compile(r"(?:ssh://)?(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:@]+)(?::(?P<port>\d+))?")
