@@ -23,10 +23,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 from importlib import metadata
 from pathlib import Path
 
@@ -36,8 +38,10 @@ os.environ.setdefault("PHJ_LAB_NET", "198")
 sys.path.insert(0, str(ROOT / "tests" / "lab"))
 from sshlab import PREFIX, Lab  # noqa: E402
 
+from phonehome_jump import chain  # noqa: E402
 from phonehome_jump.inventory import Inventory  # noqa: E402
 from phonehome_jump.manager import SessionManager  # noqa: E402
+from phonehome_jump.redact import add_secret  # noqa: E402
 from phonehome_jump.workflow import Workflow, run_workflow  # noqa: E402
 
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
@@ -61,7 +65,14 @@ steps:
   - run: test -d ${cwd}
 """
 MCP_BLOCK = 50          # MCP and core `echo hi` alternate in blocks of this many rounds
+SVC_CLIENTS = 10        # service row: 1 probing client + 9 loading clients (2 sessions each)
+SVC_CALLS = 240         # calls the loading clients run between them
+SVC_PROBES = 50         # unloaded echo rounds of the probing client
+SVC_LOAD = "sleep 0.2; echo x"
 BIG_CAP = 1_000_000     # the bench returns whole outputs so it can check them (default cap 16,000)
+SCALES = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)   # `seq 1 N` output scaling rows
+PAGE_N = 4_000_000      # `seq 1 4000000`: 30.9 MB paged through with read(offset=)
+THROUGHPUT_N = 1_000_000   # `seq 1 1000000`: 6.9 MB, the transport variants
 
 
 def log(msg: str) -> None:
@@ -75,6 +86,7 @@ class Sample:
     values: list[float] = field(default_factory=list)   # seconds (or KiB for RSS)
     unit: str = "ms"
     failed: int = 0                                      # runs that failed (fan-out ssh under load)
+    extra: str = ""                                      # appended to the cell (peak RSS)
 
     def add(self, v: float) -> None:
         self.values.append(v)
@@ -97,7 +109,12 @@ class Sample:
         if self.unit == "KiB":
             return f"{self.median:,.0f} KiB (n={n})"
         cell = f"{fmt_time(self.median)} (p90 {fmt_time(self.p90)}, n={n})"
-        return cell + (f" — {self.failed} ssh failed" if self.failed else "")
+        return cell + (f" — {self.failed} ssh failed" if self.failed else "") + self.extra
+
+
+def p99(values: list[float]) -> float:
+    v = sorted(values)
+    return v[0] if len(v) == 1 else statistics.quantiles(v, n=100, method="inclusive")[98]
 
 
 def fmt_time(seconds: float) -> str:
@@ -115,11 +132,81 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def rss_kib() -> int:
+def rss_kib(field: str = "VmRSS") -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Make VmHWM (peak RSS) start again from the current RSS (Linux clear_refs 5)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:,.1f} MiB"
+
+
+_SEQ: dict[int, tuple[int, str]] = {}
+
+
+def seq_digest(n: int) -> tuple[int, str]:
+    """Length and SHA-256 of `seq 1 n`'s output, computed in blocks (never all in memory)."""
+    if n not in _SEQ:
+        h, length = hashlib.sha256(), 0
+        for lo in range(1, n + 1, 100_000):
+            block = "".join(f"{i}\n" for i in range(lo, min(lo + 100_000, n + 1))).encode()
+            h.update(block)
+            length += len(block)
+        _SEQ[n] = (length, h.hexdigest())
+    return _SEQ[n]
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    h, length = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+            length += len(block)
+    return length, h.hexdigest()
+
+
+def run_child(argv: list[str], out: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Run argv with stdout to ``out``; (wall seconds, the child's peak RSS in KiB).
+
+    The peak is the child's VmHWM, polled from /proc until it exits (a high-water mark, so
+    polling loses at most the last few ms); ru_maxrss would include the forked bench's own.
+    """
+    peak = [0]
+    with out.open("wb") as fh:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.PIPE,
+                                env=env)
+        status = Path(f"/proc/{proc.pid}/status")
+
+        def poll() -> None:
+            mine = Path("/proc/self/cmdline").read_bytes()
+            while proc.returncode is None:
+                try:
+                    if Path(f"/proc/{proc.pid}/cmdline").read_bytes() == mine:
+                        time.sleep(0.001)        # still the forked bench, before exec
+                        continue
+                    for line in status.read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            peak[0] = max(peak[0], int(line.split()[1]))
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
+        _, err = proc.communicate()
+        elapsed = time.perf_counter() - t0
+        watcher.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:6])} … failed ({proc.returncode}): {err.decode()[-300:]}")
+    return elapsed, peak[0]
 
 
 # ----------------------------------------------------------------------------- OpenSSH
@@ -385,6 +472,103 @@ class Bench:
                           f"core `SessionManager.command`, alternating: {self.s('mcp/core').cell()}; "
                           f"MCP `ssh_session_list` (no SSH): {self.s('mcp/list').cell()}")
 
+    def service(self) -> None:
+        """The MCP server as a shared service over streamable HTTP: `echo hi` on an idle session
+        of one client while SVC_CLIENTS - 1 other clients run SVC_CALLS calls over two sessions
+        each, beside the same echo with no load, in the same run."""
+        import socket
+
+        import anyio
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cli = Path(sys.executable).parent / "phonehome-jump"
+        url = f"http://127.0.0.1:{port}/mcp"
+        loaders = SVC_CLIENTS - 1
+        log(f"MCP over HTTP: echo on an idle session, unloaded, then while {loaders} clients run "
+            f"{SVC_CALLS} calls (`{SVC_LOAD}`) over {2 * loaders} sessions")
+        proc = subprocess.Popen([str(cli), "--inventory", str(self.lab.inventory), "serve",
+                                 "--http", f"127.0.0.1:{port}"], env=dict(os.environ),
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("phonehome-jump serve --http did not start")
+                    time.sleep(0.1)
+
+            async def call(client: Client, tool: str, **args: object) -> dict:
+                r = await client.call_tool(tool, args)
+                if r.is_error:
+                    raise RuntimeError(f"MCP {tool}: {r.content[0].text}")
+                return r.structured_content   # type: ignore[return-value]
+
+            async def echo(client: Client, sid: str, key: str) -> None:
+                t0 = time.perf_counter()
+                r = await call(client, "ssh_session_command", session_id=sid, command="echo hi")
+                self.s(key).add(time.perf_counter() - t0)
+                assert r["output"] == "hi\n", r
+
+            async def run() -> None:
+                from contextlib import AsyncExitStack
+                async with AsyncExitStack() as stack:
+                    clients = [await stack.enter_async_context(Client(streamable_http_client(url)))
+                               for _ in range(SVC_CLIENTS)]
+                    probe, *load = clients
+                    psid = (await call(probe, "ssh_session_open", host=self.targets[0]))["session_id"]
+                    sessions = []
+                    for i, c in enumerate(load):
+                        for j in range(2):
+                            host = self.targets[(2 * i + j) % len(self.targets)]
+                            sessions.append((c, (await call(c, "ssh_session_open", host=host))["session_id"]))
+                    for _ in range(10):
+                        await echo(probe, psid, "svc/warm")
+                    for _ in range(SVC_PROBES):
+                        await echo(probe, psid, "svc/idle")
+                    queue = list(range(SVC_CALLS))
+                    done = anyio.Event()
+
+                    async def worker(c: Client, sid: str) -> None:
+                        while queue:
+                            queue.pop()
+                            r = await call(c, "ssh_session_command", session_id=sid, command=SVC_LOAD)
+                            assert r["output"] == "x\n", r
+
+                    async def probing() -> None:
+                        while not done.is_set():
+                            await echo(probe, psid, "svc/phj")
+
+                    t0 = time.perf_counter()
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(probing)
+                        async with anyio.create_task_group() as workers:
+                            for c, sid in sessions:
+                                workers.start_soon(worker, c, sid)
+                        self.s("svc/wall", "s").add(time.perf_counter() - t0)
+                        done.set()
+
+            anyio.run(run)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        wall = self.r["svc/wall"].values[0]
+        loaded, idle = self.s("svc/phj"), self.s("svc/idle")
+        self.notes.append(
+            f"MCP service over HTTP: {SVC_CLIENTS - 1} clients ran {SVC_CALLS} × `{SVC_LOAD}` over "
+            f"{2 * (SVC_CLIENTS - 1)} sessions in {wall:.2f} s ({SVC_CALLS / wall:.1f} calls/s); meanwhile a "
+            f"10th client's `echo hi` on its idle session: {loaded.cell()}, p99 {fmt_time(p99(loaded.values))}; "
+            f"unloaded: {idle.cell()}, p99 {fmt_time(p99(idle.values))}")
+
     def opens(self) -> None:
         a = self.args
         log(f"session open: {a.opens} × cold, {a.opens} × chain up")
@@ -497,6 +681,173 @@ class Bench:
                 self.s("wf/steps").add(steps)
 
 
+    # -- output of any size (issue: linear time, bounded memory) ------------------------
+
+    def _page_digest(self, m: SessionManager, sid: str, total: int) -> tuple[int, str]:
+        h, offset = hashlib.sha256(), 0
+        while offset < total:
+            page = m.read(sid, offset=offset)
+            h.update(page.output.encode())
+            offset = page.next_offset
+        return total, h.hexdigest()
+
+    def output(self) -> None:
+        """`seq 1 N`, N = 1e3 … 1e7, in an open session (default cap: head and tail returned)
+        beside OpenSSH ControlMaster writing to a file; time and peak RSS."""
+        a = self.args
+        scales = [n for n in SCALES if n <= a.max_lines]
+        rounds = {1_000: 20, 10_000: 10, 100_000: 5, 1_000_000: 5, 10_000_000: 3}
+        log(f"output scaling: seq 1 N for N in {', '.join(f'{n:.0e}' for n in scales)}")
+        with SessionManager(self.inv) as m:
+            sid = m.open(self.targets[0]).id
+            for n in scales:
+                want = seq_digest(n)
+                peak = 0
+                for _ in range(rounds.get(n, 3)):
+                    gc.collect()
+                    base = rss_kib()
+                    reset_peak_rss()
+                    dt, res = timed(lambda: m.command(sid, f"seq 1 {n}", wait=600))
+                    peak = max(peak, rss_kib("VmHWM") - base)
+                    assert res.exit_status == 0 and res.total == want[0], res.total  # type: ignore[union-attr]
+                    self.s(f"out{n}/phj").add(dt)
+                got = self._page_digest(m, sid, want[0])          # complete and exact (untimed)
+                assert got == want, f"seq 1 {n}: output differs from seq's"
+                self.s(f"out{n}/phj").extra = f"; peak RSS +{mib(peak)}"
+                self.s(f"out{n}/phjpeak", "KiB").add(peak)
+        self.ossh.start_master("cm-target1", self.ossh.cm_target)
+        try:
+            for n in scales:
+                want, peak = seq_digest(n), 0
+                out = self.ossh.tmp / "seq.out"
+                for _ in range(rounds.get(n, 3)):
+                    dt, rss = run_child([SSH, "-F", str(self.ossh.cfg), "-S", str(self.ossh.cm_target),
+                                         "cm-target1", f"seq 1 {n}"], out)
+                    assert file_digest(out) == want
+                    peak = max(peak, rss)
+                    self.s(f"out{n}/cm").add(dt)
+                self.s(f"out{n}/cm").extra = f"; ssh peak RSS {mib(peak)}"
+                if n >= 100_000:     # the same through a pty, as a session's shell has one
+                    ok = 0
+                    for _ in range(rounds.get(n, 3)):
+                        dt, _ = run_child([SSH, "-tt", "-F", str(self.ossh.cfg), "-S",
+                                           str(self.ossh.cm_target), "cm-target1",
+                                           f"stty -onlcr; seq 1 {n}"], out)
+                        ok += file_digest(out) == want
+                        self.s(f"out{n}/cmtt").add(dt)
+                    self.notes.append(f"`seq 1 {n}` over the ControlMaster with a pty (`ssh -tt`, "
+                                      f"`stty -onlcr`), as a session's shell has one: "
+                                      f"{self.s(f'out{n}/cmtt').cell()}, output exact {ok}/{rounds.get(n, 3)}")
+                out.unlink()
+        finally:
+            self.ossh.stop_master("cm-target1", self.ossh.cm_target)
+        self.notes.append("output rows: every phonehome-jump output was paged through afterwards "
+                          "(read with offset=) and its SHA-256 matched seq's; every OpenSSH output "
+                          "file too. Peak RSS: phonehome-jump = VmHWM above the RSS before the "
+                          "command (in-process); OpenSSH = the ssh client's own peak (its VmHWM, polled from /proc)")
+
+    def paging(self) -> None:
+        """Page through 30.9 MB with read(offset=), without and then with two secrets."""
+        n = PAGE_N
+        want = seq_digest(n)
+        log(f"paging: seq 1 {n} ({want[0] / 1e6:.1f} MB) in pages, without and with 2 secrets")
+        with SessionManager(self.inv) as m:
+            sid = m.open(self.targets[0]).id
+            res = m.command(sid, f"seq 1 {n}", wait=600)
+            assert res.total == want[0]
+            for key, label in (("page", "no secrets"), ("pages", "2 secrets")):
+                if key == "pages":
+                    add_secret("canary-bench-secret-one")   # registered: every page is masked
+                    add_secret("canary-bench-secret-two")
+                per_page, h, offset = Sample(), hashlib.sha256(), 0
+                t0 = time.perf_counter()
+                while offset < res.total:
+                    dt, page = timed(lambda: m.read(sid, offset=offset))
+                    per_page.add(dt)
+                    h.update(page.output.encode())          # type: ignore[union-attr]
+                    offset = page.next_offset               # type: ignore[union-attr]
+                self.s(f"{key}/phj").add(time.perf_counter() - t0)
+                assert (res.total, h.hexdigest()) == want
+                first, last = Sample(per_page.values[:200]), Sample(per_page.values[-200:])
+                self.s(f"{key}/phj").extra = (f"; {len(per_page.values)} pages, per page: first 200 "
+                                              f"{fmt_time(first.median)}, last 200 {fmt_time(last.median)}")
+
+    def throughput(self) -> None:
+        """6.9 MB through both hops with transport variants: cipher, window, max packet."""
+        n = THROUGHPUT_N
+        want = seq_digest(n)
+        variants = [
+            ("aes128-gcm@openssh.com first (default)", None, None, None),
+            ("aes128-ctr + hmac-sha2-256 (paramiko's order)", "aes128-ctr", None, None),
+            ("aes128-gcm, window 8 MiB", None, 8 << 20, None),
+            ("aes128-gcm, window 512 KiB", None, 512 << 10, None),
+            ("aes128-gcm, max packet 64 KiB", None, None, 64 << 10),
+        ]
+        log(f"throughput: seq 1 {n} with {len(variants)} transport variants")
+        orig = chain.AnsweringTransport
+        results = []
+        for _ in range(self.args.variant_rounds):
+            for label, cipher, window, packet in variants:
+                class Variant(orig):           # type: ignore[misc, valid-type]
+                    if cipher:
+                        _preferred_ciphers = (cipher,)
+
+                    def __init__(self, *args, **kw):   # type: ignore[no-untyped-def]
+                        if window:
+                            kw["default_window_size"] = window
+                        if packet:
+                            kw["default_max_packet_size"] = packet
+                        super().__init__(*args, **kw)
+                chain.AnsweringTransport = Variant     # what hops and targets are built with
+                try:
+                    with SessionManager(self.inv) as m:
+                        sid = m.open(self.targets[0]).id
+                        m.command(sid, "seq 1 1000")
+                        for _ in range(3):
+                            dt, res = timed(lambda: m.command(sid, f"seq 1 {n}", wait=600))
+                            assert res.total == want[0]  # type: ignore[union-attr]
+                            self.s(f"tp/{label}").add(dt)
+                finally:
+                    chain.AnsweringTransport = orig
+        for label, *_ in variants:
+            results.append(f"{label} {self.s(f'tp/{label}').cell()}")
+        self.notes.append(f"transport variants, seq 1 {n} ({want[0] / 1e6:.1f} MB) in an open "
+                          "session to target1 through both jumps, all in this run: " + "; ".join(results))
+
+    def oneshot(self) -> None:
+        """`phonehome-jump run` (a new process each time) against `ssh -J`: start and bulk."""
+        a = self.args
+        cli = str(Path(sys.executable).parent / "phonehome-jump")
+        env = dict(os.environ)
+        run = [cli, "--inventory", str(self.lab.inventory), "run", self.targets[0], "--"]
+        ssh = [SSH, "-F", str(self.ossh.cfg), "-J", "jump1,jump2", f"phjkey@{self.lab.addr('target1')}"]
+        out = self.ossh.tmp / "oneshot.out"
+        log(f"one-shot: {a.fresh} × run true and ssh -J true")
+        base_rss = 0
+        for _ in range(a.fresh):
+            dt, rss = run_child([*run, "true"], out, env)
+            base_rss = max(base_rss, rss)
+            self.s("runtrue/phj").add(dt)
+            dt, _ = run_child([*ssh, "true"], out)
+            self.s("runtrue/fresh").add(dt)
+        n = min(10_000_000, a.max_lines)
+        want = seq_digest(n)
+        log(f"one-shot: 3 × run seq 1 {n} and ssh -J seq 1 {n}, output to a file")
+        peak = ssh_peak = 0
+        for _ in range(3):
+            dt, rss = run_child([*run, f"seq 1 {n}"], out, env)
+            assert file_digest(out) == want, "run: output differs from seq's"
+            peak = max(peak, rss)
+            self.s("runbig/phj").add(dt)
+            dt, rss = run_child([*ssh, f"seq 1 {n}"], out)
+            assert file_digest(out) == want
+            ssh_peak = max(ssh_peak, rss)
+            self.s("runbig/fresh").add(dt)
+        out.unlink()
+        self.s("runbig/phj").extra = f"; peak RSS {mib(peak)} (+{mib(peak - base_rss)} over `run true`)"
+        self.s("runbig/fresh").extra = f"; ssh peak RSS {mib(ssh_peak)}"
+        self.s("runtrue/phj").extra = f"; peak RSS {mib(base_rss)}"
+
     def files(self) -> None:
         """FILE_MB MiB up and down through jump1 → jump2, cold (a new manager each copy), beside
         ``scp -J jump1,jump2`` (three fresh logins each); bytes checked on both sides."""
@@ -541,16 +892,32 @@ class Bench:
 
 # ----------------------------------------------------------------------------- report
 
-ROWS = [
-    # key, label, target (seconds or None), what the OpenSSH columns ran
+def _bytes(n: int) -> str:
+    """Size of `seq 1 n`'s output: numbers of d digits, plus a newline each."""
+    size = sum((min(n, 10**d - 1) - 10**(d - 1) + 1) * (d + 1)
+               for d in range(1, len(str(n)) + 1) if n >= 10**(d - 1))
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+ROWS: list[tuple[str, str, Any]] = [
+    # key, label, target: seconds, ("×", factor, column) against OpenSSH's median, or None
     ("echo", "`echo hi` round trip, open session", 0.010),
     ("seq", f"`seq 1 {SEQ_N}` ({len(SEQ_EXPECTED):,} B), open session", 0.030),
-    ("cold", "open session, cold (no hops up)", 0.400),
-    ("warm", "open session, chain already up", None),
-    ("fan", f"{FANOUT} sessions + 1 command each, concurrent", 5.0),
+    ("cold", "open session, cold (no hops up)", 0.100),
+    ("warm", "open session, chain already up", 0.040),
+    ("fan", f"{FANOUT} sessions + 1 command each, concurrent", 0.8),
     ("mcp", "MCP overhead of ssh_session_command (stdio)", 0.003),
-    ("wf", f"5-step workflow, {WF_HOSTS} hosts, one shared two-hop chain (wall)", 3.0),
+    ("svc", f"MCP over HTTP: `echo hi` on an idle session while {SVC_CLIENTS - 1} clients run "
+            f"{SVC_CALLS} calls (unloaded in brackets)", 0.100),
+    ("wf", f"5-step workflow, {WF_HOSTS} hosts, one shared two-hop chain (wall)", 0.400),
     ("rss", "RSS per session (50 open)", None),
+    *[(f"out{n}", f"`seq 1 {n:.0e}`".replace("e+0", "e") + f" ({_bytes(n)}), open session",
+       ("×", 1.5, "cm") if n == 1_000_000 else ("rss", 64 << 10) if n == 10_000_000 else None)
+      for n in SCALES],
+    ("page", f"page through `seq 1 {PAGE_N:.0e}`".replace("e+0", "e") + " (30.9 MB), read(offset=)", None),
+    ("pages", "the same, 2 secrets registered", None),
+    ("runtrue", "`phonehome-jump run HOST -- true` (new process) vs `ssh -J`", ("×", 1.0, "fresh")),
+    ("runbig", "`run HOST -- seq 1 1e7` (78.9 MB) to a file vs `ssh -J`", ("×", 2.0, "fresh")),
     ("up", "100 MiB upload, cold, two jumps (SFTP vs scp -J)", None),
     ("down", "100 MiB download, cold, two jumps (SFTP vs scp -J)", None),
 ]
@@ -560,6 +927,8 @@ def table(b: Bench, markdown: bool) -> str:
     head = ["measurement", "phonehome-jump", "OpenSSH ControlMaster", "OpenSSH fresh -J", "target"]
     rows = []
     for key, label, target in ROWS:
+        if not any(k.startswith(key + "/") for k in b.r):
+            continue                            # a section that did not run (--only)
         phj = b.r.get(f"{key}/phj", Sample())
         value, cell = (phj.median, phj.cell()) if phj.values else (None, "—")
         if key == "mcp":      # the difference of two medians measured side by side
@@ -568,8 +937,25 @@ def table(b: Bench, markdown: bool) -> str:
                 value = via.median - core.median
                 cell = (f"{fmt_time(value)} (MCP {fmt_time(via.median)} vs core {fmt_time(core.median)}, "
                         f"n={len(via.values)})")
+        if key == "svc" and phj.values:   # loaded beside unloaded, with p99 and the load's throughput
+            idle, wall = b.r["svc/idle"], b.r["svc/wall"].values[0]
+            cell = (f"{fmt_time(phj.median)} (p99 {fmt_time(p99(phj.values))}, n={len(phj.values)}) "
+                    f"[{fmt_time(idle.median)}, p99 {fmt_time(p99(idle.values))}]; load "
+                    f"{SVC_CALLS / wall:.1f} calls/s")
         tgt = "—"
-        if target is not None:
+        if isinstance(target, tuple) and target[0] == "rss":     # peak RSS above baseline
+            peak = b.r.get(f"{key}/phjpeak", Sample())
+            tgt = f"peak RSS ≤ +{mib(target[1])}"
+            if peak.values:
+                tgt += " ✓" if max(peak.values) <= target[1] else " ✗ missed"
+        elif isinstance(target, tuple):        # relative to OpenSSH's median in this run
+            _, factor, col = target
+            other = b.r.get(f"{key}/{col}", Sample())
+            tgt = f"≤ {factor:g}× {'ControlMaster' if col == 'cm' else 'ssh -J'}"
+            if value is not None and other.values:
+                ratio = value / other.median
+                tgt += f" ({ratio:.2f}×)" + (" ✓" if ratio <= factor else " ✗ missed")
+        elif target is not None:
             tgt = f"≤ {fmt_time(target).replace('.00 ', ' ').replace('.0 ', ' ')}"
             if value is not None:
                 tgt += " ✓" if value <= target else " ✗ missed"
@@ -592,6 +978,10 @@ LEGEND = [
     "phonehome-jump fan-out starts from a fresh SessionManager (chain dialed once, shared by all 50).",
     "MCP row: median of `echo hi` via an MCP client → `phonehome-jump serve` (stdio) minus median of "
     "`SessionManager.command` in-process, alternating in blocks of 50, both to target1 through both jumps.",
+    f"service row: `phonehome-jump serve --http`, {SVC_CLIENTS} MCP clients (streamable HTTP); "
+    f"{SVC_CLIENTS - 1} of them run {SVC_CALLS} × `{SVC_LOAD}` over 2 sessions each while the "
+    "10th times `echo hi` on its idle session to target1; unloaded = the same echo before the load; "
+    "load = calls/s of the loading clients.",
     f"workflow row: `run_workflow` of a 5-step workflow (cd, pwd + capture, echo + assert, uname + assert, "
     f"test) on {WF_HOSTS} inventory hosts spread over the targets, all behind jump1 → jump2, concurrency "
     f"{WF_HOSTS}, each run from a new SessionManager (chain dialed once per run, shared by all hosts).",
@@ -617,8 +1007,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workflows", type=int, default=5, help="workflow runs (default 5)")
     ap.add_argument("--file-rounds", type=int, default=3, help="100 MiB copies each way (default 3)")
     ap.add_argument("--only", metavar="LIST",
-                    help="comma-separated sections to run: commands,mcp,opens,fanout,workflow,files "
-                         "(default all)")
+                    help="comma-separated sections to run: commands,mcp,service,opens,fanout,"
+                         "workflow,output,paging,throughput,oneshot,files (default all)")
+    ap.add_argument("--max-lines", type=int, default=10_000_000,
+                    help="largest `seq 1 N` of the output and one-shot rows (default 1e7)")
+    ap.add_argument("--variant-rounds", type=int, default=2,
+                    help="rounds over the transport variants (3 commands each; default 2)")
     ap.add_argument("--targets", type=int, default=5, help="lab targets (default 5)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--wait", type=float, default=900, help="seconds to wait for another lab to go away")
@@ -651,7 +1045,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(lab, ossh, a)
         bench.warm_up()
         only = set(a.only.split(",")) if a.only else None
-        for section in ("commands", "mcp", "opens", "fanout", "workflow", "files"):
+        for section in ("commands", "mcp", "service", "opens", "fanout", "workflow", "output",
+                        "throughput", "oneshot", "files", "paging"):   # paging last: it registers secrets
             if only is None or section in only:
                 getattr(bench, section)()
     except KeyboardInterrupt:

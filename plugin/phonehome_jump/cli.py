@@ -38,16 +38,19 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
 from .audit import ENV_AUDIT
 from .errors import ConnectError, InputError, InventoryError, PhonehomeJumpError, PolicyError
 from .inputs import count_arg, seconds_arg
 from .inventory import ENV_VAR, Inventory, Target
-from .manager import SessionInfo, SessionManager
+from .limits import add_limit_options
+from .output import CommandResult
 from .redact import REDACTOR, RedactingFilter, mask
-from .session import CommandResult
+
+if TYPE_CHECKING:   # the manager pulls in paramiko: imported when a command connects
+    from .manager import SessionInfo, SessionManager
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,25 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_PIPE = 141         # 128 + SIGPIPE
 EXIT_CONNECT = 255      # like ssh
 
+
+
+def __getattr__(name: str) -> Any:
+    """``cli.SessionManager``/``cli.SessionInfo`` without importing paramiko at start."""
+    if name in ("SessionManager", "SessionInfo"):
+        from . import manager
+        return getattr(manager, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _no_invoke() -> None:
+    """Keep paramiko from importing ``invoke`` in this process (tens of ms per start).
+
+    paramiko needs it only for ``Match exec`` in an ssh_config file, which phonehome-jump
+    never reads; paramiko treats a missing invoke as optional. Only the command line does
+    this: a program that embeds the package keeps its own imports.
+    """
+    if "invoke" not in sys.modules and "paramiko" not in sys.modules:
+        sys.modules["invoke"] = None     # type: ignore[assignment]  # import fails at once
 
 
 class _Timeout(Exception):
@@ -195,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", action="append", metavar="SITE=HOST:PORT",
                    help="run the sessions of hosts with `client: SITE` at that site's agent "
                         "(loopback HOST:PORT, e.g. the ET Phone Home tunnel port); repeatable")
+    add_limit_options(p)
     p.set_defaults(func=cmd_serve)
 
     # ET Phone Home: the agent protocol (length-prefixed JSON) beside the client (agent_server.py)
@@ -229,11 +252,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "  try: pip install 'phonehome-jump[mcp]' in phonehome-jump's own environment (not "
               "in the ET Phone Home server's: it pins its own mcp)", file=sys.stderr)
         return 2
-    from .mcp_server import serve   # the MCP SDK is only imported by the command that needs it
+    from .mcp_server import serve, service_options   # the MCP SDK: only for this command
 
     return serve(args.inventory, http=args.http, token_file=args.token_file,
                  token_env=args.token_env, agents=args.agent,
-                 audit_log=args.audit_log, workflows=getattr(args, "workflows", None))
+                 audit_log=args.audit_log, workflows=getattr(args, "workflows", None),
+                 **service_options(args))
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -324,6 +348,8 @@ def _manager(args: argparse.Namespace) -> SessionManager:
         user = getpass.getuser()
     except Exception:  # no passwd entry (bare containers): the audit still says "cli"
         user = "?"
+    from .manager import SessionManager
+
     return SessionManager(_load(args), audit_path=args.audit_log, actor=f"cli:{user}")
 
 
@@ -628,6 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.audit_log = (getattr(args, "sub_audit_log", None) or args.audit_log
                       or os.environ.get(ENV_AUDIT) or None)
     undo = _setup_logging(args.verbose)
+    _no_invoke()
     try:
         return args.func(args)
     except PhonehomeJumpError as err:

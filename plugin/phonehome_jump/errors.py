@@ -127,9 +127,34 @@ class UnknownSessionError(SessionError):
 
 
 class LimitError(SessionError):
-    """A per-host or total session limit would be exceeded."""
+    """A per-host, per-client or total session limit would be exceeded."""
 
     code = -32005
+
+
+class SessionBusyError(SessionError):
+    """Another call holds the session (a command still runs, or a call waits on its output).
+
+    Raised at once rather than after the other call's wait; nothing was sent. ``command`` is
+    what runs (masked), ``running_for`` its age in seconds, ``holder_left`` how long the call
+    waiting on it may still wait (None when no call waits on it).
+    """
+
+    code = -32010
+
+    def __init__(self, what: str, *, command: str | None, running_for: float | None,
+                 holder_left: float | None, where: str | None = None,
+                 hint: str | None = None) -> None:
+        self.command = command
+        self.running_for = running_for
+        self.holder_left = holder_left
+        super().__init__(what, where=where, hint=hint)
+
+
+class CallAbandonedError(SessionError):
+    """The caller gave up (cancelled, timed out) before the command was sent: nothing was sent."""
+
+    code = -32011
 
 
 class PolicyError(PhonehomeJumpError):

@@ -48,9 +48,10 @@ def register(mcp: Any, rt: Any, *, errors: Any, annotations: Any, actor: Any,
         """Run ``op(actor, approval)`` (a manager upload/download) in a worker thread; a
         ``confirm`` copy runs only once a person approved it (see mcp_approval)."""
         with errors(tool):
-            who = actor(ctx, rt.owner(ctx))
+            owner = rt.owner(ctx)
+            who = actor(ctx, owner)
             approval = decide(g, answer, confirm=confirm, actor=who, record=rt.manager.record)
-            r = await rt.call(lambda: op(who, approval))
+            r = await rt.call(lambda: op(who, approval), owner=owner)   # one of its call slots
             return TransferOut(**r.to_dict())
 
     async def upload_gate(host: str, remote_path: str, ctx: Context) -> Gate:

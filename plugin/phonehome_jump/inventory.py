@@ -51,6 +51,7 @@ from pydantic import model_validator
 from pydantic_core import core_schema
 
 from .audit import AuditSpec
+from .limits import LimitsSpec
 from .errors import InventoryError, SecretError, UnknownNameError
 from .inputs import Seconds, Whole, check_text
 from .policy import Policy, PolicySpec
@@ -285,11 +286,14 @@ class InventoryFile(BaseModel):
     hosts: dict[str, HostSpec] | None = Field(None, description="Targets you can open sessions on.")
     audit: AuditSpec | None = Field(None, description="Audit log (JSON Lines) and transcripts; "
                                                       "set in one file only.")
+    limits: LimitsSpec | None = Field(None, description="Session timeouts and limits of the "
+                                                        "server; set in one file only.")
 
 
-_SINGLE = ("defaults", "audit")     # sections that are one mapping, not named entries
+_SINGLE = ("defaults", "audit", "limits")   # sections that are one mapping, not named entries
 _SECTIONS: dict[str, tuple[type[BaseModel], str]] = {
     "defaults": (DefaultsSpec, "defaults"), "audit": (AuditSpec, "audit"),
+    "limits": (LimitsSpec, "limits"),
     "credentials": (CredentialsSpec, "credentials"),
     "jump_hosts": (JumpHostSpec, "jump host"), "groups": (GroupSpec, "group"),
     "hosts": (HostSpec, "host"),
@@ -494,6 +498,7 @@ class _Builder:
         self.files: list[str] = []
         self.entries: dict[str, dict[str, _Entry]] = {s: {} for s in _SECTIONS if s not in _SINGLE}
         self.audit: _Entry | None = None
+        self.limits: _Entry | None = None
         self.default_parts: list[_Entry] = []
         self.defaults = DefaultsSpec()
         self.default_owner: dict[str, _Entry] = {}
@@ -531,14 +536,14 @@ class _Builder:
                 entry = _Entry("defaults", "defaults", file, lines)
                 entry.spec = self._validate(entry, body)
                 self.default_parts.append(entry)
-            elif section == "audit":
-                entry = _Entry("audit", "audit", file, lines)
-                if self.audit is not None:
-                    self.add(at, f"audit is set twice: {_fmt(*self.audit.at())} and "
+            elif section in ("audit", "limits"):
+                entry = _Entry(section, section, file, lines)
+                if (prev := getattr(self, section)) is not None:
+                    self.add(at, f"{section} is set twice: {_fmt(*prev.at())} and "
                                  f"{_fmt(*entry.at())}; keep one")
                 else:
                     entry.spec = self._validate(entry, body)
-                    self.audit = entry
+                    setattr(self, section, entry)
             elif body is not None and not isinstance(body, dict):
                 self.add(at, f"section '{section}' must be a mapping of name: settings")
             else:
@@ -810,6 +815,10 @@ class _Builder:
     def audit_spec(self) -> AuditSpec | None:
         return self.audit.spec if self.audit is not None else None
 
+    @property
+    def limits_spec(self) -> LimitsSpec | None:
+        return self.limits.spec if self.limits is not None else None
+
     def finish(self) -> dict[str, Target]:
         self.check()
         self.check_device_types()
@@ -831,8 +840,10 @@ class Inventory:
     """Resolved, validated inventory. Build it with :meth:`load` or :meth:`from_text`."""
 
     def __init__(self, targets: Mapping[str, Target], groups: Iterable[str],
-                 sources: Iterable[Path] = (), audit: AuditSpec | None = None) -> None:
+                 sources: Iterable[Path] = (), audit: AuditSpec | None = None,
+                 limits: LimitsSpec | None = None) -> None:
         self.audit = audit      # the `audit:` section, if a file sets one
+        self.limits = limits or LimitsSpec()    # the `limits:` section, or its defaults
         self._targets = dict(targets)
         self._groups = sorted(groups)
         self.sources: list[Path] = list(sources)
@@ -878,7 +889,8 @@ class Inventory:
                         hint=f"an inventory holds at most {MAX_HOSTS} hosts; split the sites "
                              "into several inventories (one per agent or MCP server)")
                 builder.parse(text, str(file))
-            return cls(builder.finish(), builder.entries["groups"], files, builder.audit_spec)
+            return cls(builder.finish(), builder.entries["groups"], files, builder.audit_spec,
+                       builder.limits_spec)
         except MemoryError:
             pass    # leave the handler first: its traceback holds the half-built data
         del builder
@@ -892,7 +904,8 @@ class Inventory:
     def from_text(cls, text: str, source: str = "<string>") -> Inventory:
         builder = _Builder()
         builder.parse(text, source)
-        return cls(builder.finish(), builder.entries["groups"], (), builder.audit_spec)
+        return cls(builder.finish(), builder.entries["groups"], (), builder.audit_spec,
+                   builder.limits_spec)
 
     def target(self, name: str) -> Target:
         check_text(name, "host")

@@ -1,8 +1,10 @@
 """The session manager: the one core API every adapter (CLI, MCP, agent, workflows) calls.
 
 It opens sessions by inventory name through shared hop connections, hands out ids, and
-owns their lifecycle: limits per host and in total, idle timeout, and dead detection
-(a hop that goes down marks every session that runs through it).
+owns their lifecycle: limits per host, per owner (client) and in total, the idle timeout, a
+longer limit for sessions whose command runs unattended, and dead detection (a hop that goes
+down marks every session that runs through it). A closed session is remembered for a while,
+so a late call on it hears who closed it.
 
 Safety lives here too, so that every entry point (MCP, CLI, workflows, the agent) gets it
 the same way: the inventory's command policy is checked before a command or a line-ending
@@ -18,22 +20,32 @@ import secrets
 import shlex
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from .audit import AuditLog, AuditSpec
+from .callstate import caller_gone
 from .chain import Hop, HopPool, diagnose, dial, early_eof, login_gate, open_tunnel
-from .errors import (ConnectError, LimitError, PatternTimeoutError, PhonehomeJumpError,
-                     PolicyError, SessionDeadError, SessionError, UnknownSessionError)
+from .errors import (CallAbandonedError, ConnectError, LimitError, PatternTimeoutError,
+                     PhonehomeJumpError, PolicyError, SessionBusyError, SessionDeadError,
+                     SessionError, UnknownSessionError)
 from .inputs import check_text
 from .inventory import Inventory, Target
 from .policy import Approval
 from .prompts import prompt_waiting
 from .redact import MASK, add_secret
+from .output import default_memory
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
 from .transfer import TransferResult, download, upload
 
 log = logging.getLogger(__name__)
+
+# Why a session was closed, as later calls on it are told ("session ... is closed: <why>").
+BY_OWNER = "closed by this client"
+BY_SHUTDOWN = "closed at server shutdown"
+BY_DISCONNECT = "closed because its client disconnected"
+REMEMBER_CLOSED = 4096        # closed ids remembered for "closed by whom" answers
 
 
 @dataclass
@@ -69,22 +81,34 @@ class _Entry:
 class SessionManager:
     """Owns sessions and the hop pool. Thread-safe."""
 
-    def __init__(self, inventory: Inventory, *, max_sessions: int = 100, max_per_host: int = 25,
-                 idle_timeout: float = 1800.0, cap: int = DEFAULT_CAP,
-                 audit_path: str | None = None, actor: str | None = None) -> None:
+    def __init__(self, inventory: Inventory, *, max_sessions: int | None = None,
+                 max_per_host: int | None = None, max_per_client: int | None = None,
+                 idle_timeout: float | None = None, running_timeout: float | None = None,
+                 cap: int = DEFAULT_CAP, audit_path: str | None = None,
+                 actor: str | None = None, output_memory: int | None = None) -> None:
+        """Limits left None come from the inventory's ``limits:`` section (or its defaults)."""
         self.inventory = inventory
+        limits = inventory.limits
         # the inventory's `audit:` section; audit_path (CLI --audit-log) overrides its path
         spec = inventory.audit or (AuditSpec(path=audit_path) if audit_path else None)
         self.audit = AuditLog.from_spec(spec, audit_path) if spec else None
         self.actor = actor          # who acts, for the audit log, unless open() names another
         self.pool = HopPool()
-        self.max_sessions = max_sessions
-        self.max_per_host = max_per_host
-        self.idle_timeout = idle_timeout
+        self.max_sessions = limits.max_sessions if max_sessions is None else max_sessions
+        self.max_per_host = limits.max_per_host if max_per_host is None else max_per_host
+        self.max_per_client = limits.max_per_client if max_per_client is None else max_per_client
+        self.idle_timeout = limits.idle_timeout if idle_timeout is None else idle_timeout
+        self.running_timeout = (limits.running_timeout if running_timeout is None
+                                else running_timeout)
         self.cap = cap
+        self._closed: OrderedDict[str, tuple[str | None, str]] = OrderedDict()  # id -> owner, why
+        # characters of one command's output a session keeps in memory; the rest goes to a
+        # private temporary file (None: $PHONEHOME_JUMP_OUTPUT_MEMORY or 4,000,000)
+        self.output_memory = output_memory if output_memory is not None else default_memory()
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._opening: dict[str, int] = {}       # host -> opens in flight (count toward limits)
+        self._opening_by: dict[str | None, int] = {}   # owner -> opens in flight
         self._claimed: set[str] = set()          # caller-chosen ids of opens in flight
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
@@ -108,16 +132,20 @@ class SessionManager:
         if session_id is not None:
             self._claim(session_id, target)
         try:
-            self._reserve(target)
+            self._reserve(target, owner)
         except BaseException:
             self._unclaim(session_id)
             raise
         hops: list[Hop] = []
         try:
             hops, session = self._connect(target, framing)
+            if caller_gone():       # nobody would ever learn this session's id
+                session.close("its caller gave up while it opened")
+                raise CallAbandonedError("the caller gave up while the session opened; it was "
+                                         "closed again", where=f"host {target.name!r}")
         except BaseException as exc:
             self.pool.release(hops)
-            self._unreserve(target.name)
+            self._unreserve(target.name, owner)
             self._unclaim(session_id)
             self.record("open", actor=actor, host=target.name, chain=chain, outcome="error",
                         error=str(exc) if isinstance(exc, PhonehomeJumpError) else type(exc).__name__,
@@ -126,6 +154,7 @@ class SessionManager:
         entry = _Entry(session_id or _new_id(), session, hops, created, owner, actor)
         with self._lock:
             self._opening[target.name] -= 1
+            self._done_opening(owner)
             self._claimed.discard(entry.id)
             self._entries[entry.id] = entry
         log.info("session %s opened to %s via %s", entry.id, target.name,
@@ -200,27 +229,44 @@ class SessionManager:
             try:
                 return Session.start(target, sock, cap=self.cap, framing=framing,
                                      links=[h.link for h in hops if h.link is not None],
-                                     logged_in=logged_in)
+                                     logged_in=logged_in, memory=self.output_memory)
             except BaseException:
                 sock.close()
                 raise
         finally:
             logged_in()
 
-    def _reserve(self, target: Target) -> None:
+    def _reserve(self, target: Target, owner: str | None) -> None:
+        """Count an open in flight against the limits, or refuse naming whose limit it is."""
         with self._lock:
             open_total = len(self._entries) + sum(self._opening.values())
             on_host = sum(1 for e in self._entries.values() if e.session.target.name == target.name)
             on_host += self._opening.get(target.name, 0)
-            if open_total >= self.max_sessions:
-                raise LimitError(f"{open_total} sessions are open, the limit is {self.max_sessions}",
-                                 where=f"host {target.name!r}",
-                                 hint="close sessions you no longer need (list them first)")
+            mine = sum(1 for e in self._entries.values() if e.owner == owner)
+            mine += self._opening_by.get(owner, 0)
+            yours = f"{mine} of them yours" if owner is not None else ""
+            where = f"host {target.name!r}"
+            if owner is not None and mine >= self.max_per_client:
+                raise LimitError(f"this client has {mine} sessions open, its own limit is "
+                                 f"{self.max_per_client} (limits.max_per_client)", where=where,
+                                 hint="close sessions you no longer need (ssh_session_list "
+                                      "shows yours)")
             if on_host >= self.max_per_host:
-                raise LimitError(f"{on_host} sessions are open to this host, the limit is "
-                                 f"{self.max_per_host}", where=f"host {target.name!r}",
-                                 hint="reuse or close an open session to this host")
+                raise LimitError(f"{on_host} sessions are open to this host ({yours or 'all'}); "
+                                 f"the per-host limit is {self.max_per_host} "
+                                 "(limits.max_per_host)", where=where,
+                                 hint="reuse or close one of your sessions to this host" if mine
+                                 else "other clients hold them: retry later, or ask the "
+                                      "server's operator to raise limits.max_per_host")
+            if open_total >= self.max_sessions:
+                raise LimitError(f"{open_total} sessions are open on this server "
+                                 f"({yours or 'all clients'}); the server-wide limit is "
+                                 f"{self.max_sessions} (limits.max_sessions)", where=where,
+                                 hint="close sessions you no longer need (list them first)" if mine
+                                 else "other clients hold them: retry later, or ask the "
+                                      "server's operator to raise limits.max_sessions")
             self._opening[target.name] = self._opening.get(target.name, 0) + 1
+            self._opening_by[owner] = self._opening_by.get(owner, 0) + 1
 
     def _claim(self, session_id: str, target: Target) -> None:
         if not isinstance(session_id, str) or not session_id.strip():
@@ -238,9 +284,18 @@ class SessionManager:
             with self._lock:
                 self._claimed.discard(session_id)
 
-    def _unreserve(self, name: str) -> None:
+    def _unreserve(self, name: str, owner: str | None) -> None:
         with self._lock:
             self._opening[name] -= 1
+            self._done_opening(owner)
+
+    def _done_opening(self, owner: str | None) -> None:
+        """One open of ``owner`` is no longer in flight (called under the lock)."""
+        left = self._opening_by[owner] - 1
+        if left:
+            self._opening_by[owner] = left
+        else:                                   # no entry per client ever seen
+            del self._opening_by[owner]
 
     def revive(self, session_id: str, *, owner: str | None = None) -> SessionInfo:
         """Reopen a dead (or ended) session under the same id, in its last working directory.
@@ -300,28 +355,35 @@ class SessionManager:
                         entry.id, cwd, session.cwd)
         return self._info(entry)
 
-    def close(self, session_id: str, *, owner: str | None = None) -> None:
+    def close(self, session_id: str, *, owner: str | None = None, why: str = BY_OWNER) -> None:
+        """Close a session; ``why`` is what later calls on it are told (who closed it)."""
         self._entry(session_id, owner)          # unknown or not the caller's: the usual error
         with self._lock:
             entry = self._entries.pop(session_id, None)
         if entry is not None:                   # None: a concurrent close (or the reaper) won
-            self._teardown(entry)
+            self._teardown(entry, "closed", why)
 
-    def close_all(self) -> None:
+    def close_all(self, why: str = BY_SHUTDOWN, *, hops: bool = True) -> None:
+        """Close every session (and, with ``hops``, the hop connections: :meth:`shutdown`)."""
         with self._lock:
             entries = list(self._entries.values())
             self._entries.clear()
         for entry in entries:
-            self._teardown(entry)
-        self.pool.close_all()
+            self._teardown(entry, "closed", why)
+        if hops:
+            self.pool.close_all()
 
-    def _teardown(self, entry: _Entry, why: str = "closed") -> None:
-        entry.session.close()
+    def _teardown(self, entry: _Entry, outcome: str, why: str) -> None:
+        with self._lock:
+            self._closed[entry.id] = (entry.owner, why)
+            while len(self._closed) > REMEMBER_CLOSED:
+                self._closed.popitem(last=False)
+        entry.session.close(why)
         self.pool.release(entry.hops)
-        log.info("session %s to %s closed", entry.id, entry.session.target.name)
+        log.info("session %s to %s %s", entry.id, entry.session.target.name, why)
         if entry.pending is not None:
             self._record(entry, "command", command=entry.pending, outcome="unfinished")
-        self._record(entry, "close", outcome=why)
+        self._record(entry, "close", outcome=outcome, by=why)
 
     # -- operations -------------------------------------------------------------------
     def session(self, session_id: str, *, owner: str | None = None) -> Session:
@@ -355,6 +417,10 @@ class SessionManager:
         try:
             result = self._guard(session_id, owner,
                                  lambda s: s.command(command, wait=wait, until=until))
+        except (SessionBusyError, CallAbandonedError):
+            if not busy:                        # refused before anything was sent
+                entry.pending = None
+            raise
         except PatternTimeoutError:
             raise                               # sent and still running: audited when it ends
         except PhonehomeJumpError as err:
@@ -577,11 +643,14 @@ class SessionManager:
                      bytes=result.total, duration=result.duration, cwd=result.cwd,
                      outcome="ok" if result.exit_status in (0, None) else "failed")
         if self.audit and self.audit.transcripts is not None:
-            text = entry.session.output_text()
-            if text and not text.endswith("\n"):
-                text += "\n"
-            self.audit.transcript(entry.id, f"$ {command}\n{text}# exit {result.exit_status}, "
-                                  f"cwd {result.cwd}, {result.duration:.3f}s\n")
+            self.audit.transcript(entry.id, f"$ {command}\n")
+            last = ""
+            for piece in entry.session.output_pieces():     # bounded memory, however long
+                self.audit.transcript(entry.id, piece)
+                last = piece
+            self.audit.transcript(entry.id, f"{'' if not last or last.endswith(chr(10)) else chr(10)}"
+                                  f"# exit {result.exit_status}, cwd {result.cwd}, "
+                                  f"{result.duration:.3f}s\n")
 
     def record(self, event: str, *, strict: bool = True, **fields: Any) -> None:
         """Write an audit record (no-op without an audit log); used by workflows too.
@@ -632,20 +701,36 @@ class SessionManager:
                 return
 
     def reap(self) -> list[str]:
-        """Close sessions idle longer than ``idle_timeout``; mark dead ones. Returns closed ids."""
+        """Close sessions nobody used for a while; mark dead ones. Returns closed ids.
+
+        An idle session goes after ``idle_timeout`` without a call; one whose command still
+        runs (a forgotten ``tail -f``) after the longer ``running_timeout`` without a call.
+        """
         now = time.time()
         closed = []
         with self._lock:
             entries = list(self._entries.values())
         for e in entries:
             self._check_hops(e)
-            if not e.session.running and now - e.session.last_activity > self.idle_timeout:
-                log.info("session %s idle for %.0fs: closing", e.id, now - e.session.last_activity)
-                with self._lock:
-                    mine = self._entries.pop(e.id, None) is e
-                if mine:                        # not closed meanwhile by its owner
-                    self._teardown(e, "idle timeout")
-                    closed.append(e.id)
+            quiet = now - e.session.last_activity
+            if e.session.running:
+                if quiet <= self.running_timeout:
+                    continue
+                outcome = "running timeout"
+                why = (f"closed by the running-session limit: its command ran {quiet:.0f}s "
+                       f"without a call (limits.running_timeout {self.running_timeout:g}s)")
+            elif quiet > self.idle_timeout:
+                outcome = "idle timeout"
+                why = (f"closed by the idle timeout: unused for {quiet:.0f}s "
+                       f"(limits.idle_timeout {self.idle_timeout:g}s)")
+            else:
+                continue
+            log.info("session %s: %s", e.id, why)
+            with self._lock:
+                mine = self._entries.pop(e.id, None) is e
+            if mine:                            # not closed meanwhile by its owner
+                self._teardown(e, outcome, why)
+                closed.append(e.id)
         return closed
 
     def start_reaper(self, interval: float = 5.0) -> None:
@@ -676,6 +761,12 @@ class SessionManager:
         with self._lock:
             entry = self._entries.get(session_id)
             visible = [e.id for e in self._entries.values() if owner is None or e.owner == owner]
+            closed = self._closed.get(session_id) if entry is None else None
+        if closed is not None and (owner is None or closed[0] == owner):
+            raise UnknownSessionError(
+                f"no open session {session_id!r}: it was {closed[1]}", where="session manager",
+                hint="open a new session by inventory host name" + (
+                    f" (open sessions: {', '.join(visible)})" if visible else ""))
         if entry is None or (owner is not None and entry.owner != owner):
             raise UnknownSessionError(
                 f"no open session {session_id!r}", where="session manager",

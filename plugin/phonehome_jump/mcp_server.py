@@ -26,28 +26,31 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager, contextmanager
+import time
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import anyio
-import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resolve import Elicit, ElicitationResult, Resolve
-from mcp_types import ToolAnnotations
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError
 
 from . import __version__
-from .errors import PhonehomeJumpError, UnknownSessionError
+from .errors import PhonehomeJumpError, SessionBusyError, UnknownSessionError
 from .inputs import Seconds, Whole, repair_json_line
 from .inventory import ENV_VAR, Inventory, Target
+from .limits import add_limit_options, limit_options
 from .manager import SessionInfo, SessionManager
 from .mcp_approval import Approve, Gate, decide, gate, question
+from .mcp_service import Runtime
 from .redact import RedactingFilter
 from .routing import Router, check_sites, parse_agents
 from .session import CommandResult
@@ -56,15 +59,22 @@ from .wire import is_loopback, parse_listen
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 50.0                 # MCP clients give up on a request after about 60 s
+# Every tool result stays under this many characters of JSON (about 10k tokens; Claude Code
+# refuses tool output above 25k tokens): command output is capped at 16,000 characters and
+# inventory_list pages shrink to fit INVENTORY_BUDGET.
+RESULT_BUDGET = 40_000
+INVENTORY_BUDGET = 16_000
+INVENTORY_PAGE = 50             # inventory_list's default page size
+INVENTORY_MAX_PAGE = 500
+MAX_GROUPS = 100                # group names listed in one inventory_list result
+STRUCTURED_SINCE = "2025-06-18"  # the first protocol version with structuredContent
 DEFAULT_TOKEN_ENV = "PHONEHOME_JUMP_MCP_TOKEN"
 MIN_TOKEN_LENGTH = 16
-SINGLE_CLIENT = "single-client"  # the owner of 2026-07-28 requests (stdio, in-process)
-_OWNER_KEY = "phonehome_jump.owner"
-T = TypeVar("T")
 
 INSTRUCTIONS = """\
 SSH sessions to the hosts of an inventory, reached through their jump-host chains.
-Find hosts with inventory_list / inventory_show, open a persistent shell with ssh_session_open
+Find hosts with inventory_list (a page at a time: filter by group/tag/query, follow
+next_offset) / inventory_show, open a persistent shell with ssh_session_open
 (state such as cwd and variables persists between commands), run commands with
 ssh_session_command, answer prompts with ssh_session_send (secret=true for passwords) and
 collect output with ssh_session_read. A command still running after `wait` returns
@@ -87,22 +97,35 @@ class Hop(BaseModel):
     username: str
 
 
-class HostSummary(BaseModel):
+class HostBrief(BaseModel):
+    """What inventory_list returns per host by default (detail=false)."""
+
     name: str = Field(description="Inventory name; pass it to ssh_session_open or ssh_run.")
+    device_type: str = Field(description="netmiko device type; linux-like types get exact framing.")
+    chain: list[str] = Field(description="Jump hosts, first hop first; empty when dialed directly.")
+    tags: list[str]
+    description: str | None
+
+
+class HostSummary(HostBrief):
+    """inventory_list(detail=true): address, user, groups and site as well."""
+
     host: str
     port: int
     username: str
-    device_type: str = Field(description="netmiko device type; linux-like types get exact framing.")
     groups: list[str]
-    tags: list[str]
-    description: str | None
-    chain: list[str] = Field(description="Jump hosts, first hop first; empty when dialed directly.")
     client: str | None = Field(None, description="ET Phone Home client site that reaches the host.")
 
 
 class HostList(BaseModel):
-    hosts: list[HostSummary]
-    groups: list[str] = Field(description="Every group of the inventory (for the group filter).")
+    hosts: list[SerializeAsAny[HostBrief]]
+    total: int = Field(description="Hosts matching the filters (all pages).")
+    offset: int = Field(description="Where this page starts among the matching hosts.")
+    next_offset: int | None = Field(description="Pass as offset for the next page; null on the "
+                                                "last page.")
+    groups: list[str] = Field(description="Groups of the inventory, for the group filter "
+                                          f"(first {MAX_GROUPS}; see groups_total).")
+    groups_total: int
 
 
 class HostDetail(BaseModel):
@@ -173,10 +196,78 @@ class Closed(BaseModel):
     closed: bool
 
 
-def _host_summary(t: Target) -> HostSummary:
+def _host_summary(t: Target, detail: bool = True) -> HostBrief:
     s = t.summary()
-    return HostSummary(chain=[h["name"] for h in s["chain"]],
-                       **{k: s[k] for k in HostSummary.model_fields if k != "chain"})
+    model = HostSummary if detail else HostBrief
+    return model(chain=[h["name"] for h in s["chain"]],
+                 **{k: s[k] for k in model.model_fields if k != "chain"})
+
+
+def _host_page(inv: Inventory, group: str | None, tag: str | None, query: str | None,
+               limit: int, offset: int, detail: bool) -> HostList:
+    """One page of matching hosts, shrunk until its JSON fits INVENTORY_BUDGET."""
+    matching = inv.targets(group, tag, query)
+    groups = inv.groups()
+    hosts = [_host_summary(t, detail) for t in matching[offset:offset + limit]]
+    while True:
+        end = offset + len(hosts)
+        page = HostList(hosts=hosts, total=len(matching), offset=offset,
+                        next_offset=end if end < len(matching) else None,
+                        groups=groups[:MAX_GROUPS], groups_total=len(groups))
+        if len(hosts) <= 1 or len(page.model_dump_json()) <= INVENTORY_BUDGET:
+            return page
+        hosts = hosts[: max(1, len(hosts) * 3 // 4)]
+
+
+def _tool_result(ctx: Context, model: BaseModel, full_text: bool,
+                 summary: Callable[[dict[str, Any]], str] | None = None) -> CallToolResult:
+    """A structured result whose text block does not repeat the output when it need not.
+
+    Clients of protocol 2025-06-18 and later read structuredContent (Claude Code gives the
+    model only structuredContent when a result has it); the spec's serialized-JSON text block
+    is a backwards-compatibility SHOULD, so they get a one-line summary instead of the output
+    a second time. Older clients, and every client with ``serve --full-text-results``, get
+    the whole JSON.
+    """
+    data = model.model_dump(mode="json")
+    version = ctx.protocol_version or ""
+    if full_text or version < STRUCTURED_SINCE:
+        text = model.model_dump_json()
+    elif summary is not None:
+        text = summary(data)
+    else:
+        state = ("running" if data.get("running") else
+                 f"exit status {data['exit_status']}" if data.get("exit_status") is not None
+                 else "done")
+        text = (f"{data['session_id']}: {state}; {len(data['output'])} characters of output "
+                f"(of {data['total']}), cwd {data.get('cwd')}; the output and every field are "
+                "in structuredContent")
+        if data.get("note"):
+            text += f"; note: {data['note']}"
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+
+
+def _hosts_summary(d: dict[str, Any]) -> str:
+    names = ", ".join(h["name"] for h in d["hosts"])
+    more = (f"; next page: offset={d['next_offset']}" if d["next_offset"] is not None
+            else "; last page")
+    return (f"hosts {d['offset'] + 1}-{d['offset'] + len(d['hosts'])} of {d['total']}{more}: "
+            f"{names} (details in structuredContent)")
+
+
+def _left(start: float, wait: float) -> float:
+    """What remains of a call's ``wait`` after it queued (time.monotonic based)."""
+    return max(0.0, wait - (time.monotonic() - start))
+
+
+def _busy_text(err: SessionBusyError) -> str:
+    """A busy session, in the tools' terms: what runs and how to follow it."""
+    follow = "ssh_session_read(session_id=..., wait=...) collects its output"
+    if err.holder_left is not None:
+        follow += (f" once the call now waiting on it returns (within {err.holder_left:.0f}s); "
+                   "that call gets the output up to then")
+    return (f"{err.where}: session busy: {err.what}. Nothing was sent.\n  try: {follow}; "
+            "ssh_session_send(control='c') interrupts it; ssh_session_list shows the state")
 
 
 def _session_out(i: SessionInfo) -> SessionOut:
@@ -207,115 +298,6 @@ def _output(session_id: str, r: CommandResult, *, waited: float | None = None) -
 
 # --------------------------------------------------------------------------- plumbing
 
-class _Runtime:
-    """One SessionManager per server object, alive while any transport runs the server.
-
-    The streamable-HTTP transport enters the lifespan once per process; in-process clients
-    enter it once each, and share the manager (ownership keeps them apart).
-    """
-
-    def __init__(self, inventory: Inventory, manager_kwargs: dict[str, Any],
-                 agents: Mapping[str, tuple[str, int]] | None = None) -> None:
-        self.inventory = inventory
-        self.manager_kwargs = manager_kwargs
-        self.agents = dict(agents or {})
-        self._manager: SessionManager | Router | None = None
-        self._users = 0
-        self._lock = threading.Lock()
-        self.limiter: anyio.CapacityLimiter | None = None
-
-    @property
-    def manager(self) -> SessionManager | Router:
-        if self._manager is None:
-            raise RuntimeError("the MCP server is not running (lifespan not entered)")
-        return self._manager
-
-    @asynccontextmanager
-    async def lifespan(self, _server: MCPServer) -> AsyncIterator["_Runtime"]:
-        with self._lock:
-            if self._users == 0:
-                local = SessionManager(self.inventory, **self.manager_kwargs)
-                self._manager = (Router.from_addresses(local, self.agents) if self.agents
-                                 else local)
-                self._manager.start_reaper()
-                # each session may hold a worker thread for up to MAX_WAIT seconds
-                self.limiter = anyio.CapacityLimiter(self._manager.max_sessions + 16)
-                log.info("session manager started (%d hosts)", len(self.inventory))
-            self._users += 1
-        try:
-            yield self
-        finally:
-            with self._lock:
-                self._users -= 1
-                last = self._users == 0
-                manager, self._manager = (self._manager, None) if last else (None, self._manager)
-            if manager is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(manager.shutdown)
-                log.info("session manager stopped")
-
-    async def call(self, fn: Callable[[], T]) -> T:
-        return await anyio.to_thread.run_sync(fn, limiter=self.limiter)
-
-    async def call_with_progress(self, ctx: Context, fn: Callable[[], T], message: str,
-                                 total: float | None = None) -> T:
-        """``fn()`` in a worker thread, reporting progress (seconds elapsed) once a second."""
-        async def tick() -> None:
-            start = anyio.current_time()
-            try:
-                while True:
-                    elapsed = anyio.current_time() - start
-                    await ctx.report_progress(round(elapsed), total, f"{message} ({elapsed:.0f}s)")
-                    await anyio.sleep(1.0)
-            except Exception:   # progress is advisory; the client may be gone
-                log.debug("progress notification failed", exc_info=True)
-
-        result: T | None = None
-        error: Exception | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(tick)
-            try:
-                result = await self.call(fn)
-            except Exception as exc:   # re-raised outside the task group (no ExceptionGroup)
-                error = exc
-            tg.cancel_scope.cancel()
-        if error is not None:
-            raise error
-        return result  # type: ignore[return-value]
-
-    def owner(self, ctx: Context) -> str:
-        """The owner id of the client connection this request came on."""
-        # SDK 2.3 builds a ServerSession per request; the per-client Connection behind it
-        # is only reachable through this attribute.
-        conn = ctx.session._connection
-        if conn.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
-            return SINGLE_CLIENT          # 2026-07-28: no connection exists (see module doc)
-        owner = conn.state.get(_OWNER_KEY)
-        if owner is None:
-            owner = conn.state[_OWNER_KEY] = "c-" + secrets.token_hex(8)
-            conn.exit_stack.push_async_callback(self._release, owner)
-        return owner
-
-    async def _release(self, owner: str) -> None:
-        """The client connection ended: close the sessions it left open."""
-        manager = self._manager
-        if manager is None:
-            return
-
-        def close_all() -> int:
-            infos = manager.list(owner=owner)
-            for info in infos:
-                try:
-                    manager.close(info.id, owner=owner)
-                except PhonehomeJumpError:
-                    pass        # closed meanwhile
-            return len(infos)
-
-        closed = await anyio.to_thread.run_sync(close_all)
-        if closed:
-            log.info("client %s disconnected: closed its %d session(s)", owner, closed)
-
-
 @contextmanager
 def _errors(tool: str) -> Any:
     """PhonehomeJumpError → its own text; anything else → logged, and a reference only."""
@@ -323,6 +305,8 @@ def _errors(tool: str) -> Any:
         yield
     except ToolError:
         raise
+    except SessionBusyError as err:
+        raise ToolError(_busy_text(err)) from None
     except PhonehomeJumpError as err:
         raise ToolError(str(err)) from None
     except Exception:
@@ -330,6 +314,22 @@ def _errors(tool: str) -> Any:
         log.exception("internal error in tool %s (ref %s)", tool, ref)
         raise ToolError(f"internal error in {tool} (ref {ref}); see the phonehome-jump "
                         "server log") from None
+
+
+def _titled(mcp: MCPServer) -> None:
+    """Every tool registered on ``mcp`` gets a top-level title: its annotations' title.
+
+    Clients show the top-level ``title`` (annotations.title is the older place); tools added
+    here or by other modules (workflows, files) get it without repeating it.
+    """
+    register = mcp.tool
+
+    def tool(*args: Any, **kwargs: Any) -> Any:
+        ann = kwargs.get("annotations")
+        if kwargs.get("title") is None and ann is not None and ann.title:
+            kwargs["title"] = ann.title
+        return register(*args, **kwargs)
+    mcp.tool = tool  # type: ignore[method-assign]
 
 
 def _wait(wait: float) -> float:
@@ -364,21 +364,27 @@ Until = Annotated[str | None, Field(description="Python regular expression: stop
 def build_server(inventory: Inventory | str | Path, *,
                  agents: Mapping[str, tuple[str, int]] | None = None,
                  workflows: str | Path | None = None,
+                 calls_per_client: int | None = None, full_text_results: bool = False,
                  **manager_kwargs: Any) -> MCPServer:
     """The MCP server over ``inventory`` (an Inventory, or a file/directory to load).
 
     ``agents`` maps ET Phone Home client sites to their agents' (host, port): sessions of
     hosts with that ``client`` run there. ``workflows``: a directory of workflow files for
     workflow_list/run/status (none: no workflow tools; ``serve`` defaults it to ./workflows
-    when that exists). ``manager_kwargs`` go to :class:`SessionManager`
-    (max_sessions, idle_timeout, cap, ...).
+    when that exists). ``calls_per_client``: blocking calls one client runs at once (the
+    rest queue; :mod:`.mcp_service`). ``full_text_results``: repeat every result's JSON in its
+    text block. ``manager_kwargs`` go to :class:`SessionManager` (max_sessions,
+    max_per_client, idle_timeout, running_timeout, cap, ...).
     """
     inv = inventory if isinstance(inventory, Inventory) else Inventory.load(inventory)
     check_sites(inv, agents or {})
-    rt = _Runtime(inv, manager_kwargs, agents)
+    rt = Runtime(inv, manager_kwargs, agents, **(
+        {"calls_per_client": calls_per_client} if calls_per_client else {}))
+    full_text = full_text_results
     mcp: MCPServer = _Server("phonehome-jump", version=__version__, instructions=INSTRUCTIONS,
                              lifespan=rt.lifespan, log_level="WARNING")
     mcp.phonehome_jump = rt          # type: ignore[attr-defined]  # for tests and embedding
+    _titled(mcp)
 
     @mcp.tool(annotations=_annotations("List inventory hosts", read_only=True, idempotent=True,
                                        open_world=False))
@@ -387,11 +393,23 @@ def build_server(inventory: Inventory | str | Path, *,
         tag: Annotated[str | None, Field(description="Only hosts with this tag.")] = None,
         query: Annotated[str | None, Field(description="Case-insensitive text in the name, "
                                                        "address or description.")] = None,
-    ) -> HostList:
-        """List the hosts sessions can be opened to: device type, tags and jump chain."""
+        limit: Annotated[int, Field(ge=1, le=INVENTORY_MAX_PAGE,
+                                    description="Hosts per page (a page may hold fewer to stay "
+                                                "small; follow next_offset).")] = INVENTORY_PAGE,
+        offset: Annotated[int, Field(ge=0, description="Start at this matching host (the "
+                                                       "previous page's next_offset).")] = 0,
+        detail: Annotated[bool, Field(description="Also address, port, user, groups and site "
+                                                  "(default: name, device type, chain, tags, "
+                                                  "description).")] = False,
+        *, ctx: Context,
+    ) -> Annotated[CallToolResult, HostList]:
+        """List the hosts sessions can be opened to, a page at a time: device type, tags, chain.
+
+        Filter with group/tag/query; page with offset=next_offset until next_offset is null.
+        """
         with _errors("inventory_list"):
-            return HostList(hosts=[_host_summary(t) for t in inv.targets(group, tag, query)],
-                            groups=inv.groups())
+            page = _host_page(inv, group, tag, query, limit, offset, detail)
+            return _tool_result(ctx, page, full_text, _hosts_summary)
 
     @mcp.tool(annotations=_annotations("Show an inventory host", read_only=True, idempotent=True,
                                        open_world=False))
@@ -412,7 +430,7 @@ def build_server(inventory: Inventory | str | Path, *,
             chain = " → ".join(h.name for h in inv.target(host).chain) or "directly"
             info = await rt.call_with_progress(
                 ctx, lambda: rt.manager.open(host, owner=owner, actor=_actor(ctx, owner)),
-                f"connecting to {host} via {chain}")
+                f"connecting to {host} via {chain}", owner=owner)
             return _session_out(info)
 
     async def command_gate(session_id: str, command: str, ctx: Context) -> Gate:
@@ -434,21 +452,22 @@ def build_server(inventory: Inventory | str | Path, *,
         wait: Wait = 20.0,
         until: Until = None,
         confirm: Confirm = False,
-    ) -> Output:
+    ) -> Annotated[CallToolResult, Output]:
         """Run a command in the session's shell and return its output, exit status and cwd.
 
         Returns early with running=true when it is still running after `wait`, when the output
         matches `until`, or when it asks for input (awaiting_input=true).
         """
         with _errors("ssh_session_command"):
-            owner, w = rt.owner(ctx), _wait(wait)
+            owner, w, start = rt.owner(ctx), _wait(wait), time.monotonic()
             approval = decide(g, answer, confirm=confirm, actor=_actor(ctx, owner),
                               record=rt.manager.record, session_id=session_id)
             r = await rt.call_with_progress(
-                ctx, lambda: rt.manager.command(session_id, command, owner=owner, wait=w,
-                                                until=until, confirm=approval),
-                f"running on {session_id}", total=w)
-            return Output(**_output(session_id, r, waited=w))
+                ctx, lambda: rt.manager.command(session_id, command, owner=owner,
+                                                wait=_left(start, w), until=until,
+                                                confirm=approval),
+                f"running on {session_id}", total=w, owner=owner, wait=w)
+            return _tool_result(ctx, Output(**_output(session_id, r, waited=w)), full_text)
 
     async def send_gate(session_id: str, text: str, newline: bool, control: str | None,
                         secret: bool, sudo_password: bool, ctx: Context) -> Gate:
@@ -484,7 +503,8 @@ def build_server(inventory: Inventory | str | Path, *,
             owner = rt.owner(ctx)
             approval = decide(g, answer, confirm=confirm, actor=_actor(ctx, owner),
                               record=rt.manager.record, session_id=session_id)
-            await rt.call(lambda: rt.manager.send(session_id, text, owner=owner, newline=newline,
+            # never queued behind the client's long calls: a Ctrl-C must get through at once
+            await rt.fast(lambda: rt.manager.send(session_id, text, owner=owner, newline=newline,
                                                   control=control, secret=secret,
                                                   confirm=approval, sudo_password=sudo_password))
             return Sent(session_id=session_id, sent=True)
@@ -500,16 +520,19 @@ def build_server(inventory: Inventory | str | Path, *,
         offset: Annotated[Whole | None, Field(ge=0, description="Page the current/last command's "
                                                               "whole output from this character "
                                                               "(see omitted / next_offset).")] = None,
-    ) -> Output:
+    ) -> Annotated[CallToolResult, Output]:
         """Collect new output of the running (or last) command, or page its output by offset."""
         with _errors("ssh_session_read"):
-            owner, w = rt.owner(ctx), _wait(wait)
+            owner, w, start = rt.owner(ctx), _wait(wait), time.monotonic()
 
             def read() -> CommandResult:
-                return rt.manager.read(session_id, owner=owner, wait=w, until=until, offset=offset)
-            r = (await rt.call_with_progress(ctx, read, f"reading {session_id}", total=w) if w
-                 else await rt.call(read))
-            return Output(**_output(session_id, r, waited=w if w else None))
+                return rt.manager.read(session_id, owner=owner, wait=_left(start, w), until=until,
+                                       offset=offset)
+            r = (await rt.call_with_progress(ctx, read, f"reading {session_id}", total=w,
+                                             owner=owner, wait=w) if w
+                 else await rt.call(read, owner=owner, wait=w))
+            return _tool_result(ctx, Output(**_output(session_id, r, waited=w if w else None)),
+                                full_text)
 
     @mcp.tool(annotations=_annotations("List open sessions", read_only=True, idempotent=True,
                                        open_world=False))
@@ -517,7 +540,7 @@ def build_server(inventory: Inventory | str | Path, *,
         """The sessions this client has open: host, state (idle, running, dead), cwd."""
         with _errors("ssh_session_list"):
             owner = rt.owner(ctx)
-            infos = await rt.call(lambda: rt.manager.list(owner=owner))
+            infos = await rt.fast(lambda: rt.manager.list(owner=owner))   # no SSH: never queues
             return SessionList(sessions=[_session_out(i) for i in infos])
 
     @mcp.tool(annotations=_annotations("Close a session", destructive=True, idempotent=True))
@@ -525,7 +548,7 @@ def build_server(inventory: Inventory | str | Path, *,
         """Close the session (a command still running in it is killed)."""
         with _errors("ssh_session_close"):
             owner = rt.owner(ctx)
-            await rt.call(lambda: rt.manager.close(session_id, owner=owner))
+            await rt.call(lambda: rt.manager.close(session_id, owner=owner), owner=owner)
             return Closed(session_id=session_id, closed=True)
 
     @mcp.tool(annotations=_annotations("Revive a dead session"))
@@ -536,7 +559,7 @@ def build_server(inventory: Inventory | str | Path, *,
             owner = rt.owner(ctx)
             info = await rt.call_with_progress(
                 ctx, lambda: rt.manager.revive(session_id, owner=owner),
-                f"reopening {session_id}")
+                f"reopening {session_id}", owner=owner)
             return _session_out(info)
 
     async def run_gate(host: str, command: str, ctx: Context) -> Gate:
@@ -558,7 +581,7 @@ def build_server(inventory: Inventory | str | Path, *,
         answer: Annotated[ElicitationResult[Approve], Resolve(run_question)],
         wait: Wait = 20.0,
         confirm: Confirm = False,
-    ) -> RunOutput:
+    ) -> Annotated[CallToolResult, RunOutput]:
         """Open a session, run one command, close the session.
 
         If the command is still running after `wait` (or asks for input), the session stays
@@ -571,18 +594,21 @@ def build_server(inventory: Inventory | str | Path, *,
                               record=m.record)
             info = await rt.call_with_progress(
                 ctx, lambda: m.open(host, owner=owner, actor=_actor(ctx, owner)),
-                f"connecting to {host}")
+                f"connecting to {host}", owner=owner)
+            start = time.monotonic()
             try:
                 r = await rt.call_with_progress(
-                    ctx, lambda: m.command(info.id, command, owner=owner, wait=w, confirm=approval),
-                    f"running on {host}", total=w)
+                    ctx, lambda: m.command(info.id, command, owner=owner, wait=_left(start, w),
+                                           confirm=approval),
+                    f"running on {host}", total=w, owner=owner, wait=w)
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await rt.call(lambda: _close_quietly(m, info.id, owner))
+                    await rt.fast(lambda: _close_quietly(m, info.id, owner))
                 raise
             if not r.running:
-                await rt.call(lambda: _close_quietly(m, info.id, owner))
-            return RunOutput(host=host, session_open=r.running, **_output(info.id, r, waited=w))
+                await rt.fast(lambda: _close_quietly(m, info.id, owner))
+            return _tool_result(ctx, RunOutput(host=host, session_open=r.running,
+                                               **_output(info.id, r, waited=w)), full_text)
 
     from .files_mcp import register as register_files
     register_files(mcp, rt, errors=_errors, annotations=_annotations, actor=_actor)
@@ -770,7 +796,9 @@ def _read_token(token_file: str | None, token_env: str | None) -> str | None:
 
 def serve(inventory_path: str | None, *, http: str | None = None, token_file: str | None = None,
           token_env: str | None = None, agents: list[str] | None = None,
-          audit_log: str | None = None, workflows: str | None = None) -> int:
+          audit_log: str | None = None, workflows: str | None = None,
+          limits: Mapping[str, Any] | None = None, calls_per_client: int | None = None,
+          client_timeout: float | None = None, full_text_results: bool = False) -> int:
     """Run the MCP server: stdio, or streamable HTTP on ``http`` = HOST:PORT. Returns an exit code.
 
     ``agents`` are ``SITE=HOST:PORT`` strings (``--agent``): route the sessions of hosts with
@@ -779,6 +807,13 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
     Beyond loopback a bearer token is required: from ``token_file``, else the environment
     variable ``token_env`` (default ``PHONEHOME_JUMP_MCP_TOKEN``). A token given on loopback
     is enforced too.
+
+    ``limits`` override the inventory's ``limits:`` (idle_timeout, running_timeout,
+    max_sessions, max_per_host, max_per_client). Over HTTP a client with no request in flight
+    and no open event stream for ``client_timeout`` seconds (default 60) is gone: its MCP
+    session ends and its SSH sessions close. TCP keepalive and a user timeout end the
+    connections of a peer that vanished without closing them (within about 45 s). SIGTERM
+    closes every SSH session at once, then stops within SHUTDOWN_GRACE seconds.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
@@ -794,11 +829,15 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
     try:
         if workflows is None and (Path.cwd() / "workflows").is_dir():
             workflows = str(Path.cwd() / "workflows")
-        server = build_server(path, agents=routes, workflows=workflows, audit_path=audit_log)
+        server = build_server(path, agents=routes, workflows=workflows, audit_path=audit_log,
+                              calls_per_client=calls_per_client,
+                              full_text_results=full_text_results, **dict(limits or {}))
     except PhonehomeJumpError as err:
         print(f"phonehome-jump: {err}", file=sys.stderr)
         return 2
     if http is None:
+        rt_stdio: Runtime = server.phonehome_jump   # type: ignore[attr-defined]
+        signal.signal(signal.SIGTERM, lambda signum, _frame: _exit_now(rt_stdio, signum))
         try:
             anyio.run(_serve_stdio, server)
         except KeyboardInterrupt:
@@ -822,12 +861,77 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
 
     import uvicorn
 
-    app = _HttpGate(server.streamable_http_app(host=host), token)
+    rt: Runtime = server.phonehome_jump   # type: ignore[attr-defined]
+    app = _HttpGate(server.streamable_http_app(
+        host=host, session_idle_timeout=client_timeout or CLIENT_TIMEOUT), token)
+    try:
+        sock = _listen(host, port)
+    except OSError as exc:
+        print(f"phonehome-jump: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 2
     where = f"[{host}]" if ":" in host else host
     print(f"phonehome-jump: MCP on http://{where}:{port}/mcp"
           f"{' (bearer token required)' if token else ''}", file=sys.stderr, flush=True)
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+    _uvicorn(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE),
+             rt.stop_sessions).run(sockets=[sock])
     return 0
+
+
+def _exit_now(rt: Runtime, signum: int) -> None:
+    """stdio and SIGTERM (an MCP client quitting): close every session, audited, and exit at
+    once; a call still waiting on output is abandoned (nothing more is sent)."""
+    try:
+        rt.shutdown_now()
+    except Exception:   # exiting regardless: the kernel closes what is left
+        log.warning("closing the sessions at SIGTERM failed", exc_info=True)
+    finally:
+        os._exit(128 + signum)
+
+
+CLIENT_TIMEOUT = 60.0       # HTTP: no request and no event stream this long = the client is gone
+SHUTDOWN_GRACE = 3          # SIGTERM: open HTTP streams get this long before they are cut
+KEEPALIVE = (15, 5, 3)      # TCP keepalive idle, interval, probes: a vanished peer in ~30 s
+# ... and while the server has data in flight to it (event-stream pings), keepalive does not
+# probe: then unacknowledged data for this long ends the connection
+USER_TIMEOUT_MS = 30_000
+
+
+def _listen(host: str, port: int) -> Any:
+    """The listening socket, with TCP keepalive and a user timeout that accepted connections
+    inherit (Linux): a peer that vanished without closing is dropped within about 45 s."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in zip(("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT"),
+                           (*KEEPALIVE, USER_TIMEOUT_MS)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn(config: Any, on_exit: Callable[[], None]) -> Any:
+    """uvicorn, whose SIGTERM/SIGINT first closes every SSH session (from a thread), so calls
+    waiting on output return at once ("closed at server shutdown") instead of holding the
+    graceful shutdown for their whole wait."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:
+                threading.Thread(target=on_exit, name="phj-shutdown", daemon=True).start()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -842,9 +946,16 @@ def main(argv: list[str] | None = None) -> int:
                                        f"(default {DEFAULT_TOKEN_ENV})")
     p.add_argument("--agent", action="append", metavar="SITE=HOST:PORT",
                    help="route hosts with `client: SITE` to the agent at HOST:PORT (repeatable)")
+    add_limit_options(p)
     args = p.parse_args(argv)
     return serve(args.inventory, http=args.http, token_file=args.token_file,
-                 token_env=args.token_env, agents=args.agent)
+                 token_env=args.token_env, agents=args.agent, **service_options(args))
+
+
+def service_options(args: argparse.Namespace) -> dict[str, Any]:
+    """serve()'s keyword arguments from the options of :func:`add_limit_options`."""
+    return dict(limits=limit_options(args), calls_per_client=args.calls_per_client,
+                client_timeout=args.client_timeout, full_text_results=args.full_text_results)
 
 
 if __name__ == "__main__":

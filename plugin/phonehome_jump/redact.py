@@ -45,6 +45,63 @@ class Redactor:
                 text = text.replace(value, "*" * len(value) if keep_length else MASK)
         return text
 
+    @property
+    def longest(self) -> int:
+        """Length of the longest secret (0 without secrets): the context a slice needs."""
+        values = self._values
+        return len(values[0]) if values else 0
+
+    def mask_slice(self, text: str, lo: int = 0, hi: int | None = None) -> str:
+        """``text[lo:hi]`` with every character that lies in an occurrence of a secret *in the
+        whole of* ``text`` starred out (same length, so offsets hold).
+
+        Only ``longest - 1`` characters either side of the slice are looked at, so a caller
+        that passes that much context around a page or a chunk masks it exactly as if the
+        whole output had been masked at once: linear in the slice, whatever the output's size.
+        Overlapping occurrences are all masked (the union), so the result does not depend on
+        where a page starts.
+        """
+        hi = len(text) if hi is None else min(hi, len(text))
+        values = self._values
+        if not values or lo >= hi:
+            return text[lo:hi]
+        a, b = max(0, lo - len(values[0]) + 1), min(len(text), hi + len(values[0]) - 1)
+        spans: list[tuple[int, int]] = []
+        for value in values:
+            i = text.find(value, a, b)
+            while i != -1:
+                if i + len(value) > lo and i < hi:
+                    spans.append((max(i, lo), min(i + len(value), hi)))
+                i = text.find(value, i + 1, b)
+        if not spans:
+            return text[lo:hi]
+        spans.sort()
+        out, pos = [], lo
+        for s, e in spans:
+            if e <= pos:
+                continue
+            s = max(s, pos)
+            out.append(text[pos:s])
+            out.append("*" * (e - s))
+            pos = e
+        out.append(text[pos:hi])
+        return "".join(out)
+
+    def pending(self, text: str) -> int:
+        """How many characters at the end of ``text`` could be the start of a secret.
+
+        Output that is still arriving holds those back (they are delivered, masked or not,
+        once the next characters show whether a secret follows), so a secret split across
+        two reads is never half shown.
+        """
+        best = 0
+        for value in self._values:
+            for k in range(min(len(value) - 1, len(text)), best, -1):
+                if text.endswith(value[:k]):
+                    best = k
+                    break
+        return best
+
     def mask_data(self, data: Any) -> Any:
         """Mask every string inside JSON-like data (dicts, lists, tuples)."""
         if isinstance(data, str):

@@ -21,12 +21,13 @@ import codecs
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paramiko
 
-from .errors import SessionDeadError, SessionError
+from .callstate import caller_gone
+from .errors import CallAbandonedError, SessionBusyError, SessionDeadError, SessionError
 from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
 from .liveness import Link, first_failure
@@ -38,25 +39,33 @@ from .redact import add_secret, mask
 __all__ = ["DEFAULT_CAP", "CommandResult", "Session", "compile_pattern"]
 
 PTY_WIDTH = 4096              # wide, so programs do not wrap or truncate output
+LOCK_GRACE = 0.5              # how long a call waits for a short holder (paging done output)
 DISCARD_WAIT = 5.0            # seconds for the prompt after Ctrl-C drops a typed line
 
 
 class Session:
-    """A persistent shell on one target. Thread-safe: one operation at a time."""
+    """A persistent shell on one target. Thread-safe: one operation at a time.
+
+    The lock is never taken blindly: a call that cannot have the session within its own wait
+    gets :class:`SessionBusyError` (what runs, for how long, how long its waiter may still
+    wait) instead of waiting behind another call's wait.
+    """
 
     def __init__(self, target: Target, conn: Any, channel: paramiko.Channel, framer: Framer,
-                 *, cap: int = DEFAULT_CAP) -> None:
+                 *, cap: int = DEFAULT_CAP, memory: int | None = None) -> None:
         self.target = target
         self._conn = conn                 # netmiko connection; never leaves this module
         self._chan = channel
         self.framer = framer
         self.cap = cap
+        self.memory = memory              # characters of a command's output kept in memory
         self._lock = threading.RLock()    # one reader/command at a time
         self._wlock = threading.Lock()    # writes; send() may answer while a command waits
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
         self._run: _Run | None = None
         self.cwd: str | None = None
         self.dead: str | None = None      # why, once the shell or a hop went away
+        self._holder_until: float | None = None   # monotonic end of the wait of the lock holder
         self._partial = False             # a command line typed at the prompt, no Enter yet
         self.ended: int | None = None     # exit status, when the shell itself exited (`exit`)
         self.links: list[Link] = []       # the hops, then the target: who to blame
@@ -66,7 +75,8 @@ class Session:
     @classmethod
     def start(cls, target: Target, sock: Any, *, cap: int = DEFAULT_CAP,
               framing: str | None = None, links: list[Link] | tuple[Link, ...] = (),
-              logged_in: Callable[[], None] | None = None) -> "Session":
+              logged_in: Callable[[], None] | None = None,
+              memory: int | None = None) -> "Session":
         """Log in to ``target`` over ``sock`` (a tunnel channel or a TCP socket) and frame the shell.
 
         ``links`` are the liveness links of the hops before it (first hop first); the
@@ -75,7 +85,7 @@ class Session:
         """
         from netmiko import ConnectHandler   # heavy import, only when a session opens
 
-        from .chain import HostKeyPolicy, credentials, wrap_error
+        from .chain import AnsweringSSHClient, HostKeyPolicy, credentials, wrap_error
         from .localfiles import known_hosts_for
         ep = target.endpoint
         known = known_hosts_for(ep)          # parsed like OpenSSH (markers, bad lines skipped)
@@ -92,6 +102,8 @@ class Session:
                 auth_timeout=ep.connect_timeout, banner_timeout=ep.connect_timeout,
                 keepalive=0, fast_cli=True, auto_connect=False)   # liveness: our own probe
             conn.key_policy = HostKeyPolicy(ep, known, role="host")   # strict or accept-new, and @revoked
+            # netmiko's hook for the client class: no post-login stall on the target either
+            conn._get_ssh_client_instance = AnsweringSSHClient
             build = conn._build_ssh_client
 
             def build_with_known_hosts() -> paramiko.SSHClient:
@@ -107,7 +119,7 @@ class Session:
         chan = conn.remote_conn
         chan.settimeout(None)
         framer: Framer = SentinelFramer() if framing == "sentinel" else NativeFramer()
-        session = cls(target, conn, chan, framer, cap=cap)   # its secrets: registered by resolve()
+        session = cls(target, conn, chan, framer, cap=cap, memory=memory)   # its secrets: registered by resolve()
         transport = chan.get_transport()
         session.links = [*links, Link("target", target.name, f"{ep.username}@{ep.host}:{ep.port}",
                                       transport, interval=ep.keepalive,
@@ -186,7 +198,7 @@ class Session:
         """
         run = self._run
         if setup:
-            run = self._run = _Run(None, time.monotonic())
+            run = self._new_run(None)
         assert run is not None
         while not run.done:
             remaining = deadline - time.monotonic()
@@ -212,9 +224,9 @@ class Session:
                     # `exit`: a normal end, with its status; a login shell's "logout" is not output
                     self.ended = status
                     self._die(f"the shell exited with status {status}")
-                    if run.text().endswith("logout\n") and run.length - 7 >= run.delivered:
-                        kept = run.text()[:-len("logout\n")]
-                        run.chunks, run.length = [kept], len(kept)
+                    end = run.length - len("logout\n")
+                    if end >= run.delivered and run.out.slice(end, run.length) == "logout\n":
+                        run.out.truncate(end)
                     run.exit_status, run.cwd, run.done, run.ended = status, self.cwd, True, time.monotonic()
                     return False
                 self._die(self.blame())
@@ -227,13 +239,14 @@ class Session:
             if not run.done and (until or stop_on_input):
                 # a prompt may straddle chunks (look back), but output the caller was already
                 # given cannot match again (a second, identical prompt must be a new one)
-                window = run.text()[max(before - 256, run.delivered, 0):]
+                # (only the newest text is read: linear in the output, however long)
+                window = run.out.slice(max(before - 256, run.delivered, 0), run.length)
                 if until is not None and until.search(window):
                     return True
                 # only output the caller has not seen yet can be a new question; by its words
                 # only (not by the program): a wait must not end at "prog: " cut mid-message
-                if stop_on_input and awaiting_input(
-                        run.text()[max(run.delivered, run.answered, run.length - 256):]):
+                if stop_on_input and awaiting_input(run.out.slice(
+                        max(run.delivered, run.answered, run.length - 256), run.length)):
                     return True
         return False
 
@@ -255,26 +268,32 @@ class Session:
         window = run.tail + text
         m = self.framer.pattern.search(window)
         if m is None:
-            run.chunks.append(text)
-            run.length += len(text)
+            run.out.append(text)
             run.tail = window[-4096:]
             return
         # The prompt may straddle chunks: cut the stored output back to where it began.
         keep = m.start() - len(run.tail)
         if keep >= 0:
-            run.chunks.append(text[:keep])
-            run.length += keep
+            run.out.append(text[:keep])
         else:
-            full = run.text()[: run.length + keep]
-            run.chunks, run.length = [full], len(full)
+            run.out.truncate(run.length + keep)
         run.exit_status, cwd = self.framer.end(m)
         if cwd is not None:
             self.cwd = cwd
         run.cwd = self.cwd
         run.done, run.ended = True, time.monotonic()
         if self.framer.name == "native":
-            cleaned = self.framer.clean(run.text(), run.command)
-            run.chunks, run.length = [cleaned], len(cleaned)
+            self._clean_native(run)
+
+    def _clean_native(self, run: _Run) -> None:
+        """The framer's cleanup (the echoed command) on the output; on a large one, its head."""
+        if run.length <= 65_536:
+            run.out.reset(self.framer.clean(run.out.text(), run.command))
+            return
+        head = run.out.slice(0, 65_536)
+        cleaned = self.framer.clean(head, run.command)
+        if head.endswith(cleaned) and not run.out.spilled:
+            run.out.drop_head(len(head) - len(cleaned))
 
     # -- public API -------------------------------------------------------------------
     def command(self, command: str, *, wait: float = 20.0, until: str | None = None) -> CommandResult:
@@ -284,13 +303,23 @@ class Session:
         ``until``) returns ``running=True``; :meth:`read` continues it.
         """
         pattern = compile_pattern(until)        # before anything is sent
-        with self._lock:
+        start = time.monotonic()
+        self._check_idle()                      # busy: answer now, without the lock
+        self._acquire(min(wait, LOCK_GRACE))
+        try:
             self._check_idle()
+            if caller_gone():                   # the caller gave up while this call queued
+                raise CallAbandonedError("the caller gave up before the command was sent; "
+                                         "nothing was sent", where=f"host {self.target.name!r}")
             self._drain()
-            self._run = _Run(command, time.monotonic())
+            self._holder_until = start + wait   # before the run shows as running
+            self._new_run(command)
             self._write(self.framer.wrap(command) if self.framer.name == "sentinel" else command.rstrip("\n") + "\n")
-            stopped = self._pump(time.monotonic() + wait, until=pattern, stop_on_input=True)
+            stopped = self._pump(start + wait, until=pattern, stop_on_input=True)
             return self._result(awaiting=stopped)
+        finally:
+            self._holder_until = None
+            self._lock.release()
 
     def send(self, text: str = "", *, newline: bool = True, control: str | None = None,
              secret: bool = False) -> None:
@@ -313,6 +342,9 @@ class Session:
             payload = "\n"
         if not payload:
             return                  # nothing to type: the session's state is left as it was
+        if caller_gone():
+            raise CallAbandonedError("the caller gave up before the text was typed; nothing "
+                                     "was sent", where=f"host {self.target.name!r}")
         data = payload.encode("utf-8")          # before any state changes (a lone surrogate)
         if secret and text:
             add_secret(text)
@@ -331,11 +363,11 @@ class Session:
                 if answers:
                     run.answered = run.length
                 return
-            self._lock.acquire()    # a short holder (a read of finished output): wait for it
+            self._acquire(LOCK_GRACE)   # a short holder (a read of finished output)
         try:
             at_prompt = self._run is None or self._run.done or self._partial
             if self._run is None or self._run.done:
-                self._run = _Run(None, time.monotonic())   # typed at the shell: frame it like a command
+                self._new_run(None)     # typed at the shell: frame it like a command
             sentinel = self.framer.name == "sentinel"
             if key in ("c", "u") and (at_prompt if sentinel else self._partial):
                 self._discard_line(text, key)
@@ -388,7 +420,7 @@ class Session:
                 self._pump(time.monotonic())            # drain what has arrived; never blocks
                 if run.done:
                     return None
-                return run.text()[max(run.answered, run.length - 256):], run.command
+                return run.out.slice(max(run.answered, run.length - 256), run.length), run.command
             finally:
                 self._lock.release()
         # another call is reading this command's output right now: its view is fresh
@@ -403,13 +435,21 @@ class Session:
 
         With ``offset``, return the output of the current/last command from that character on.
         """
-        with self._lock:
+        start = time.monotonic()
+        pattern = compile_pattern(until)
+        # within its own wait; with none, only a short holder is waited for, never a waiter
+        self._acquire(wait if wait > 0 else 0.0 if self._holder_until else LOCK_GRACE)
+        try:
             if self._run is None:
                 return CommandResult(None, "", None, False, self.cwd, 0.0)
             stopped = False
             if not self._run.done and not self.dead:
-                stopped = self._pump(time.monotonic() + wait, until=compile_pattern(until), stop_on_input=wait > 0)
+                self._holder_until = start + wait
+                stopped = self._pump(start + wait, until=pattern, stop_on_input=wait > 0)
             return self._result(offset=offset, awaiting=stopped)
+        finally:
+            self._holder_until = None
+            self._lock.release()
 
     def interrupt(self, wait: float = 5.0) -> CommandResult:
         """Ctrl-C the running command and wait for the prompt."""
@@ -417,9 +457,17 @@ class Session:
         return self.read(wait=wait)
 
     def output_text(self) -> str:
-        """The whole (masked) output of the current or last command."""
+        """The whole (masked) output of the current or last command (see :meth:`output_pieces`)."""
+        return "".join(self.output_pieces())
+
+    def output_pieces(self, size: int = 1 << 20) -> Iterator[str]:
+        """The (masked) output of the current or last command, piece by piece: bounded memory."""
         with self._lock:
-            return self._masked_text(self._run) if self._run is not None else ""
+            run = self._run
+            if run is None:
+                return
+            for a in range(0, run.length, size):
+                yield run.masked(a, min(a + size, run.length))
 
     @property
     def running(self) -> bool:
@@ -429,9 +477,11 @@ class Session:
     def state(self) -> str:
         return "dead" if self.dead else "running" if self.running else "idle"
 
-    def close(self) -> None:
-        """Close at once, even while another call waits on output (it then ends as dead)."""
-        self._die("the session was closed")
+    def close(self, why: str = "the session was closed") -> None:
+        """Close at once, even while another call waits on output (it then ends as dead, told ``why``)."""
+        self._die(why)
+        if self._run is not None and self._run.done:
+            self._run.out.close()     # a running command's reader still owns its buffer
         for link in self.links[-1:]:
             link.stop()
         try:
@@ -444,45 +494,69 @@ class Session:
         if self.dead:
             raise self._dead_error()
         if self.running:
-            assert self._run is not None
-            raise SessionError(
-                f"a command is still running: {self._mask(self._run.command or '(typed input)')!r}",
-                where=f"host {self.target.name!r}",
-                hint="read its output with read(), answer it with send(), or interrupt it (Ctrl-C)")
+            raise self._busy()
+
+    def _acquire(self, timeout: float) -> None:
+        """Take the session lock within ``timeout`` seconds, or raise SessionBusyError."""
+        if not self._lock.acquire(timeout=max(timeout, 0.0)):
+            if self.dead:
+                raise self._dead_error()
+            raise self._busy()
+
+    def _busy(self) -> SessionBusyError:
+        run, until = self._run, self._holder_until
+        now = time.monotonic()
+        left = max(0.0, until - now) if until is not None else None
+        if run is not None and not run.done:
+            command = self._mask(run.command or "(typed input)")
+            age = now - run.started
+            what = f"a command is still running: {command!r} (for {age:.0f}s)"
+        else:                                   # finished; another call still pages/reads it
+            command, age = None, None
+            what = "another call is reading this session's output"
+        if left is not None:
+            what += f"; another call waits on its output for up to {left:.0f}s more"
+        return SessionBusyError(
+            what, command=command, running_for=age, holder_left=left,
+            where=f"host {self.target.name!r}",
+            hint="read its output with read(wait=...), answer it with send(), or interrupt it "
+                 "(Ctrl-C); nothing was sent")
 
     def _mask(self, text: str) -> str:
         return mask(text)
 
-    def _masked_text(self, run: _Run) -> str:
-        """The run's whole output with every secret starred out, same length so offsets hold.
-
-        Masking the whole text (not each returned piece) also catches a secret that a page
-        boundary or the head/tail cut would split.
-        """
-        return mask(run.text(), keep_length=True)
+    def _new_run(self, command: str | None) -> _Run:
+        if self._run is not None:
+            self._run.out.close()
+        self._run = _Run(command, time.monotonic(), self.memory)
+        return self._run
 
     def _result(self, *, offset: int | None = None, awaiting: bool = False) -> CommandResult:
+        """One result from the run's output: read by offset and masked slice by slice, so its
+        cost is the size of what is returned, not of the whole output."""
         run = self._run
         assert run is not None
         self.last_activity = time.time()
-        text = self._masked_text(run)
-        total = len(text)
-        start = run.delivered if offset is None else max(0, min(offset, total))
-        piece = text[start:]
+        total = run.length
+        # while the command runs, its newest characters may be the start of a secret whose
+        # rest has not arrived: they wait for the next read (masking needs the whole of it)
+        end = total if run.done else max(total - run.pending(), run.delivered)
+        start = run.delivered if offset is None else max(0, min(offset, end))
         omitted = None
         truncated = False
-        if offset is not None and len(piece) > self.cap:        # paging: one page from offset
-            piece, next_offset, truncated = piece[: self.cap], start + self.cap, True
-        elif len(piece) > self.cap:                             # head and tail, middle omitted
+        if offset is not None and end - start > self.cap:       # paging: one page from offset
+            piece, next_offset, truncated = run.masked(start, start + self.cap), start + self.cap, True
+        elif end - start > self.cap:                            # head and tail, middle omitted
             half = self.cap // 2
-            omitted = (start + half, total - half)
-            piece = (piece[:half] + f"\n[… {omitted[1] - omitted[0]} characters omitted "
-                     f"({omitted[0]}–{omitted[1]}); read with offset={omitted[0]} …]\n" + piece[-half:])
-            next_offset, truncated = total, True
+            omitted = (start + half, end - half)
+            piece = (run.masked(start, start + half) + f"\n[… {omitted[1] - omitted[0]} characters "
+                     f"omitted ({omitted[0]}–{omitted[1]}); read with offset={omitted[0]} …]\n"
+                     + run.masked(end - half, end))
+            next_offset, truncated = end, True
         else:
-            next_offset = total
+            piece, next_offset = run.masked(start, end), end
         if offset is None:
-            run.delivered = total
+            run.delivered = end
         end = run.ended if run.done and run.ended else time.monotonic()
         return CommandResult(
             command=self._mask(run.command) if run.command else None, output=piece,

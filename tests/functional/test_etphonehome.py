@@ -162,7 +162,11 @@ def test_output_of_a_reply_that_missed_its_caller_comes_back_on_the_next_read(si
     a, b, hb = _race(server, sid_a, sid_b)
     assert a["result"]["stdout"] == "A-done\n"
     assert b["exception"] == "TimeoutError" and b["elapsed"] >= 10     # queued, then 10 s
-    r = server.ok("ssh_session_read", session_id=sid_b)
+    # B's call still waits on its output in the agent (up to 15 s): a read waits for it only
+    # within its own timeout (a shorter one is answered "busy" at once), so give it the rest
+    reply = server.wait(server.start("ssh_session_read", session_id=sid_b, timeout=8))
+    assert "result" in reply, reply
+    r = reply["result"]
     assert r["stdout"] == "B-done\n" and r["exit_status"] == 0
     assert r["redelivered"] == len("B-done\n") and "did not reach you" in r["note"]
     # delivered once: the next read has nothing new

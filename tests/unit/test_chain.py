@@ -48,6 +48,23 @@ def test_fingerprint_and_known_hosts_name():
     assert fingerprint(pub).startswith("SHA256:") and len(fingerprint(pub)) == 50
 
 
+def test_the_installed_paramiko_dispatches_global_requests_to_our_transport():
+    """AnsweringTransport relies on paramiko building its handler table per instance."""
+    from paramiko.common import MSG_GLOBAL_REQUEST
+
+    from phonehome_jump.chain import AnsweringTransport
+
+    a, b = socket.socketpair()
+    try:
+        t = AnsweringTransport(a)
+        handler = t._handler_table[MSG_GLOBAL_REQUEST]
+        assert handler.__func__ is AnsweringTransport._parse_global_request
+        assert t._preferred_ciphers[0] == "aes128-gcm@openssh.com"
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_failed_tunnel_open_quotes_the_hop():
     via = Endpoint(name="jump2", host="j2", port=22, username="ops",
                    auth=Auth(None, None, None, True, None), known_hosts=Path("/kh"),

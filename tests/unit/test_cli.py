@@ -384,3 +384,26 @@ def test_truncated_output_is_paged_in_full(capsys):
 ])
 def test_secret_prompt_detection(tail, secret):
     assert asks_for_secret(tail) is secret
+
+
+def test_start_imports_only_what_the_command_needs(tmp_path):
+    """One-shot start time: the CLI imports paramiko only for commands that connect, and
+    never paramiko's optional invoke (used only for ssh_config `Match exec`)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from phonehome_jump import cli\n"
+        "assert 'paramiko' not in sys.modules, 'paramiko imported at start'\n"
+        "rc = cli.main(['--help'])\n"
+        "assert rc == 0, rc\n"
+        "assert 'paramiko' not in sys.modules and 'netmiko' not in sys.modules\n"
+        "rc = cli.main(['--inventory', 'missing-dir', 'run', 'h', '--', 'true'])\n"
+        "assert rc == 2, rc      # no inventory: a usage error, after the start-up path\n"
+        "import paramiko\n"
+        "assert 'invoke' not in sys.modules or sys.modules['invoke'] is None\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60)
+    assert out.stdout.strip().endswith("ok"), out.stderr

@@ -430,10 +430,11 @@ def test_secret_ref_file(tmp_path: Path) -> None:
 
 def test_secret_ref_reads_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
     ref = SecretRef.parse("env:LATE_SECRET")
-    monkeypatch.setenv("LATE_SECRET", "one")
-    assert ref.resolve("c") == "one"
-    monkeypatch.setenv("LATE_SECRET", "two")
-    assert ref.resolve("c") == "two"
+    # values no test output contains: resolving registers them for masking, process-wide
+    monkeypatch.setenv("LATE_SECRET", "late-secret-1-q8Zv")
+    assert ref.resolve("c") == "late-secret-1-q8Zv"
+    monkeypatch.setenv("LATE_SECRET", "late-secret-2-q8Zv")
+    assert ref.resolve("c") == "late-secret-2-q8Zv"
 
 
 def test_summary_has_references_not_values(monkeypatch: pytest.MonkeyPatch) -> None:
