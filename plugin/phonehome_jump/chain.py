@@ -52,9 +52,11 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     marks ``@revoked`` is refused in both modes.
     """
 
-    def __init__(self, endpoint: Endpoint, known: KnownHosts | None = None) -> None:
+    def __init__(self, endpoint: Endpoint, known: KnownHosts | None = None,
+                 role: str = "hop") -> None:
         self.endpoint = endpoint
         self.known = known
+        self.role = role                # "hop", or "host" for the target itself
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         ep = self.endpoint
@@ -64,14 +66,14 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             raise HostKeyError(
                 f"host key of {hostname} ({key.get_name()} {fingerprint(key)}) is marked "
                 f"@revoked at {revoked.where}; the connection was refused",
-                hop=ep.name, fingerprint=fingerprint(key), where=f"hop {ep.name!r} ({ep.source})",
+                hop=ep.name, fingerprint=fingerprint(key), where=f"{self.role} {ep.name!r} ({ep.source})",
                 hint="the host must get a new key; confirm it with the host's owner and add it "
                      f"to {ep.known_hosts}")
         if ep.host_key_policy != "accept-new":
             raise HostKeyError(
                 f"host key of {hostname} is not in {ep.known_hosts} "
                 f"(offered {key.get_name()} {fingerprint(key)})",
-                hop=ep.name, fingerprint=fingerprint(key), where=f"hop {ep.name!r} ({ep.source})",
+                hop=ep.name, fingerprint=fingerprint(key), where=f"{self.role} {ep.name!r} ({ep.source})",
                 hint=f"verify {fingerprint(key)} with the host's owner, then append this line to "
                      f"{ep.known_hosts}: {line}  — or set host_key_policy: accept-new for first contact")
         path = ep.known_hosts
@@ -158,7 +160,7 @@ def open_failure_reason(transport: Any) -> str | None:
 
 
 def wrap_error(exc: BaseException, ep: Endpoint, via: Endpoint | None,
-               detail: str | None = None) -> PhonehomeJumpError:
+               detail: str | None = None, role: str = "hop") -> PhonehomeJumpError:
     """Turn a socket/paramiko/netmiko failure at one hop into a ConnectError naming that hop.
 
     Walks ``__cause__``/``__context__`` so that library wrappers (netmiko wraps paramiko)
@@ -172,7 +174,7 @@ def wrap_error(exc: BaseException, ep: Endpoint, via: Endpoint | None,
             return cur
         seen.append(cur)
         cur = cur.__cause__ or cur.__context__
-    where = f"hop {ep.name!r} ({ep.source})"
+    where = f"{role} {ep.name!r} ({ep.source})"   # role: "host" when ep is the target
     label = _hop_label(ep)
     for err in seen:
         if isinstance(err, paramiko.BadHostKeyException):

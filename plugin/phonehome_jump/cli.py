@@ -8,17 +8,18 @@
     inventory import ssh-config|nornir|ansible PATH… [-o FILE]   write an inventory from theirs
     inventory export ssh-config [-o FILE]          an OpenSSH config with the same chains
     cp SRC DEST [--resume] [--confirm]             copy a file, one side HOST:PATH (like scp)
-    run HOST [--timeout S] [--confirm] -- COMMAND...   one command, its output and exit status
-    shell HOST [--timeout S] [--confirm]           interactive (stdin is a tty) or scripted
+    run HOST [--timeout S] [--confirm] [--sudo-password] -- COMMAND...   like ssh HOST COMMAND
+    shell HOST [--timeout S] [--confirm]           a terminal like ssh -t (stdin a tty), or scripted
+    inventory check --keys [--host H]... [--write]   every hop's host key at once
     workflow check|run FILE ...                    multi-step YAML runbooks (workflow.py)
     serve [--http HOST:PORT] [--agent SITE=HOST:PORT]... [--workflows DIR]   the MCP server
     agent [--listen HOST:PORT] [--state FILE]      the ET Phone Home agent protocol (agent_server)
     audit verify [PATH]                            check the audit log's hash chain (0/1/2)
 
-Exit codes: the remote exit status for ``run`` (and the last command of a scripted ``shell``);
+Exit codes: the remote exit status for ``run`` and ``shell`` (scripted: its last command's);
 0 ok; 1 other phonehome-jump errors (session, secrets, limits); 2 usage and inventory errors
-(including unknown host names); 124 a command still running after --timeout, or waiting for
-input that ``run`` cannot give; 130 interrupted; 141 stdout closed (broken pipe); 255 connecting
+(including unknown host names); 124 a command still running after --timeout (or, on a
+network device, waiting for input that ``run`` cannot give); 130 interrupted; 141 stdout closed (broken pipe); 255 connecting
 failed (hop unreachable, authentication, host key), like ssh; 70 an internal error; 77 the
 inventory's command policy refused the command (see --confirm). ``workflow`` has its own
 codes for schedulers: 0 all hosts passed, 1 a host failed, 2 invalid, 3 could not run (lock).
@@ -30,15 +31,11 @@ printed as ``phonehome-jump: <message>``; tracebacks only go to the log with ``-
 from __future__ import annotations
 
 import argparse
-import codecs
 import getpass
 import json
 import logging
 import os
-import select
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -51,7 +48,6 @@ from .inventory import ENV_VAR, Inventory, Target
 from .limits import add_limit_options
 from .output import CommandResult
 from .redact import REDACTOR, RedactingFilter, mask
-from .prompts import asks_for_secret
 
 if TYPE_CHECKING:   # the manager pulls in paramiko: imported when a command connects
     from .manager import SessionInfo, SessionManager
@@ -72,7 +68,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_PIPE = 141         # 128 + SIGPIPE
 EXIT_CONNECT = 255      # like ssh
 
-ESCAPE = "\x1d"         # Ctrl-], as in telnet
 
 
 def __getattr__(name: str) -> Any:
@@ -118,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Persistent, prompt-framed SSH sessions through jump-host chains.",
         epilog=f"The inventory is --inventory PATH, else ${ENV_VAR}, else ./{DEFAULT_INVENTORY}/. "
-               "Exit codes: the remote status (run), 1 error, 2 usage/inventory, "
-               "124 timeout, 255 connect failed.")
+               "Exit codes: the remote status (run, shell), 1 error, 2 usage/inventory, "
+               "70 internal error, 77 refused by the host's policy (see --confirm), "
+               "124 timeout, 130 interrupted, 141 stdout closed, 255 connect failed "
+               "(or `shell` left with ~.). workflow: 0 passed, 1 a host failed, 2 invalid, "
+               "3 locked.")
     parser.add_argument("--inventory", metavar="PATH",
                         help=f"inventory file or directory (default: ${ENV_VAR}, "
                              f"else ./{DEFAULT_INVENTORY}/)")
@@ -138,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Load and validate the inventory; print a summary.")
     p.add_argument("path", nargs="?", metavar="PATH",
                    help="inventory file or directory (default: the global inventory)")
+    p.add_argument("--keys", action="store_true",
+                   help="also walk each host's chain and show every hop's host key at once: "
+                        "known, changed, or missing with the known_hosts line to add (on a "
+                        "terminal you confirm each new fingerprint to reach the hops behind it)")
+    p.add_argument("--host", action="append", metavar="NAME", dest="key_hosts",
+                   help="with --keys: only this host's chain (repeatable; default every host)")
+    p.add_argument("--write", action="store_true",
+                   help="with --keys: append the keys you confirmed to their known_hosts files")
     p.set_defaults(func=cmd_inventory_check)
     p = inv_cmds.add_parser("list", parents=[common], help="list hosts",
                             description="List hosts: name, host, device type, chain, tags.")
@@ -159,14 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_cp_command(commands, common, _manager)
 
     p = commands.add_parser(
-        "run", parents=[common], help="run one command on a host",
-        usage=f"{PROG} run [-h] [--timeout S] HOST -- COMMAND...",
-        description="Open a session on HOST through its jump chain, run COMMAND (its words "
-                    "joined with spaces, interpreted by the remote shell), print its output "
-                    "and exit with its exit status.")
+        "run", parents=[common], help="run one command on a host (like ssh HOST COMMAND)",
+        usage=f"{PROG} run [-h] [--timeout S] [--confirm] [--sudo-password] HOST -- COMMAND...",
+        description="Run COMMAND on HOST through its jump chain, like `ssh HOST COMMAND`: its "
+                    "words are joined with spaces and interpreted by the remote shell; stdin "
+                    "is forwarded (EOF at its end), stdout and stderr stay separate, and the "
+                    "exit status is the remote command's (141 when stdout closes early). "
+                    "Network devices (non-POSIX) run it in a framed session instead: output "
+                    "on stdout, no stdin.")
     p.add_argument("host", metavar="HOST")
-    p.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
-                   help=f"give up after S seconds and exit 124 (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--timeout", type=_timeout, default=None, metavar="S",
+                   help="give up after S seconds and exit 124 (default: no limit, like ssh)")
     p.add_argument("--confirm", action="store_true",
                    help="run it even if the host's policy asks for confirmation")
     p.add_argument("--json", action="store_true",
@@ -174,15 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parse", action="store_true",
                    help="network devices: also parse the output into rows (TextFSM / "
                         "ntc-templates) as the JSON's 'parsed'; implies --json")
+    p.add_argument("--sudo-password", action="store_true",
+                   help="answer sudo's password prompt with the host's sudo_password from the "
+                        "inventory (the command then runs on a remote terminal: stderr merged "
+                        "into stdout, stdin not forwarded)")
     p.add_argument("words", nargs="+", metavar="COMMAND",
                    help="the remote command; put it after -- when it has options")
     p.set_defaults(func=cmd_run)
 
     p = commands.add_parser(
         "shell", parents=[common], help="a shell on a host (interactive or scripted)",
-        description="On a terminal: an interactive, line-edited shell through the chain "
-                    "(Ctrl-] quits). Otherwise: run each line of stdin as one command and "
-                    "print its output; exit with the last command's status.")
+        description="On a terminal: an interactive terminal through the chain, like "
+                    "`ssh -t` (the remote pty is sized like yours and follows resizes; "
+                    "full-screen programs, Ctrl-C/Z/\\ work; `~.` at the start of a line "
+                    "leaves, `~?` lists the escapes); exits with the remote shell's status. "
+                    "Each line entered at a prompt is checked against the host's policy and "
+                    "audited (see README). With stdin not a terminal: run each line of stdin "
+                    "as one command and print its output; exit with the last command's status.")
     p.add_argument("host", metavar="HOST")
     p.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
                    help="scripted mode: per-command limit, then exit 124 "
@@ -377,6 +394,13 @@ def cmd_inventory_check(args: argparse.Namespace) -> int:
     from .localfiles import preflight    # key files, env: variables, known_hosts lines
     for warning in preflight(inv):
         print(f"warning: {warning}", file=sys.stderr)
+    if args.keys:
+        from .cli_keys import check_keys
+
+        return check_keys(inv, args.key_hosts or inv.names(), write=args.write)
+    if args.key_hosts or args.write:
+        print(f"{PROG}: --host and --write go with --keys", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -436,11 +460,27 @@ def _policy_text(policy: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- run / shell
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .framing import SENTINEL_DEVICE_TYPES
+
     command = " ".join(args.words)
-    manager, info = _open(args)
+    manager = _manager(args)
     try:
-        return _run_one(manager, info, command, args.timeout, args.confirm,
-                        as_json=args.json, parse=args.parse)
+        target = manager.inventory.target(args.host)
+        as_json = args.json or args.parse
+        if target.device_type in SENTINEL_DEVICE_TYPES and not as_json:
+            from .cli_run import run_exec           # a POSIX shell: exec, like ssh
+
+            return run_exec(manager, target, command, timeout=args.timeout,
+                            confirm=args.confirm, sudo=args.sudo_password)
+        if args.sudo_password:
+            why = (f"device_type {target.device_type!r} has no sudo" if not as_json
+                   else "it cannot be combined with --json/--parse")
+            print(f"{PROG}: {target.name}: --sudo-password is for POSIX hosts ({why})",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        info = manager.open(args.host)            # framed session: devices, or --json/--parse
+        return _run_one(manager, info, command, args.timeout or DEFAULT_TIMEOUT, args.confirm,
+                        as_json=as_json, parse=args.parse)
     except _Timeout:
         return EXIT_TIMEOUT
     finally:
@@ -448,11 +488,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    interactive = _isatty(sys.stdin)
-    manager, info = _open(args)
+    manager = _manager(args)
     try:
-        if interactive:
-            return _interactive(manager, info, args.confirm)
+        target = manager.inventory.target(args.host)
+        if _isatty(sys.stdin):          # a person: a real terminal through the chain (ssh -t)
+            from .cli_terminal import interactive
+
+            return interactive(manager, target, confirm=args.confirm)
+        info = manager.open(args.host)
         return _scripted(manager, info, sys.stdin, args.timeout, args.confirm)
     except _Timeout:
         return EXIT_TIMEOUT
@@ -481,192 +524,6 @@ def _scripted(manager: SessionManager, info: SessionInfo, lines: Any, timeout: f
             continue
         status = _run_one(manager, info, command, timeout, confirm)
     return status
-
-
-class LineEditor:
-    """Local line discipline for the interactive shell.
-
-    The session's shell has echo and line editing off (it is framed for exact output), so
-    the terminal side does what a tty would: echo, backspace, Ctrl-U, and sends a whole
-    line on Enter. Ctrl-C/Ctrl-Z/Ctrl-\\ go through at once; Ctrl-] (or Ctrl-D on an empty
-    line) quits. Cursor and function keys are dropped. After a password prompt the next
-    line is not echoed and is sent as a secret (masked in later output).
-
-    :meth:`feed` returns actions: ``("echo", text)``, ``("line", text, secret)``,
-    ``("control", key)``, ``("quit",)``.
-    """
-
-    CONTROLS = {"\x03": "c", "\x1a": "z", "\x1c": "\\"}
-
-    def __init__(self) -> None:
-        self.buffer: list[str] = []
-        self.secret = False
-        self._esc = ""          # "", "esc", "csi", "ss3"
-
-    def feed(self, text: str) -> list[tuple[Any, ...]]:
-        actions: list[tuple[Any, ...]] = []
-        for ch in text:
-            actions += self._char(ch)
-            if actions and actions[-1][0] == "quit":
-                break
-        return actions
-
-    def _char(self, ch: str) -> list[tuple[Any, ...]]:
-        if self._esc:
-            state, self._esc = self._esc, ""
-            if state == "esc":
-                if ch == "[":
-                    self._esc = "csi"
-                    return []
-                if ch == "O":
-                    self._esc = "ss3"
-                    return []
-                # a lone Escape: drop it, handle this character normally
-            elif state == "csi":
-                if "\x20" <= ch <= "\x3f":
-                    self._esc = "csi"
-                return []
-            else:
-                return []
-        if ch == ESCAPE:
-            return [("quit",)]
-        if ch == "\x1b":
-            self._esc = "esc"
-            return []
-        if ch in ("\r", "\n"):
-            line, secret = "".join(self.buffer), self.secret
-            self.buffer, self.secret = [], False
-            return [("echo", "\r\n"), ("line", line, secret)]
-        if ch in ("\x7f", "\b"):
-            if not self.buffer:
-                return []
-            self.buffer.pop()
-            return [] if self.secret else [("echo", "\b \b")]
-        if ch == "\x15":                                    # Ctrl-U: kill the line
-            n, self.buffer = len(self.buffer), []
-            return [] if self.secret or not n else [("echo", "\b \b" * n)]
-        if ch == "\x04":                                    # Ctrl-D
-            return [("quit",)] if not self.buffer else []
-        if ch in self.CONTROLS:
-            self.buffer, self.secret = [], False
-            return [("echo", "^" + chr(ord(ch) + 64) + "\r\n"), ("control", self.CONTROLS[ch])]
-        if ch == "\t" or ch >= " ":
-            self.buffer.append(ch)
-            return [] if self.secret else [("echo", ch)]
-        return []                                           # other control characters
-
-
-class _Terminal:
-    """Writes to the local terminal; in raw mode a newline needs an explicit carriage return."""
-
-    def __init__(self, raw: bool) -> None:
-        self.raw = raw
-        self.lock = threading.Lock()
-        self.column0 = True
-
-    def write(self, text: str, *, remote: bool = False) -> None:
-        if not text:
-            return
-        if self.raw and remote:
-            text = text.replace("\r\n", "\n").replace("\n", "\r\n")
-        with self.lock:
-            _write_remote(text)
-            self.column0 = text.endswith("\n")
-
-
-def _interactive(manager: SessionManager, info: SessionInfo, confirm: bool = False) -> int:
-    import termios
-    import tty
-
-    fd = sys.stdin.fileno()
-    saved = termios.tcgetattr(fd)
-    hops = _arrow(sys.stderr).join(info.chain) or "direct"
-    print(f"Connected to {info.host} via {hops} (session {info.id}).\n"
-          "Escape character is '^]' (Ctrl-D on an empty line also quits). "
-          "Lines are edited locally and sent on Enter.", file=sys.stderr, flush=True)
-    term = _Terminal(raw=True)
-    editor = LineEditor()
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def prompt(cwd: str | None, status: int | None) -> str:
-        mark = f"[{status}] " if status else ""
-        return f"{mark}{info.host}:{cwd or '?'}$ "
-
-    # A command can start and finish between two reads; `sent` (guarded by `io`, which also
-    # covers the read) says that input went out since the last idle read, so a prompt is due.
-    io = threading.Lock()
-    sent = [False]
-
-    def reader() -> None:
-        was_running, tail = True, ""     # True: the first idle read shows the first prompt
-        while not stop.is_set():
-            try:
-                with io:
-                    r = manager.read(info.id, wait=0.05)
-                    due, sent[0] = sent[0] or was_running, False
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                failure.append(exc)
-                stop.set()
-                return
-            if r.output:
-                term.write(r.output, remote=True)
-                tail = (tail + r.output)[-256:]
-                if r.running and asks_for_secret(tail):
-                    editor.secret = True
-            if r.running:
-                was_running = True
-                continue
-            if due:
-                if not term.column0:
-                    term.write("\n", remote=True)
-                # a network device: its own prompt (the mode shows in it)
-                term.write(r.prompt + " " if r.prompt else prompt(r.cwd, r.exit_status))
-                was_running, tail = False, ""
-            stop.wait(0.05)
-
-    def send(**kwargs: Any) -> None:
-        with io:
-            try:
-                manager.send(info.id, confirm=confirm, **kwargs)
-            except PolicyError as err:     # the line is not sent; the shell goes on
-                term.write(f"{PROG}: {err}\n".replace("\n", "\r\n"))
-                term.write(prompt(manager.session(info.id).cwd, None))
-                return
-            sent[0] = True
-
-    thread = threading.Thread(target=reader, name="phj-shell-reader", daemon=True)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    tty.setraw(fd)
-    try:
-        thread.start()
-        while not stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if not ready:
-                continue
-            data = os.read(fd, 4096)
-            if not data:
-                break
-            for action in editor.feed(decoder.decode(data)):
-                if action[0] == "quit":
-                    stop.set()
-                    break
-                if action[0] == "echo":
-                    term.write(action[1])
-                elif action[0] == "line":
-                    send(text=action[1], newline=True, secret=action[2])
-                elif action[0] == "control":
-                    send(newline=False, control=action[1])
-    finally:
-        stop.set()
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-        thread.join(timeout=2)
-        if not term.column0:
-            term.write("\n")
-    if failure:
-        raise failure[0]
-    return EXIT_OK
-
 
 
 # --------------------------------------------------------------------------- workflow
@@ -727,46 +584,6 @@ def cmd_workflow_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _WorkflowProgress:
-    """Per-host status: redrawn lines on a terminal, timestamped lines otherwise (cron, systemd)."""
-
-    def __init__(self, hosts: list[str], stream: TextIO) -> None:
-        self.stream, self.hosts = stream, hosts
-        self.tty = _isatty(stream) and os.environ.get("TERM") != "dumb"
-        self.state = {h: "waiting" for h in hosts}
-        self.width = max(map(len, hosts), default=0)
-        self.drawn = False
-
-    def __call__(self, e: Any) -> None:
-        if e.kind == "host_start":
-            line = f"started ({e.total_steps} steps)"
-        elif e.kind == "step":
-            s = e.step
-            line = (f"step {s.index}/{e.total_steps} {s.status}: {s.name}"
-                    + (f" ({s.message})" if s.message else "") + f" {s.duration:.2f}s")
-        else:
-            r = e.result
-            failed = [s.index for s in r.steps if s.status == "failed"]
-            line = (f"{r.status.upper()} in {r.duration:.2f}s"
-                    + (f", failed step {', '.join(map(str, failed))}" if failed else "")
-                    + (f": {r.error.splitlines()[0]}" if r.error else ""))
-        line = mask(line)           # a step's name is its command line, which may hold a secret
-        if self.tty:
-            self.state[e.host] = line
-            self.draw()
-        else:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            print(f"{stamp} {e.host}: {line}", file=self.stream, flush=True)
-
-    def draw(self) -> None:
-        out = "\x1b[%dA" % len(self.hosts) if self.drawn else ""
-        for h in self.hosts:
-            out += f"\r\x1b[2K{h:<{self.width}}  {self.state[h]}"[:400] + "\n"
-        self.stream.write(out)
-        self.stream.flush()
-        self.drawn = True
-
-
 def cmd_workflow_run(args: argparse.Namespace) -> int:
     from .errors import WorkflowLockedError
     from .workflow import WorkflowLock, junit_xml, plan, run_workflow
@@ -777,17 +594,21 @@ def cmd_workflow_run(args: argparse.Namespace) -> int:
         for host, hr in result.hosts.items():
             for s in hr.steps:
                 print(f"{host}: step {s.index}: {s.command}")
-        print(f"dry run: {len(wf.spec.steps)} steps on {len(names)} hosts; nothing was run")
+        n, h = len(wf.spec.steps), len(names)
+        print(f"dry run: {n} step{'s' * (n != 1)} on {h} host{'s' * (h != 1)}; nothing was run")
     else:
         try:
             lock = WorkflowLock(wf).acquire(f"{PROG} workflow run {args.file}")
         except WorkflowLockedError as err:
             print(f"{PROG}: {err}", file=sys.stderr)
             return EXIT_WF_LOCKED
+        from .cli_progress import WorkflowProgress
+
         try:
-            progress = _WorkflowProgress(names, sys.stderr)
-            result = run_workflow(wf, inv, hosts=names, vars=values, audit_path=args.audit_log,
-                                  concurrency=args.concurrency, on_event=progress)
+            with WorkflowProgress(names, sys.stderr) as progress:
+                result = run_workflow(wf, inv, hosts=names, vars=values,
+                                      audit_path=args.audit_log,
+                                      concurrency=args.concurrency, on_event=progress)
         finally:
             lock.release()
         failed = result.failed_hosts

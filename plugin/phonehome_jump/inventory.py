@@ -933,7 +933,8 @@ class Inventory:
             check_text(value, param)
         if group is not None and group not in self._groups:
             raise UnknownNameError(f"unknown group '{group}'" + _suggest(group, self._groups),
-                                   hint="check the name against the inventory's host list (inventory list)")
+                                   hint="use a group defined under the inventory's `groups:` "
+                                        "(`inventory show HOST` lists a host's groups)")
         q = query.lower() if query else None
         return [t for _, t in sorted(self._targets.items())
                 if (group is None or group in t.groups) and (tag is None or tag in t.tags)

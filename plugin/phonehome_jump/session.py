@@ -104,7 +104,7 @@ class Session:
                 conn_timeout=ep.connect_timeout,
                 auth_timeout=ep.connect_timeout, banner_timeout=ep.connect_timeout,
                 keepalive=0, fast_cli=True, auto_connect=False)   # liveness: our own probe
-            conn.key_policy = HostKeyPolicy(ep, known)   # strict or accept-new, and @revoked
+            conn.key_policy = HostKeyPolicy(ep, known, role="host")   # strict or accept-new, and @revoked
             # netmiko's hook for the client class: no post-login stall on the target either
             conn._get_ssh_client_instance = AnsweringSSHClient
             build = conn._build_ssh_client
@@ -118,7 +118,7 @@ class Session:
             if logged_in is not None:
                 logged_in()
         except Exception as exc:
-            raise wrap_error(exc, ep, target.chain[-1] if target.chain else None) from exc
+            raise wrap_error(exc, ep, target.chain[-1] if target.chain else None, role="host") from exc
         chan = conn.remote_conn
         chan.settimeout(None)
         framer: Framer = (SentinelFramer() if framing == "sentinel"
@@ -139,7 +139,7 @@ class Session:
                                    where=f"host {target.name!r}",
                                    hint="check the account's login shell; device_type decides "
                                         "the framing (sentinel needs a POSIX shell)") from exc
-            raise wrap_error(exc, ep, None) from exc
+            raise wrap_error(exc, ep, None, role="host") from exc
         return session
 
     # -- the wire ---------------------------------------------------------------------

@@ -730,7 +730,8 @@ def plan(wf: Workflow, hosts: Sequence[str], vars: Mapping[str, str] | None = No
         values = {**wf.spec.vars, **(vars or {}), "host": host, "workflow": wf.name}
         steps = []
         for i, step in enumerate(wf.spec.steps, 1):
-            steps.append(StepResult(i, step.label, BracedTemplate(step.text).safe_substitute(values),
+            steps.append(StepResult(i, BracedTemplate(step.label).safe_substitute(values),
+                                    BracedTemplate(step.text).safe_substitute(values),
                                     "skipped", message="dry run"))
         result.hosts[host] = HostResult(host, "passed", steps)
     return result
@@ -832,11 +833,12 @@ class _HostRun:
 
         Failures of the session itself (dead, unreachable, audit log unwritable) raise.
         """
+        name = BracedTemplate(step.label).safe_substitute(self.values)   # ${vars} in names too
         try:
             command = self._sub(index, step.text)
         except _StepProblem as problem:
-            return StepResult(index, step.label, step.text, "failed", message=problem.message)
-        sr = StepResult(index, step.label, command, "failed")
+            return StepResult(index, name, step.text, "failed", message=problem.message)
+        sr = StepResult(index, name, command, "failed")
         t0 = time.monotonic()
         pieces: list[str] = []
         try:

@@ -84,7 +84,11 @@ async def drive(lab: Lab) -> None:
 def main() -> int:
     lab = Lab()
     say("bringing up the lab: local → jump1 → jump2 → target1..3 (real OpenSSH in network namespaces)")
-    lab.up()
+    try:
+        lab.up()
+    except (PermissionError, FileNotFoundError) as exc:   # not root, or no sshd: say so, no traceback
+        print(f"make demo: {exc}; run it as root (e.g. sudo make demo)", file=sys.stderr)
+        return 1
     os.environ.update(lab.env)
     os.environ["PHONEHOME_JUMP_INVENTORY"] = str(lab.inventory)
     try:
