@@ -23,33 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "lab"))
 from sshlab import Lab  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import OpenSSH  # noqa: E402
+
 CLI = str(Path(sys.executable).parent / "phonehome-jump")
-
-
-def ssh_config(lab: Lab, path: Path) -> None:
-    path.write_text(f"""\
-Host jump1
-  HostName {lab.addr('jump1')}
-Host jump2
-  HostName {lab.addr('jump2')}
-  ProxyJump jump1
-Host target1
-  HostName {lab.addr('target1')}
-  ProxyJump jump1,jump2
-Host *
-  User phjkey
-  IdentityFile {lab.key_file}
-  IdentitiesOnly yes
-  IdentityAgent none
-  UserKnownHostsFile {lab.known_hosts}
-  GlobalKnownHostsFile /dev/null
-  StrictHostKeyChecking yes
-  CheckHostIP no
-  BatchMode yes
-  ControlMaster no
-  ControlPath none
-  LogLevel ERROR
-""")
 
 
 def timed(argv: list[str], *, input: bytes | None = None, shell: bool = False,
@@ -82,8 +59,7 @@ def main() -> int:
     try:
         env = dict(os.environ, **lab.env, PHONEHOME_JUMP_INVENTORY=str(lab.inventory))
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = Path(tmp) / "ssh_config"
-            ssh_config(lab, cfg)
+            cfg = OpenSSH(lab, Path(tmp)).cfg     # the same ssh_config as bench.py's rows
             ssh = ["ssh", "-F", str(cfg), "target1"]
             phj = [CLI, "run", "lab-target1", "--"]
             data = os.urandom(20 << 20)

@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from phonehome_jump.cli_progress import WorkflowProgress
+from phonehome_jump.cli_terminal import _screen_class
 
 STEPS = 3
 
@@ -45,16 +46,9 @@ def events(hosts: list[str], seed: int = 7):
             active.remove(h)
 
 
-class Screen(pyte.Screen):
-    """A terminal that counts lines scrolled off its top (they would stay in scrollback)."""
-
-    scrolled = 0
-
-    def index(self) -> None:
-        top, bottom = self.margins or (0, self.lines - 1)
-        if self.cursor.y == bottom:
-            self.scrolled += 1
-        super().index()
+# the shell's own emulator class: it counts lines scrolled off the top (they would stay in
+# the terminal's scrollback)
+Screen, _ = _screen_class()
 
 
 def tty(text: str) -> str:
