@@ -71,7 +71,7 @@ def test_secrets_are_masked_across_chunk_page_and_spill_boundaries(lab_inventory
     add_secret(secret)
     # lines of growing length put the secret across every kind of boundary: network chunks,
     # 16,000-character pages, the in-memory/spill cut
-    script = (f"s=$(printf '%s%s' canary-perf- 5b7e5b7e5b7e); "
+    script = ("s=$(printf '%s%s' canary-perf- 5b7e5b7e5b7e); "
               "for i in $(seq 1 6000); do printf '%*s%s\\n' $((i % 97)) '' \"$s\"; done")
     expected = "".join(" " * (i % 97) + "*" * len(secret) + "\n" for i in range(1, 6001))
     with SessionManager(lab_inventory, output_memory=70_000) as m:

@@ -15,7 +15,6 @@ import pytest
 from mcp import Client
 
 from phonehome_jump.errors import WorkflowLockedError
-from phonehome_jump.inventory import Inventory
 from phonehome_jump.mcp_server import build_server
 from phonehome_jump.workflow import Workflow, WorkflowLock, run_workflow
 

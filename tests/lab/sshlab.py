@@ -234,7 +234,7 @@ PrintLastLog no
         run(SSHD, "-f", str(conf), "-E", str(log), ns=node.ns)   # daemonises once listening
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            if run("ss", "-Hltn", f"sport = :22", ns=node.ns, check=False).stdout.strip():
+            if run("ss", "-Hltn", "sport = :22", ns=node.ns, check=False).stdout.strip():
                 return
             time.sleep(0.02)
         raise RuntimeError(f"lab: sshd on {name} did not start; see {log}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -206,7 +205,7 @@ def test_workflow_pattern_limits_apply_at_load():
     text = WF.format(name="x") + "    assert: {regex: '" + "a" * (MAX_PATTERN + 1) + "'}\n"
     with pytest.raises(WorkflowError) as info:
         Workflow.from_text(text, "wf.yaml")
-    assert f"wf.yaml:5: steps[0].assert.regex is not a valid regular expression" in str(info.value)
+    assert "wf.yaml:5: steps[0].assert.regex is not a valid regular expression" in str(info.value)
 
 
 # ----------------------------------------------------------------------------- numbers, names
