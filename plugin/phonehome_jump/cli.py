@@ -463,6 +463,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .framing import SENTINEL_DEVICE_TYPES
 
     command = " ".join(args.words)
+    from .inputs import check_text
+    check_text(command, "command", where=f"host {args.host!r}")   # before anything connects
     manager = _manager(args)
     try:
         target = manager.inventory.target(args.host)
