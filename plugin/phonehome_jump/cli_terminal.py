@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import logging
 import os
 import re
 import select
@@ -41,12 +42,16 @@ import threading
 import time
 from typing import Any
 
+import paramiko
+
 from .direct import DirectChannel, StreamMasker
 from .errors import PhonehomeJumpError, PolicyError
 from .inventory import Target
 from .manager import SessionManager
 from .prompts import awaiting_input, line_is_secret
 from .redact import MASK
+
+log = logging.getLogger(__name__)
 
 PROG = "phonehome-jump"
 EXIT_CONNECT = 255
@@ -381,8 +386,12 @@ def interactive(manager: SessionManager, target: Target, *, confirm: bool = Fals
     def on_winch(signum: int, frame: Any) -> None:
         resized[0] = True
 
+    hangup: list[int] = []
+
     def on_hangup(signum: int, frame: Any) -> None:
-        raise _Hangup(signum)
+        # noted, not raised: an exception thrown into whatever runs (a paramiko send, a
+        # lock) could be swallowed or surface as another error; set_wakeup_fd wakes the loop
+        hangup.append(signum)
 
     saved = termios.tcgetattr(fd_in)
     status: int | None = None
@@ -407,6 +416,8 @@ def interactive(manager: SessionManager, target: Target, *, confirm: bool = Fals
                     os.read(wake_r, 512)
                 except BlockingIOError:
                     pass
+            if hangup:
+                raise _Hangup(hangup[0])
             if resized[0]:
                 resized[0] = False
                 cols, rows = _terminal_size(fd_in)
@@ -447,7 +458,10 @@ def interactive(manager: SessionManager, target: Target, *, confirm: bool = Fals
                 signal.set_wakeup_fd(old_wakeup)
         os.close(wake_r)
         os.close(wake_w)
-        ch.close("closed" if status is not None else "lost")
+        try:
+            ch.close("closed" if status is not None else "lost")
+        except (OSError, EOFError, paramiko.SSHException) as exc:   # already gone: nothing to undo
+            log.debug("closing the terminal channel: %s", exc)
     if status is not None and not left:
         return status
     if left and status is None:

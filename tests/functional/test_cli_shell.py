@@ -212,7 +212,7 @@ def test_terminal_restored_on_sigterm(term):
     t.type("sleep 30\r")
     t.proc.terminate()
     code, err = t.wait()
-    assert code == 143 and "Traceback" not in err
+    assert code == 143 and "Traceback" not in err, err
     assert t.restored()
 
 
