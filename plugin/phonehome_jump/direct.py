@@ -46,16 +46,10 @@ class StreamMasker:
     def feed(self, data: bytes) -> bytes:
         text = self._held + self._decoder.decode(data)
         self._held = ""
-        values = REDACTOR._values
-        if not values or not text:
+        if not REDACTOR.longest or not text:
             return self._encode(text)
         masked = REDACTOR.mask(text, keep_length=True)
-        hold = 0
-        for value in values:
-            for n in range(min(len(value) - 1, len(text)), hold, -1):
-                if text.endswith(value[:n]):
-                    hold = n
-                    break
+        hold = REDACTOR.pending(text)       # a tail that may begin a secret: wait for more
         if hold and masked.endswith(text[-hold:]):
             self._held = text[-hold:]
             return self._encode(masked[:-hold])
