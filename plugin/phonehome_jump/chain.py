@@ -88,15 +88,18 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
 
 
 class AnsweringTransport(paramiko.Transport):
-    """A client transport that answers the server's no-reply global requests at once.
+    """A client transport that answers at once every server message that wants no reply.
 
-    Right after login OpenSSH's sshd sends ``hostkeys-00@openssh.com`` (no reply wanted) on
-    a connection where Nagle is still on. The client has nothing to say back, so its kernel
-    delays the ACK (~40 ms), and sshd's next small packet (the confirmation of the first
-    channel this client opens) waits behind it: ~45 ms per login. Answering the request with
-    an SSH_MSG_IGNORE the moment it arrives carries that ACK (through every hop of a tunnel,
-    whose forwarding sshd writes it to the next socket) whatever the order of events, so the
-    stall cannot happen; servers ignore the message by definition (RFC 4253 §11.2).
+    Until a pty exec flips a connection to interactive, OpenSSH's sshd writes it with Nagle
+    on: a small packet waits while an earlier one is unacknowledged. Right after login sshd
+    sends ``hostkeys-00@openssh.com`` (no reply wanted), sometimes a debug message, and the
+    answer to our first liveness probe; the client has nothing to say back to any of them,
+    so its kernel delays the ACK (~40 ms), and sshd's next small packet (the confirmation of
+    the first channel this client opens) waits behind it: ~45 ms per login. Answering each
+    such message with an SSH_MSG_IGNORE the moment it arrives carries that ACK (through
+    every hop of a tunnel, whose forwarding sshd writes it to the next socket) whatever the
+    order of events, so the stall cannot happen; servers ignore the message by definition
+    (RFC 4253 §11.2), and after login this costs one small packet per keepalive answer.
     """
 
     answered: tuple[str, ...] = ()      # kinds of requests answered so (for tests and debugging)
@@ -108,6 +111,14 @@ class AnsweringTransport(paramiko.Transport):
     _preferred_ciphers = tuple(sorted(paramiko.Transport._preferred_ciphers,
                                       key=lambda c: 0 if "-gcm@" in c else 1))
 
+    def _answer(self, kind: str) -> None:
+        msg = paramiko.Message()
+        msg.add_byte(cMSG_IGNORE)
+        msg.add_string(b"")
+        self._send_message(msg)
+        if kind not in self.answered:
+            self.answered += (kind,)
+
     def _parse_global_request(self, m: paramiko.Message) -> None:
         kind, want_reply = "", True
         if not self.server_mode:
@@ -115,11 +126,20 @@ class AnsweringTransport(paramiko.Transport):
             m.rewind()
         super()._parse_global_request(m)
         if not want_reply:                  # a wanted reply already carries the ACK
-            msg = paramiko.Message()
-            msg.add_byte(cMSG_IGNORE)
-            msg.add_string(b"")
-            self._send_message(msg)
-            self.answered += (kind,)
+            self._answer(kind)
+
+    # the answers to our own liveness probes (the first goes out right after login)
+    def _parse_request_success(self, m: paramiko.Message) -> None:
+        super()._parse_request_success(m)
+        self._answer("request-success")
+
+    def _parse_request_failure(self, m: paramiko.Message) -> None:
+        super()._parse_request_failure(m)
+        self._answer("request-failure")
+
+    def _parse_debug(self, m: paramiko.Message) -> None:
+        super()._parse_debug(m)
+        self._answer("debug")
 
 
 class AnsweringSSHClient(paramiko.SSHClient):

@@ -21,7 +21,8 @@ def _eventually(check, timeout: float = 10.0) -> bool:
 
 
 def test_every_login_answers_sshds_post_login_request_and_uses_aes_gcm(manager):
-    """Each hop and the target answer sshd's hostkeys-00 at once (no delayed-ACK stall)."""
+    """Each hop and the target answer at once what sshd sends unasked after login (hostkeys-00)
+    and its answer to the first liveness probe: no message is left for a delayed ACK."""
     info = manager.open("lab-target1")
     session = manager.session(info.id)
     hops = [(h.endpoint.name, h.transport) for h in manager.pool._hops.values()]
@@ -31,6 +32,8 @@ def test_every_login_answers_sshds_post_login_request_and_uses_aes_gcm(manager):
     for name, t in transports:
         assert isinstance(t, AnsweringTransport), name
         assert _eventually(lambda: HOSTKEYS in t.answered), (name, t.answered)
+        # sshd answers keepalive@openssh.com with a failure (it knows no such request)
+        assert _eventually(lambda: "request-failure" in t.answered), (name, t.answered)
         # AES-GCM where the server offers it (OpenSSH does): no per-byte MAC compare in Python
         assert (t.local_cipher, t.remote_cipher) == ("aes128-gcm@openssh.com",) * 2, name
     assert manager.command(info.id, "echo ok").output == "ok\n"

@@ -49,8 +49,11 @@ def test_fingerprint_and_known_hosts_name():
 
 
 def test_the_installed_paramiko_dispatches_global_requests_to_our_transport():
-    """AnsweringTransport relies on paramiko building its handler table per instance."""
-    from paramiko.common import MSG_GLOBAL_REQUEST
+    """AnsweringTransport relies on paramiko building its handler table per instance, and
+    on dispatching debug messages through ``self._parse_debug``."""
+    import inspect
+
+    from paramiko.common import MSG_GLOBAL_REQUEST, MSG_REQUEST_FAILURE, MSG_REQUEST_SUCCESS
 
     from phonehome_jump.chain import AnsweringTransport
 
@@ -59,6 +62,10 @@ def test_the_installed_paramiko_dispatches_global_requests_to_our_transport():
         t = AnsweringTransport(a)
         handler = t._handler_table[MSG_GLOBAL_REQUEST]
         assert handler.__func__ is AnsweringTransport._parse_global_request
+        for kind, ours in ((MSG_REQUEST_SUCCESS, AnsweringTransport._parse_request_success),
+                           (MSG_REQUEST_FAILURE, AnsweringTransport._parse_request_failure)):
+            assert t._handler_table[kind].__func__ is ours
+        assert "self._parse_debug(m)" in inspect.getsource(paramiko.Transport.run)
         assert t._preferred_ciphers[0] == "aes128-gcm@openssh.com"
     finally:
         a.close()
