@@ -87,6 +87,42 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                     fingerprint(key), path)
 
 
+class ReadAhead:
+    """A transport's socket (a TCP socket, or the previous hop's channel) read in large chunks.
+
+    paramiko's packetizer asks its socket for each packet in two exact-size reads (the first
+    block, then the rest). On a TCP socket that is two system calls per packet; on a tunnel
+    channel two trips through the channel's locked buffer and window bookkeeping. Through
+    two hops a pty's output arrives in ~4 KB packets, so that per-read cost, paid at every
+    layer, was most of the client's CPU for bulk output. Reading whatever is there (up to
+    256 KiB) and serving the exact reads from it costs one read per burst. Only the
+    transport's own thread reads (paramiko's rule); everything else is the socket's own.
+    """
+
+    CHUNK = 1 << 18
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(max(n, self.CHUNK))   # a timeout or an error: as before
+            if len(data) <= n:
+                return data
+            self._buf, self._pos = data, 0
+        end = self._pos + n
+        out = self._buf[self._pos:end]
+        self._pos = end
+        if end >= len(self._buf):
+            self._buf, self._pos = b"", 0
+        return out
+
+    def __getattr__(self, name: str) -> Any:     # send, settimeout, close, _closed, ...
+        return getattr(self._sock, name)
+
+
 class AnsweringTransport(paramiko.Transport):
     """A client transport that answers at once every server message that wants no reply.
 
@@ -110,6 +146,11 @@ class AnsweringTransport(paramiko.Transport):
     # aes*-gcm@openssh.com since 6.2; a server without it gets paramiko's usual order.
     _preferred_ciphers = tuple(sorted(paramiko.Transport._preferred_ciphers,
                                       key=lambda c: 0 if "-gcm@" in c else 1))
+
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        if hasattr(sock, "recv"):       # (paramiko also takes "host:port" or a tuple)
+            sock = ReadAhead(sock)
+        super().__init__(sock, *args, **kwargs)
 
     def _answer(self, kind: str) -> None:
         msg = paramiko.Message()

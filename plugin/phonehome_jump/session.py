@@ -566,6 +566,11 @@ class Session:
             self._run.out.close()     # a running command's reader still owns its buffer
         for link in self.links[-1:]:
             link.stop()
+        if isinstance(self.framer, SentinelFramer):
+            # a POSIX shell has no config mode to leave: netmiko's Linux cleanup would spend a
+            # round trip asking (an Enter and its prompt) before its `exit`
+            conn = self._conn
+            conn.cleanup = lambda command="exit": conn.write_channel(command + conn.RETURN)
         try:
             self._conn.disconnect()
         except Exception:  # already gone; nothing to report to the caller

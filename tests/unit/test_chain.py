@@ -99,3 +99,49 @@ def test_early_eof_is_told_apart_from_auth_failures():
         err = wrap_error(banner, EP, None)
         assert err.reason == "closed" and "before login" in str(err) and "MaxStartups" in str(err)
     assert not early_eof(paramiko.AuthenticationException("Authentication failed."))
+
+
+def test_read_ahead_serves_exact_reads_from_one_large_read():
+    """What paramiko's packetizer asks (exact sizes) comes back byte for byte, in order,
+    across the edges of the chunks it read ahead; EOF and timeouts are the socket's own."""
+    import threading
+
+    from phonehome_jump.chain import ReadAhead
+
+    a, b = socket.socketpair()
+    try:
+        r = ReadAhead(a)
+        r.settimeout(5)                              # delegated to the socket
+        payload = bytes(range(256)) * 2000           # 512,000 bytes: more than one chunk
+        writer = threading.Thread(target=b.sendall, args=(payload[:300_000],))
+        writer.start()
+        got, sizes = [], [16, 4, 1000, 7, 32_768, 1]
+        i = 0
+        while sum(map(len, got)) < 300_000:
+            want = min(sizes[i % len(sizes)], 300_000 - sum(map(len, got)))
+            piece = r.recv(want)
+            assert 0 < len(piece) <= want
+            got.append(piece)
+            i += 1
+        writer.join()
+        assert b"".join(got) == payload[:300_000]
+        r.settimeout(0.05)
+        with pytest.raises(socket.timeout):          # nothing buffered, nothing sent
+            r.recv(16)
+        r.settimeout(5)
+
+        def rest_then_eof() -> None:
+            b.sendall(payload[300_000:])
+            b.shutdown(socket.SHUT_WR)
+        writer = threading.Thread(target=rest_then_eof)
+        writer.start()
+        rest = bytearray()
+        while chunk := r.recv(5000):
+            rest += chunk
+        writer.join()
+        assert bytes(rest) == payload[300_000:]
+        assert r.recv(16) == b""                     # EOF, as the socket says it
+        assert r.fileno() == a.fileno()
+    finally:
+        a.close()
+        b.close()
