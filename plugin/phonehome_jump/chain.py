@@ -123,6 +123,23 @@ class ReadAhead:
         return getattr(self._sock, name)
 
 
+class OnceHandshakePacketizer(paramiko.Packetizer):
+    """paramiko's packetizer, whose end-of-handshake bookkeeping runs once, not per packet.
+
+    The transport thread calls ``complete_handshake()`` after every packet it handles; each
+    call cancels the (long finished) handshake timer again: an Event set and a Condition
+    notified per packet, per hop. After the first call that found the timer, there is
+    nothing left to do.
+    """
+
+    _handshake_done = False
+
+    def complete_handshake(self) -> None:
+        if not self._handshake_done:
+            super().complete_handshake()
+            self._handshake_done = bool(getattr(self, "_Packetizer__handshake_complete", True))
+
+
 class AnsweringTransport(paramiko.Transport):
     """A client transport that answers at once every server message that wants no reply.
 
@@ -150,6 +167,7 @@ class AnsweringTransport(paramiko.Transport):
     def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
         if hasattr(sock, "recv"):       # (paramiko also takes "host:port" or a tuple)
             sock = ReadAhead(sock)
+        kwargs.setdefault("packetizer_class", OnceHandshakePacketizer)
         super().__init__(sock, *args, **kwargs)
 
     def _answer(self, kind: str) -> None:
