@@ -473,6 +473,8 @@ class Hop:
     ready: threading.Event = field(default_factory=threading.Event)
     error: PhonehomeJumpError | None = None
     link: Link | None = None          # liveness probe; says why the hop is down
+    nodelay_asked: bool = False       # the pty `true` was sent (only to connections that forward)
+    _nodelay_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def transport(self) -> paramiko.Transport:
@@ -484,6 +486,17 @@ class Hop:
     def alive(self) -> bool:
         t = self.client.get_transport()
         return t is not None and t.is_active() and (self.link is None or self.link.down is None)
+
+    def forwarding(self) -> None:
+        """This connection forwards to a next hop or a target: ask its sshd, once, to send
+        small packets at once (see :func:`_ask_for_nodelay`), in the background, so the next
+        login need not wait for it (bulk output after the first milliseconds is what it fixes)."""
+        with self._nodelay_lock:
+            if self.nodelay_asked:
+                return
+            self.nodelay_asked = True
+        threading.Thread(target=_ask_for_nodelay, args=(self.transport, self.endpoint),
+                         name=f"phj-nodelay-{self.endpoint.name}", daemon=True).start()
 
     def close(self) -> None:
         if self.link is not None:
@@ -498,13 +511,21 @@ class HopPool:
         self._lock = threading.Lock()
         self._hops: dict[HopKey, Hop] = {}
 
-    def acquire(self, chain: tuple[Endpoint, ...]) -> list[Hop]:
-        """Connect (or reuse) every hop of ``chain``; the caller must :meth:`release` the result."""
+    def acquire(self, chain: tuple[Endpoint, ...], *, target: bool = False) -> list[Hop]:
+        """Connect (or reuse) every hop of ``chain``; the caller must :meth:`release` the result.
+
+        ``target``: the last endpoint is the login target itself (an exec channel, a terminal,
+        a file copy), not a hop: it is not sent the hop's pty ``true`` (a network device
+        would take it for a command, and some serve one session per connection).
+        """
         held: list[Hop] = []
         try:
             for i, ep in enumerate(chain):
-                held.append(self._acquire_one(tuple(e.key for e in chain[: i + 1]), ep,
-                                              held[-1] if held else None))
+                hop = self._acquire_one(tuple(e.key for e in chain[: i + 1]), ep,
+                                        held[-1] if held else None)
+                held.append(hop)
+                if not (target and i == len(chain) - 1):
+                    hop.forwarding()
         except BaseException as exc:
             blame = None
             if (held and isinstance(exc, ConnectError)
@@ -568,10 +589,6 @@ class HopPool:
         hop.link = Link("hop", ep.name, f"{ep.username}@{ep.host}:{ep.port}", hop.transport,
                         interval=ep.keepalive, count=ep.keepalive_count, outer=outer,
                         on_down=hop.client.close).start()
-        # in the background: the next hop's login need not wait for it (bulk output after
-        # the first few milliseconds is what the pty fixes)
-        threading.Thread(target=_ask_for_nodelay, args=(hop.transport, ep),
-                         name=f"phj-nodelay-{ep.name}", daemon=True).start()
         log.debug("hop %s up", _hop_label(ep))
 
     def release(self, hops: list[Hop]) -> None:

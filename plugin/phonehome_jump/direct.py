@@ -110,7 +110,8 @@ class DirectChannel:
         if self.manager.audit:
             self.manager.audit.check()
         try:
-            self.hops = self.manager.pool.acquire((*self.target.chain, self.target.endpoint))
+            self.hops = self.manager.pool.acquire((*self.target.chain, self.target.endpoint),
+                                                 target=True)
         except BaseException as exc:
             if isinstance(exc, PhonehomeJumpError) and (exc.where or "").startswith(
                     f"hop {self.target.name!r}"):

@@ -589,7 +589,7 @@ class SessionManager:
         hops: list[Hop] = []
         try:
             # the target itself joins the shared pool as the chain's last "hop"
-            hops = self.pool.acquire((*target.chain, target.endpoint))
+            hops = self.pool.acquire((*target.chain, target.endpoint), target=True)
             op = upload if direction == "upload" else download
             args = (local, remote) if direction == "upload" else (remote, local)
             result = op(hops[-1].client, target.name, *args, **kw)

@@ -37,6 +37,25 @@ def test_every_login_answers_sshds_post_login_request_and_uses_aes_gcm(manager):
         # AES-GCM where the server offers it (OpenSSH does): no per-byte MAC compare in Python
         assert (t.local_cipher, t.remote_cipher) == ("aes128-gcm@openssh.com",) * 2, name
     assert manager.command(info.id, "echo ok").output == "ok\n"
+    # hops forward: each is sent the pty `true` that turns sshd's Nagle off, once
+    assert all(h.nodelay_asked for h in manager.pool._hops.values())
+
+
+def test_a_target_reached_directly_is_not_sent_the_hops_pty_true(manager):
+    """An exec channel or terminal goes to the target's own connection in the pool; that
+    connection forwards nothing, and a network device would take `true` for a command."""
+    from phonehome_jump.direct import DirectChannel
+
+    target = manager.inventory.target("lab-target2")
+    d = DirectChannel(manager, target)
+    try:
+        chan = d.exec("echo direct")
+        assert chan.makefile("rb").read() == b"direct\n"
+        by_name = {h.endpoint.name: h for h in manager.pool._hops.values()}
+        assert not by_name["lab-target2"].nodelay_asked
+        assert by_name["jump1"].nodelay_asked and by_name["jump2"].nodelay_asked
+    finally:
+        d.close()
 
 
 # -- output of any size: complete, exact, bounded, masked -------------------------------
