@@ -216,3 +216,13 @@ def test_a_prompt_after_megabytes_of_output_is_answered_matching_only_a_bounded_
     assert len(searched) > 250 and max(searched) <= PROMPT_WINDOW, max(searched)
     assert s.output == text[:STEP_KEEP] + marker(STEP_KEEP, len(text) - STEP_KEEP) + text[-STEP_KEEP:]
 
+
+def test_the_mcp_result_cuts_a_long_step_further_and_says_what_the_report_keeps():
+    from phonehome_jump.workflow_mcp import MAX_STEP_OUTPUT, _capped
+
+    text = "a" * MAX_STEP_OUTPUT + "b" * 10
+    assert _capped(text[:MAX_STEP_OUTPUT]) == text[:MAX_STEP_OUTPUT]
+    half = MAX_STEP_OUTPUT // 2
+    assert _capped(text) == (text[:half] + "\n[… 10 characters of this step's result omitted; "
+                             "the CLI's --report keeps up to 65,536 characters of each end of "
+                             "its output …]\n" + text[-half:])
