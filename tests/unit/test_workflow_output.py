@@ -169,6 +169,24 @@ def test_past_output_memory_a_step_without_checks_passes_and_its_output_is_never
     assert m.paged <= 2 * STEP_KEEP + 3 * m.cap, m.paged
 
 
+def test_a_step_without_checks_holds_no_more_than_its_result_whatever_output_memory(
+        monkeypatch):
+    sizes: list[int] = []
+
+    class Watched(_Received):
+        def add(self, text: str, truncated: bool = False) -> None:
+            super().add(text, truncated)
+            sizes.append(self.size)
+
+    monkeypatch.setattr(wfmod, "_Received", Watched)
+    m = PagingManager(output_memory=4_000_000)    # whole reads, far below output_memory
+    text = lines(100_000)
+    [s] = run_steps("  - run: print 100000\n", m)
+    assert s.status == "passed" and max(sizes) <= 2 * STEP_KEEP
+    assert s.output == text[:STEP_KEEP] + marker(STEP_KEEP, len(text) - STEP_KEEP) + text[-STEP_KEEP:]
+    assert m.paged <= 2 * STEP_KEEP + 3 * m.cap, m.paged
+
+
 @pytest.mark.parametrize("check, uses", [
     ("assert: {regex: '^1$'}", "assert"),
     ("capture: n", "capture"),
