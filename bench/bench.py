@@ -809,10 +809,52 @@ class Bench:
                             self.s(f"tp/{label}").add(dt)
                 finally:
                     chain.AnsweringTransport = orig
+        self._floor(n, want)
         for label, *_ in variants:
             results.append(f"{label} {self.s(f'tp/{label}').cell()}")
         self.notes.append(f"transport variants, seq 1 {n} ({want[0] / 1e6:.1f} MB) in an open "
                           "session to target1 through both jumps, all in this run: " + "; ".join(results))
+
+    def _floor(self, n: int, want: tuple[int, str]) -> None:
+        """The transports alone: the same bytes over an exec channel (no pty) on an open
+        connection to target1, beside `ssh -S` over a ControlMaster, interleaved."""
+        from phonehome_jump.direct import DirectChannel
+
+        rounds = 2 * self.args.variant_rounds + 1
+        log(f"throughput floor: {rounds} × seq 1 {n} over an exec channel, and over a ControlMaster")
+        out = self.ossh.tmp / "floor.out"
+        self.ossh.start_master("cm-target1", self.ossh.cm_target)
+        try:
+            with SessionManager(self.inv) as m:
+                target = m.inventory.target(self.targets[0])
+                held = DirectChannel(m, target)
+                held.connect()                      # the open connection every exec reuses
+
+                def once() -> tuple[int, str]:
+                    d = DirectChannel(m, target)
+                    try:
+                        chan, h, length = d.exec(f"seq 1 {n}"), hashlib.sha256(), 0
+                        while data := chan.recv(1 << 20):
+                            h.update(data)
+                            length += len(data)
+                        return length, h.hexdigest()
+                    finally:
+                        d.close()
+                try:
+                    once()
+                    for _ in range(rounds):
+                        dt, got = timed(once)
+                        assert got == want, "exec channel output differs from seq's"
+                        self.s("floor/phj").add(dt)
+                        dt, _ = run_child([SSH, "-F", str(self.ossh.cfg), "-S", str(self.ossh.cm_target),
+                                           "cm-target1", f"seq 1 {n}"], out)
+                        assert file_digest(out) == want
+                        self.s("floor/cm").add(dt)
+                finally:
+                    held.close()
+        finally:
+            self.ossh.stop_master("cm-target1", self.ossh.cm_target)
+            out.unlink(missing_ok=True)
 
     def oneshot(self) -> None:
         """`phonehome-jump run` (a new process each time) against `ssh -J`: start and bulk."""
@@ -914,6 +956,8 @@ ROWS: list[tuple[str, str, Any]] = [
     *[(f"out{n}", f"`seq 1 {n:.0e}`".replace("e+0", "e") + f" ({_bytes(n)}), open session",
        ("×", 1.5, "cm") if n == 1_000_000 else ("rss", 64 << 10) if n == 10_000_000 else None)
       for n in SCALES],
+    ("floor", f"`seq 1 {THROUGHPUT_N:.0e}`".replace("e+0", "e") + " (6.9 MB), exec channel on an "
+              "open connection (no pty): the transports' throughput", ("×", 1.5, "cm")),
     ("page", f"page through `seq 1 {PAGE_N:.0e}`".replace("e+0", "e") + " (30.9 MB), read(offset=)", None),
     ("pages", "the same, 2 secrets registered", None),
     ("runtrue", "`phonehome-jump run HOST -- true` (new process) vs `ssh -J`", ("×", 1.0, "fresh")),

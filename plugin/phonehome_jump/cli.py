@@ -313,17 +313,58 @@ def _write_remote(text: str) -> None:
     buf.flush()
 
 
-def _full_output(manager: SessionManager, sid: str, result: CommandResult) -> str:
-    """All of the command's output: page past the head/tail cap instead of printing the marker."""
-    if not result.truncated:
-        return result.output
-    parts, offset = [], result.offset
+STREAM_SLICE = 0.25      # how often a running command's new output is written out
+
+
+def _pages(manager: SessionManager, sid: str, start: int) -> Any:
+    """The command's output from character ``start`` on, page by page, as far as it has
+    arrived (``read(offset=)``: one page in memory at a time, however long the output)."""
+    pos = start
     while True:
-        page = manager.read(sid, offset=offset)
-        parts.append(page.output)
-        if page.next_offset >= page.total or page.next_offset <= offset:
-            return "".join(parts)
-        offset = page.next_offset
+        page = manager.read(sid, offset=pos)
+        if page.output:
+            yield page.output
+        if page.next_offset <= pos or page.next_offset >= page.total:
+            return
+        pos = page.next_offset
+
+
+def _stream(manager: SessionManager, sid: str, command: str, timeout: float, confirm: bool,
+            write: Callable[[str], None]) -> CommandResult:
+    """Run ``command`` and write its output as it arrives; the final (or timed-out) result.
+
+    Ends early, like a single wait, when the output asks for input. Only the page being
+    written is in memory: a command's output of any size goes through.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    written = 0
+    res = manager.command(sid, command, wait=min(timeout, STREAM_SLICE), confirm=confirm)
+    while True:
+        for piece in _pages(manager, sid, written):
+            write(piece)
+            written += len(piece)
+        remaining = deadline - time.monotonic()
+        if not res.running or res.awaiting_input or remaining <= 0:
+            return res
+        res = manager.read(sid, wait=min(remaining, STREAM_SLICE))
+
+
+def _print_json(manager: SessionManager, sid: str, fields: dict[str, Any], *,
+                parsed: Any = None, whole: str | None = None) -> None:
+    """``fields`` as indented JSON with the command's whole output last, written page by page
+    (json.dumps of one page at a time: the output is never held whole)."""
+    head = json.dumps(fields, indent=2)
+    out = sys.stdout
+    out.write(head[:-2] + ',\n  "output": "')
+    for piece in ([whole] if whole is not None else _pages(manager, sid, 0)):
+        out.write(json.dumps(piece)[1:-1])
+    out.write('"')
+    if parsed is not None:
+        out.write(',\n  "parsed": ' + json.dumps(parsed, indent=2).replace("\n", "\n  "))
+    out.write("\n}\n")
+    out.flush()
 
 
 def _last_line(text: str) -> str:
@@ -333,18 +374,20 @@ def _last_line(text: str) -> str:
 
 def _run_one(manager: SessionManager, info: SessionInfo, command: str, timeout: float,
              confirm: bool = False, as_json: bool = False, parse: bool = False) -> int:
-    result = manager.command(info.id, command, wait=timeout, confirm=confirm)
     if as_json or parse:
-        out = {"host": info.host, **result.to_dict(),
-               "output": _full_output(manager, info.id, result), "truncated": False, "omitted": None}
-        if parse and not result.running:
+        result = manager.command(info.id, command, wait=timeout, confirm=confirm)
+        fields = {"host": info.host, **result.to_dict(), "truncated": False, "omitted": None}
+        del fields["output"]
+        parsed = whole = None
+        if parse and not result.running:   # TextFSM reads the whole text at once
             from .parsing import parse_result
             target = manager.session(info.id).target
-            whole = CommandResult(**{**result.__dict__, "output": out["output"]})
-            out["parsed"] = parse_result(target.device_type, whole, host=info.host).rows
-        print(json.dumps(out, indent=2))
+            whole = "".join(_pages(manager, info.id, 0))
+            parsed = parse_result(target.device_type, CommandResult(
+                **{**result.__dict__, "output": whole}), host=info.host).rows
+        _print_json(manager, info.id, fields, parsed=parsed if parse else None, whole=whole)
     else:
-        _write_remote(_full_output(manager, info.id, result))
+        result = _stream(manager, info.id, command, timeout, confirm, _write_remote)
     if result.running:
         if result.awaiting_input:
             what = (f"is waiting for input ({_last_line(result.output)!r}); "

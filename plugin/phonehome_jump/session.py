@@ -114,6 +114,13 @@ class Session:
                 known.install(client, ep.host, ep.port)
                 return client
             conn._build_ssh_client = build_with_known_hosts   # our parser, not paramiko's
+            params = conn._connect_params_dict
+
+            def only_the_inventorys_key() -> dict[str, Any]:
+                # netmiko sets look_for_keys = use_keys: a refused key_file would be followed
+                # by this machine's own ~/.ssh/id_* keys. Only the inventory's key is offered.
+                return {**params(), "look_for_keys": False}
+            conn._connect_params_dict = only_the_inventorys_key
             conn.establish_connection(width=PTY_WIDTH, height=1000)
             if logged_in is not None:
                 logged_in()

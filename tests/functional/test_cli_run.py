@@ -132,3 +132,64 @@ def test_the_target_is_called_a_host_not_a_hop(lab, tmp_path):
                env={"PHJ_LAB_PASSWORD": "wrong"})
     assert proc.returncode == 255 and proc.stderr.startswith(b"phonehome-jump: host 'lab-password'")
     assert b"authentication" in proc.stderr
+
+
+def _peak_rss_kib(argv: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[bytes], int]:
+    """Run the console script in a child of a fresh Python, whose RUSAGE_CHILDREN peak is
+    that process's alone."""
+    probe = ("import json, resource, subprocess, sys\n"
+             "p = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, capture_output=True)\n"
+             "sys.stderr.buffer.write(p.stderr)\n"
+             "sys.stdout.buffer.write(json.dumps([p.returncode, "
+             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]).encode() + b'\\n' + p.stdout)\n")
+    proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, env=env,
+                          timeout=300)
+    head, _, out = proc.stdout.partition(b"\n")
+    code, peak = json.loads(head)
+    return subprocess.CompletedProcess(argv, code, out, proc.stderr), peak
+
+
+def test_json_output_of_any_size_is_exact_and_streamed_in_bounded_memory(lab):
+    # --json takes the framed session; its output is written page by page, never held whole
+    env = dict(os.environ, PHONEHOME_JUMP_INVENTORY=str(lab.inventory),
+               PHONEHOME_JUMP_OUTPUT_MEMORY="1000000")
+    small, base = _peak_rss_kib([str(SCRIPT), "run", "--json", "lab-target1", "--", "seq 1 10"], env)
+    assert small.returncode == 0 and json.loads(small.stdout)["output"] == "".join(
+        f"{i}\n" for i in range(1, 11)), small.stderr
+    n = 3_000_000
+    expected = "".join(f"{i}\n" for i in range(1, n + 1))          # 20.9 MB
+    proc, peak = _peak_rss_kib([str(SCRIPT), "run", "--json", "lab-target1", "--", f"seq 1 {n}"], env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["output"] == expected and doc["exit_status"] == 0
+    assert (doc["truncated"], doc["omitted"], doc["total"]) == (False, None, len(expected))
+    # joining it (and then its JSON) would add 40+ MB; pages and the session's in-memory
+    # part (1 MB here, then spilled to its private file) add a few
+    assert peak - base < 16 * 1024, (base, peak)
+
+
+def test_a_scripted_shell_streams_each_commands_output(lab):
+    # `shell` with stdin lines (no terminal): output is written as it arrives, not at the end.
+    # The command waits for a file that is only created once its first line was read here.
+    import select
+    import uuid
+
+    go = f"/tmp/phj-go-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, PHONEHOME_JUMP_INVENTORY=str(lab.inventory))
+    proc = subprocess.Popen([str(SCRIPT), "shell", "lab-target1"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        proc.stdin.write(f"cd /tmp\necho first; until [ -e {go} ]; do sleep 0.05; done; "
+                         "echo second\n".encode())
+        proc.stdin.close()
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready and proc.stdout.readline() == b"first\n", proc.stderr.read1() if not ready else ""
+        assert run(lab, "lab-target1", "--", f"touch {go}").returncode == 0
+        assert proc.stdout.readline() == b"second\n"
+        assert proc.wait(60) == 0
+    finally:
+        run(lab, "lab-target1", "--", f"rm -f {go}")
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()

@@ -239,6 +239,27 @@ def test_wrong_password_names_the_hop(lab, tmp_path, monkeypatch):
     assert "not-the-password" not in str(err.value)
 
 
+def test_only_the_inventorys_key_is_offered_to_the_target(lab, tmp_path, monkeypatch):
+    # This machine's own ~/.ssh/id_ed25519 would be accepted by the target; the inventory
+    # names another key, which is not. Like `IdentitiesOnly yes`: refused, not let in.
+    import shutil
+    import subprocess
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    shutil.copy(lab.key_file, home / ".ssh" / "id_ed25519")
+    other = tmp_path / "other_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    monkeypatch.setenv("HOME", str(home))
+    inv = variant(lab, tmp_path, extra="  other-key-host: {host: %s, via: jump2, credentials: "
+                                       "other-key}\n" % lab.addr("target1"),
+                  replace=("credentials:\n", "credentials:\n  other-key: {username: phjkey, "
+                           "key_file: %s, use_agent: false}\n" % other))
+    with SessionManager(inv) as m, pytest.raises(AuthError) as err:
+        m.open("other-key-host")
+    assert err.value.hop == "other-key-host" and str(other) in str(err.value)
+
+
 def test_password_auth_to_target(manager):
     sid = manager.open("lab-password").id
     assert manager.command(sid, "id -un").output == "phjpass\n"

@@ -320,17 +320,31 @@ def test_verbose_logs_to_stderr(capsys, inv):
 # ----------------------------------------------------------------------------- scripted shell
 
 class FakeManager:
-    """Just enough of SessionManager for the scripted shell and run's output paging."""
+    """Just enough of SessionManager for the scripted shell and run's output streaming: each
+    command's results in order (the last one repeats: a command that stays running); a
+    result's ``output`` is all of the command's output so far unless it is ``truncated``
+    (then ``full`` is)."""
 
-    def __init__(self, results):
+    def __init__(self, results, full=None):
         self.results = list(results)
         self.commands: list[str] = []
+        self.full = full
+        self.reads = 0
+
+    def _next(self):
+        r = self.results.pop(0) if len(self.results) > 1 else self.results[0]
+        if not r.truncated:
+            self.full = r.output
+        return r
 
     def command(self, sid, command, wait, confirm=False):
         self.commands.append(command)
-        return self.results.pop(0)
+        return self._next()
 
-    def read(self, sid, offset):
+    def read(self, sid, offset=None, wait=0.0):
+        if offset is None:
+            self.reads += 1
+            return self._next()
         text = self.full
         page = text[offset: offset + 10]
         nxt = offset + len(page)
@@ -358,9 +372,9 @@ def test_scripted_runs_each_line_and_returns_the_last_status(capsys):
 def test_scripted_timeout_and_input_prompt(capsys):
     m = FakeManager([result("partial", None, running=True)])
     with pytest.raises(cli._Timeout):
-        cli._scripted(m, INFO, ["sleep 100\n"], 2)
+        cli._scripted(m, INFO, ["sleep 100\n"], 0.05)
     out, err = capsys.readouterr()
-    assert out == "partial" and "still running after 2s" in err
+    assert out == "partial" and "still running after 0.05s" in err
     m = FakeManager([result("[sudo] password for x: ", None, running=True, awaiting=True)])
     with pytest.raises(cli._Timeout):
         cli._run_one(m, INFO, "sudo true", 600)
@@ -368,10 +382,29 @@ def test_scripted_timeout_and_input_prompt(capsys):
 
 
 def test_truncated_output_is_paged_in_full(capsys):
-    m = FakeManager([result("head…[omitted]…tail", truncated=True)])
-    m.full = "0123456789" * 5 + "end\n"
+    m = FakeManager([result("head…[omitted]…tail", truncated=True)], full="0123456789" * 5 + "end\n")
     cli._run_one(m, INFO, "seq", 5)
     assert capsys.readouterr().out == m.full
+
+
+def test_output_is_written_as_it_arrives_each_character_once(capsys):
+    """A running command's output is written page by page as it grows, never twice, and
+    the result is the final one."""
+    m = FakeManager([result("line 1\n", None, running=True),
+                     result("line 1\nline 2 is longer\n", None, running=True),
+                     result("line 1\nline 2 is longer\nend\n", 0)])
+    assert cli._run_one(m, INFO, "prog", 5) == 0
+    assert capsys.readouterr().out == "line 1\nline 2 is longer\nend\n"
+    assert m.reads == 2
+
+
+def test_json_output_is_streamed_into_valid_json(capsys):
+    full = "".join(f"{i} \u00e9\t\"q\"\n" for i in range(40))
+    m = FakeManager([result("head…tail", truncated=True)], full=full)
+    cli._run_one(m, INFO, "seq", 5, as_json=True)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["output"] == full and doc["host"] == "h1" and doc["exit_status"] == 0
+    assert (doc["truncated"], doc["omitted"]) == (False, None)
 
 
 @pytest.mark.parametrize("tail,secret", [
