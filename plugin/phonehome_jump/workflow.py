@@ -21,6 +21,11 @@ Secrets are never in the file: an ``answer`` sends ``env:NAME`` / ``file:PATH`` 
 host's own ``inventory:sudo_password`` / ``inventory:password``), resolved when the prompt
 appears, sent with ``secret=True`` so the session masks it in every output, and never
 logged, returned or written to a report.
+
+Output of any size costs bounded memory: a step's result keeps the first and last
+:data:`STEP_KEEP` characters (``truncated``, ``omitted``); assert, capture and parse read the
+whole output by pages only while it is at most the manager's ``output_memory``, and past it
+the step fails saying so; answer prompts are matched against the newest text only.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from .errors import (PatternError, PatternTimeoutError, PhonehomeJumpError, Poli
 from .inputs import MAX_SECONDS, Seconds, Whole, check_text
 from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _suggest
 from .manager import SessionManager
+from .output import ENV_MEMORY, KEEP
 from .patterns import MULTILINE, compile_safe
 from .prompts import awaiting_input
 from .yamlload import YamlProblem, parse_yaml, read_text
@@ -66,6 +72,8 @@ __all__ = [
 BUILTIN_VARS = ("host", "workflow")
 MAX_WORKFLOW_BYTES = 2**20       # one workflow file (1 MiB)
 POLL = 0.5                      # seconds a step waits between checks for cancellation
+STEP_KEEP = 65_536              # characters of each end of a step's output kept in its result
+PROMPT_WINDOW = 65_536          # newest characters (since the last answer) searched for a prompt
 STATE_ENV = "PHONEHOME_JUMP_STATE"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -647,15 +655,19 @@ class StepResult:
     name: str
     command: str                     # after substitution (variables only; never a secret)
     status: Status
-    output: str = ""                 # secrets masked by the session
+    output: str = ""                 # secrets masked by the session; at most STEP_KEEP of each end
     exit_status: int | None = None
     duration: float = 0.0
     captured: dict[str, str] = field(default_factory=dict)
     message: str | None = None       # why it failed or was skipped
     parsed: list[dict[str, Any]] | None = None   # parse: true, the rows
+    truncated: bool = False          # ``output`` is the head and tail of a longer output
+    omitted: tuple[int, int] | None = None   # [start, end) of the whole output left out
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["omitted"] = list(self.omitted) if self.omitted else None
+        return d
 
 
 @dataclass
@@ -775,6 +787,9 @@ class _HostRun:
                  result: HostResult) -> None:
         self.wf, self.m, self.host, self.values = wf, manager, host, values
         self.emit, self.cancel, self.owner, self.result = emit, cancel, owner, result
+        # the most of one output asserts, capture and parse may hold: what the session keeps
+        # in memory (its buffer's own floor included)
+        self.limit = max(manager.output_memory, 4 * KEEP)
 
     def run(self) -> HostResult:
         r = self.result
@@ -840,29 +855,32 @@ class _HostRun:
             return StepResult(index, name, step.text, "failed", message=problem.message)
         sr = StepResult(index, name, command, "failed")
         t0 = time.monotonic()
-        pieces: list[str] = []
+        # a step that never looks into its output needs no more of it than its result shows
+        rx = _Received(self.limit if _needs_text(step) else 2 * STEP_KEEP)
         try:
-            self._execute(sid, index, step, sr, pieces, t0)
+            self._execute(sid, index, step, sr, rx, t0)
         except (_StepProblem, PatternError) as problem:
             # a pattern that is invalid with its variables, or that backtracks past its time
             # limit: the step fails; a command still running is interrupted
             sr.message = (problem.message if isinstance(problem, _StepProblem)
                           else _one_line(problem, self.host))
             res = self.m.read(sid, owner=self.owner, wait=0)
-            pieces.append(res.output)
+            rx.add(res.output, res.truncated)
             if res.running:
                 sr.message += "; interrupted the command (Ctrl-C)"
-                res = self._interrupt(sid, pieces)
+                res = self._interrupt(sid, rx)
             if res.running or not sr.output:
-                sr.output, sr.exit_status = "".join(pieces), res.exit_status
+                self._show(sr, sid, rx)
+                sr.exit_status = res.exit_status
                 sr.duration = round(time.monotonic() - t0, 4)
         except (PolicyError, SecretError) as err:
             # refused before it was sent (policy), or while it runs (an answer's secret is
             # unset, a typed answer is refused): then interrupt it so the session stays usable
             sr.message = _one_line(err, self.host)
-            if pieces:                            # the command was sent
-                res = self._interrupt(sid, pieces, if_running=True)
-                sr.output, sr.exit_status = "".join(pieces), res.exit_status
+            if rx.reads:                          # the command was sent
+                res = self._interrupt(sid, rx, if_running=True)
+                self._show(sr, sid, rx)
+                sr.exit_status = res.exit_status
             sr.duration = round(time.monotonic() - t0, 4)
         if sr.message is None:
             sr.status = "passed"
@@ -902,10 +920,10 @@ class _HostRun:
             return f"variable '{name}' was not captured (step {j} {status})"
         return f"variable '{name}' is not defined"
 
-    def _interrupt(self, sid: str, pieces: list[str], *, if_running: bool = False) -> Any:
-        """Ctrl-C the running command; its output so far goes to ``pieces``."""
+    def _interrupt(self, sid: str, rx: _Received, *, if_running: bool = False) -> Any:
+        """Ctrl-C the running command; its output so far goes to ``rx``."""
         res = self.m.read(sid, owner=self.owner, wait=0)
-        pieces.append(res.output)
+        rx.add(res.output, res.truncated)
         if if_running and not res.running:
             return res
         # A Ctrl-C can land in a program's own window (sudo switching its terminal to read a
@@ -915,7 +933,7 @@ class _HostRun:
             self.m.send(sid, control="c", newline=False, owner=self.owner)
             res = self.m.read(sid, owner=self.owner,
                               wait=max(0.0, min(INTERRUPT_REPEAT, deadline - time.monotonic())))
-            pieces.append(res.output)
+            rx.add(res.output, res.truncated)
             if not res.running or time.monotonic() >= deadline:
                 return res
 
@@ -936,11 +954,12 @@ class _HostRun:
         return (f"{kind}ed {res.bytes} bytes {res.local} {'->' if kind == 'upload' else '<-'} "
                 f"{res.remote} sha256 {res.sha256}\n")
 
-    def _execute(self, sid: str, index: int, step: StepSpec, sr: StepResult, pieces: list[str],
+    def _execute(self, sid: str, index: int, step: StepSpec, sr: StepResult, rx: _Received,
                  t0: float) -> None:
         command = sr.command
         if step.copy is not None:
-            output = sr.output = self._copy(index, step, sr, t0)
+            output = self._copy(index, step, sr, t0)
+            sr.output, sr.truncated, sr.omitted = _bounded(output)
             if (why := self._asserts(index, step, output)) is not None:
                 sr.message = why
             elif step.capture is not None:
@@ -952,8 +971,6 @@ class _HostRun:
             return
         deadline = t0 + timeout
         answers = list(step.answer)
-        truncated = False
-        seen = 0                                  # output already matched against an answer
 
         def until() -> str | None:
             return answers[0].prompt if answers else None
@@ -962,35 +979,39 @@ class _HostRun:
         res = self.m.command(sid, command, owner=self.owner, wait=min(timeout, POLL),
                              until=until(), confirm=step.confirm)
         while True:
-            pieces.append(res.output)
-            truncated |= res.truncated
+            rx.add(res.output, res.truncated)
             if not res.running:
                 break
-            text = "".join(pieces)
-            if answers and self._search(index, answers[0].prompt, text[seen:], what="answer "
+            # judged on the output since the last answer, not one read's piece of it (the
+            # waits are short slices, so a prompt may arrive split over two reads); only its
+            # newest PROMPT_WINDOW characters: a prompt ends the output that asks for input
+            since = rx.since_answer()
+            if answers and self._search(index, answers[0].prompt, since, what="answer "
                                         "prompt", substitute=False):
                 ans = answers.pop(0)
                 value, secret = _resolve_answer(ans, self.m.inventory, self.host)
                 self.m.send(sid, value, owner=self.owner, secret=secret)
-                seen = len(text)
-            # judged on all the output since the last answer, not one read's piece of it (the
-            # waits are short slices, so a prompt may arrive split over two reads)
-            elif (asking := res.awaiting_input or awaiting_input(text[seen:][-256:])) \
+                rx.answered()
+            elif (asking := res.awaiting_input or awaiting_input(since[-256:])) \
                     or time.monotonic() >= deadline or self.cancel.is_set():
                 why = ("was cancelled" if self.cancel.is_set() else
-                       f"waits for input no answer matches: {_last_line(text)!r}"
+                       f"waits for input no answer matches: {_last_line(rx.tail)!r}"
                        if asking else f"was still running after {timeout:g}s")
                 sr.message = f"the command {why}; interrupted it (Ctrl-C)"
-                res = self._interrupt(sid, pieces)
-                sr.output, sr.duration = _join(pieces), round(time.monotonic() - t0, 4)
+                res = self._interrupt(sid, rx)
+                self._show(sr, sid, rx)
+                sr.duration = round(time.monotonic() - t0, 4)
                 sr.exit_status = res.exit_status
                 return
             res = self.m.read(sid, owner=self.owner,
                               wait=min(POLL, max(0.0, deadline - time.monotonic())), until=until())
-        if truncated:                             # the whole output, not head + tail
-            pieces[:] = [_all_output(self.m, sid, self.owner)]
-        output = "".join(pieces)
-        sr.output, sr.exit_status = output, res.exit_status
+        needs = _needs_text(step)
+        output = self._whole(sid, rx, res.total if needs else None)
+        if output is None:
+            self._show(sr, sid, rx)
+        else:
+            sr.output, sr.truncated, sr.omitted = _bounded(output)
+        sr.exit_status = res.exit_status
         sr.duration = round(time.monotonic() - t0, 4)
         rows: list[dict[str, Any]] | None = None
         self._parse_problem = ""
@@ -1000,6 +1021,8 @@ class _HostRun:
             sr.message = why
         elif res.error_detected and step.expect_exit != "any":
             sr.message = f"the device reported an error: {res.error}"
+        elif output is None and needs:
+            sr.message = self._too_large(index, sr, step, res.total)
         elif step.parse and (rows := self._parse(command, output)) is None:
             sr.message = self._parse_problem
         elif (why := self._asserts(index, step, output, rows)) is not None:
@@ -1015,8 +1038,55 @@ class _HostRun:
                 value = ",".join(map(str, v)) if isinstance(v, list) else str(v)
                 self.values[step.capture.name] = sr.captured[step.capture.name] = value
         elif step.capture is not None:
+            assert output is not None
             self._capture(index, step, sr, output)
         sr.parsed = rows
+
+    # -- a step's output: bounded in the result; whole only for what needs it, if it fits
+    def _whole(self, sid: str, rx: _Received, total: int | None) -> str | None:
+        """The finished command's whole output, or None when it is not kept and either not
+        needed (``total`` None) or longer than :attr:`limit` (it is then never joined)."""
+        if rx.kept:                  # every read was all of its part: exactly what they said
+            return rx.text()
+        if total is None or total > self.limit:
+            return None
+        return _all_output(self.m, sid, self.owner)   # read by pages, not head + tail
+
+    def _show(self, sr: StepResult, sid: str, rx: _Received) -> None:
+        """``sr.output``: the received text while it is kept, else head and tail read from the
+        session by offset (exact offsets; the middle is never read)."""
+        if rx.kept:
+            sr.output, sr.truncated, sr.omitted = _bounded(rx.text())
+            return
+        total = self.m.read(sid, owner=self.owner, offset=0).total
+        if total <= 2 * STEP_KEEP:
+            sr.output, sr.truncated, sr.omitted = self._range(sid, 0, total), False, None
+            return
+        omitted = (STEP_KEEP, total - STEP_KEEP)
+        sr.output = (self._range(sid, 0, STEP_KEEP) + _omitted(omitted)
+                     + self._range(sid, total - STEP_KEEP, total))
+        sr.truncated, sr.omitted = True, omitted
+
+    def _range(self, sid: str, a: int, b: int) -> str:
+        """Characters ``[a, b)`` of the command's output, page by page."""
+        parts, offset = [], a
+        while offset < b:
+            page = self.m.read(sid, owner=self.owner, offset=offset)
+            if page.next_offset <= offset:
+                break
+            parts.append(page.output[:b - page.offset])
+            offset = page.next_offset
+        return "".join(parts)
+
+    def _too_large(self, index: int, sr: StepResult, step: StepSpec, total: int) -> str:
+        uses = ", ".join(k for k, on in (("assert", step.assert_ is not None),
+                                         ("capture", step.capture is not None),
+                                         ("parse", step.parse)) if on)
+        return (f"step {index} ({sr.name}): its output is {total:,} characters, more than "
+                f"output_memory ({self.limit:,}); {uses} would need all of it in memory, so "
+                f"the step was not checked (try: filter the output on the host, e.g. "
+                f"`... | grep PATTERN` or `... | tail -n 100`, or raise output_memory / "
+                f"${ENV_MEMORY})")
 
     def _capture(self, index: int, step: StepSpec, sr: StepResult, output: str) -> None:
         assert step.capture is not None
@@ -1074,7 +1144,8 @@ class _HostRun:
         c = apply_config(self.m, sid, target, sr.command.splitlines(), owner=self.owner,
                          commit=step.commit, wait=timeout, confirm=step.confirm,
                          mode=getattr(info, "mode", None))
-        sr.output = "".join(f"{x.line}\n{x.output}" for x in c.lines)
+        sr.output, sr.truncated, sr.omitted = _bounded(
+            "".join(f"{x.line}\n{x.output}" for x in c.lines))
         sr.duration = round(time.monotonic() - t0, 4)
         if c.error_detected:
             sr.message = (f"the device rejected {c.error}" +
@@ -1096,8 +1167,67 @@ def _one_line(err: PhonehomeJumpError, host: str) -> str:
     return text + (f" (try: {err.hint})" if err.hint else "")
 
 
-def _join(pieces: list[str]) -> str:
-    return "".join(pieces)
+class _Received:
+    """A step's output as its reads deliver it: bounded memory, linear in the output.
+
+    The pieces are kept only while they are the whole output (no read came back as head and
+    tail) and fit ``limit``: then they are exactly the step's output, as they always were. The
+    newest PROMPT_WINDOW characters stay for the answer prompts, with how many of them came
+    after the last answer.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pieces: list[str] = []
+        self.size = 0                # characters in pieces
+        self.kept = True             # pieces are the whole output
+        self.tail = ""               # the newest PROMPT_WINDOW characters received
+        self.since = 0               # characters received since the last answer
+        self.reads = 0
+
+    def add(self, text: str, truncated: bool = False) -> None:
+        self.reads += 1
+        if self.kept and (truncated or self.size + len(text) > self.limit):
+            self.kept, self.pieces, self.size = False, [], 0   # the session has it all
+        if not text:
+            return
+        if self.kept:
+            self.pieces.append(text)
+            self.size += len(text)
+        self.tail = (self.tail + text)[-PROMPT_WINDOW:]
+        self.since += len(text)
+
+    def answered(self) -> None:
+        self.since = 0
+
+    def since_answer(self) -> str:
+        """The text since the last answer, at most its newest PROMPT_WINDOW characters."""
+        n = min(self.since, len(self.tail))
+        text = self.tail[len(self.tail) - n:] if n else ""
+        if self.since > n and (nl := text.find("\n")) >= 0:
+            text = text[nl + 1:]     # cut mid-line: start at a line, so ^ matches only there
+        return text
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+def _needs_text(step: StepSpec) -> bool:
+    """The step looks into its output (else only the bounded view and the exit status)."""
+    return step.assert_ is not None or step.capture is not None or step.parse
+
+
+def _omitted(omitted: tuple[int, int]) -> str:
+    a, b = omitted
+    return f"\n[… {b - a} characters omitted ({a}–{b}) …]\n"
+
+
+def _bounded(text: str) -> tuple[str, bool, tuple[int, int] | None]:
+    """(output, truncated, omitted): ``text``, or its STEP_KEEP head and tail around a marker."""
+    if len(text) <= 2 * STEP_KEEP:
+        return text, False, None
+    omitted = (STEP_KEEP, len(text) - STEP_KEEP)
+    return text[:STEP_KEEP] + _omitted(omitted) + text[-STEP_KEEP:], True, omitted
 
 
 def _last_line(text: str) -> str:

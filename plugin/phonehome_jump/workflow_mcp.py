@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field
 
 from .errors import PhonehomeJumpError, UnknownNameError, WorkflowError
 from .inputs import Seconds, check_text
-from .workflow import HostResult, RunResult, Workflow, WorkflowLock, discover_loaded, run_workflow
+from .workflow import (STEP_KEEP, HostResult, RunResult, Workflow, WorkflowLock, discover_loaded,
+                       run_workflow)
 
 MAX_STEP_OUTPUT = 8000          # characters of one step's output in a tool result
 KEEP_RUNS = 20                  # finished runs kept for workflow_status
@@ -51,7 +52,9 @@ class WorkflowRunOut(BaseModel):
     duration: float
     hosts: dict[str, Any] = Field(description="Per host: status, error, captured vars, and per "
                                               "step: status, output (secrets masked), "
-                                              "exit_status, duration, captured, message.")
+                                              "truncated and omitted ([start, end] of a long "
+                                              "output left out), exit_status, duration, "
+                                              "captured, message.")
     note: str | None = None
 
 
@@ -66,8 +69,9 @@ def _capped(text: str) -> str:
     if len(text) <= MAX_STEP_OUTPUT:
         return text
     half = MAX_STEP_OUTPUT // 2
-    return (text[:half] + f"\n[… {len(text) - MAX_STEP_OUTPUT} characters omitted; the CLI's "
-            "--report has the whole output …]\n" + text[-half:])
+    return (text[:half] + f"\n[… {len(text) - MAX_STEP_OUTPUT} characters of this step's result "
+            f"omitted; the CLI's --report keeps up to {STEP_KEEP:,} characters of each end of "
+            "its output …]\n" + text[-half:])
 
 
 def _out(run: _Run) -> WorkflowRunOut:

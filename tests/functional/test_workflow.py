@@ -412,3 +412,74 @@ def test_step_mistakes_fail_their_step_and_the_run_ends_with_exit_1_and_reports(
     assert (root.get("errors"), root.get("failures")) == ("0", "6")
     assert "connect" not in [c.get("name") for c in root.iter("testcase")]
     assert any("step 7/8 failed" in line for line in proc.stderr.splitlines())
+
+
+# -- output of any size: bounded step results, whole text only for what needs it -------------
+
+BIG = """\
+name: big
+targets: {hosts: [lab-target1]}
+steps:
+  - run: seq 1 2000000
+  - name: big with an assert
+    run: seq 1 2000000
+    assert: {regex: '^2000000$'}
+    on_fail: continue
+  - run: seq 1 30000
+    assert: {regex: '^15000$'}
+    capture: {name: mid, regex: '^(1500\\d)$'}
+  - run: echo "after ${mid}"
+"""
+
+
+def test_a_huge_step_output_is_bounded_exact_at_both_ends_and_never_joined(lab_inventory):
+    import tracemalloc
+
+    from phonehome_jump.manager import SessionManager
+
+    big = "".join(f"{i}\n" for i in range(1, 2_000_001))           # 14,888,896 characters
+    mid = "".join(f"{i}\n" for i in range(1, 30_001))               # 168,894: above the view
+    keep = 65_536
+    wf = Workflow.from_text(BIG, "big.yaml")
+    with SessionManager(lab_inventory, output_memory=200_000) as m:
+        tracemalloc.start()
+        try:
+            r = run_workflow(wf, manager=m)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    s1, s2, s3, s4 = r.hosts["lab-target1"].steps
+    view = (big[:keep] + f"\n[… {len(big) - 2 * keep} characters omitted "
+            f"({keep}–{len(big) - keep}) …]\n" + big[-keep:])
+    # no assert: passes on its exit status, with the head and tail and honest offsets
+    assert (s1.status, s1.exit_status, s1.message) == ("passed", 0, None)
+    assert s1.output == view and s1.truncated and s1.omitted == (keep, len(big) - keep)
+    # an assert over 14.9 MB with output_memory 200,000: the step fails saying why, unjoined
+    assert (s2.status, s2.exit_status, s2.output, s2.omitted) == ("failed", 0, view, s1.omitted)
+    assert s2.message == (
+        f"step 2 (big with an assert): its output is {len(big):,} characters, more than "
+        "output_memory (200,000); assert would need all of it in memory, so the step was not "
+        "checked (try: filter the output on the host, e.g. `... | grep PATTERN` or "
+        "`... | tail -n 100`, or raise output_memory / $PHONEHOME_JUMP_OUTPUT_MEMORY)")
+    # within output_memory: assert and capture see the whole output (15000 is in the middle
+    # the result leaves out), the result keeps head and tail
+    assert (s3.status, s3.message, s3.captured) == ("passed", None, {"mid": "15000"})
+    assert s3.output == (mid[:keep] + f"\n[… {len(mid) - 2 * keep} characters omitted "
+                         f"({keep}–{len(mid) - keep}) …]\n" + mid[-keep:])
+    assert "\n15000\n" not in s3.output and s3.omitted == (keep, len(mid) - keep)
+    # small outputs are whole, as before
+    assert (s4.status, s4.output, s4.truncated, s4.omitted) == ("passed", "after 15000\n",
+                                                                False, None)
+    # memory: the 14.9 MB outputs were never held whole. Joining one takes two copies (its
+    # pages and the joined text, as before); the sessions and the SSH channels' own buffers
+    # account for the few MB measured here
+    assert peak < len(big), peak
+    # reports carry the new fields and stay valid
+    d = json.loads(json.dumps(r.to_dict()))["hosts"]["lab-target1"]["steps"]
+    assert [(x["truncated"], x["omitted"]) for x in d] == [
+        (True, [keep, len(big) - keep]), (True, [keep, len(big) - keep]),
+        (True, [keep, len(mid) - keep]), (False, None)]
+    from phonehome_jump.workflow import junit_xml
+    cases = ET.fromstring(junit_xml(r)).findall("testsuite/testcase")
+    assert cases[1].find("failure").get("message") == s2.message
+    assert cases[0].find("system-out").text == view

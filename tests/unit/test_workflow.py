@@ -243,6 +243,8 @@ def test_mcp_workflow_tools_are_typed_annotated_and_only_with_a_directory():
 # manager does. The run logic is what is tested, not the sessions.
 
 class FakeManager:
+    output_memory = 4_000_000
+
     def __init__(self, inventory: Inventory, audit_error: bool = False) -> None:
         from phonehome_jump.session import CommandResult
 
