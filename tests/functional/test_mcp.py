@@ -17,6 +17,8 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from phonehome_jump.mcp_server import build_server
 
+from .mcp_calls import error, ok
+
 pytestmark = pytest.mark.anyio
 
 
@@ -28,18 +30,6 @@ def anyio_backend():
 @pytest.fixture
 def server(lab):
     return build_server(lab.inventory)
-
-
-async def ok(client: Client, tool: str, **args) -> dict:
-    r = await client.call_tool(tool, args)
-    assert not r.is_error, r.content[0].text
-    return r.structured_content
-
-
-async def error(client: Client, tool: str, **args) -> str:
-    r = await client.call_tool(tool, args)
-    assert r.is_error, r.structured_content
-    return r.content[0].text
 
 
 async def open_cd_pwd_close(client: Client) -> None:

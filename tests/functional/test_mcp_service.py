@@ -23,24 +23,14 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from phonehome_jump.mcp_server import USER_TIMEOUT_MS, build_server
 
+from .mcp_calls import error, ok
+
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-async def ok(client: Client, tool: str, **args) -> dict:
-    r = await client.call_tool(tool, args)
-    assert not r.is_error, r.content[0].text
-    return r.structured_content
-
-
-async def error(client: Client, tool: str, **args) -> str:
-    r = await client.call_tool(tool, args)
-    assert r.is_error, r.structured_content
-    return r.content[0].text
 
 
 async def until(predicate, timeout: float = 15.0, what: str = "condition"):
