@@ -23,7 +23,7 @@ from mcp import Client
 from phonehome_jump.inventory import Inventory
 from phonehome_jump.mcp_server import build_server
 
-from .test_mcp import error, ok
+from .mcp_calls import error, ok
 
 CLI = str(Path(sys.executable).parent / "phonehome-jump")
 

@@ -18,6 +18,8 @@ from phonehome_jump.errors import WorkflowLockedError
 from phonehome_jump.mcp_server import build_server
 from phonehome_jump.workflow import Workflow, WorkflowLock, run_workflow
 
+from .mcp_calls import ok
+
 SCRIPT = Path(sys.executable).parent / "phonehome-jump"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -275,12 +277,6 @@ def wf_dir(tmp_path):
     (d / "one.yaml").write_text(ASSERT_ONE)
     (d / "broken.yaml").write_text("name: broken\ntargets: {group: nope}\nsteps: [{run: x}]\n")
     return d
-
-
-async def ok(client: Client, tool: str, **args) -> dict:
-    r = await client.call_tool(tool, args)
-    assert not r.is_error, r.content[0].text
-    return r.structured_content
 
 
 @pytest.mark.anyio
