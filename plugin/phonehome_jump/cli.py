@@ -36,7 +36,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -46,7 +47,7 @@ from .errors import ConnectError, InputError, InventoryError, PhonehomeJumpError
 from .inputs import count_arg, seconds_arg
 from .inventory import ENV_VAR, Inventory, Target
 from .limits import add_limit_options
-from .output import CommandResult
+from .output import CommandResult, pages
 from .redact import REDACTOR, RedactingFilter, mask
 
 if TYPE_CHECKING:   # the manager pulls in paramiko: imported when a command connects
@@ -316,17 +317,9 @@ def _write_remote(text: str) -> None:
 STREAM_SLICE = 0.25      # how often a running command's new output is written out
 
 
-def _pages(manager: SessionManager, sid: str, start: int) -> Any:
-    """The command's output from character ``start`` on, page by page, as far as it has
-    arrived (``read(offset=)``: one page in memory at a time, however long the output)."""
-    pos = start
-    while True:
-        page = manager.read(sid, offset=pos)
-        if page.output:
-            yield page.output
-        if page.next_offset <= pos or page.next_offset >= page.total:
-            return
-        pos = page.next_offset
+def _pages(manager: SessionManager, sid: str, start: int) -> Iterator[str]:
+    """The command's output from character ``start`` on, as far as it has arrived."""
+    return pages(lambda offset: manager.read(sid, offset=offset), start)
 
 
 def _stream(manager: SessionManager, sid: str, command: str, timeout: float, confirm: bool,
@@ -336,8 +329,6 @@ def _stream(manager: SessionManager, sid: str, command: str, timeout: float, con
     Ends early, like a single wait, when the output asks for input. Only the page being
     written is in memory: a command's output of any size goes through.
     """
-    import time
-
     deadline = time.monotonic() + timeout
     written = 0
     res = manager.command(sid, command, wait=min(timeout, STREAM_SLICE), confirm=confirm)

@@ -17,6 +17,7 @@ import errno
 import os
 import tempfile
 from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from .errors import SessionError
@@ -217,6 +218,21 @@ class CommandResult:
         d["omitted"] = list(self.omitted) if self.omitted else None
         return d
 
+
+def pages(read: Callable[[int], CommandResult], start: int = 0,
+          end: int | None = None) -> Iterator[str]:
+    """Characters ``[start, end)`` of a command's output (to what has arrived, without ``end``),
+    page by page: ``read(offset)`` is a ``read(offset=...)`` of the session, so one page is
+    in memory at a time, however long the output."""
+    pos = start
+    while end is None or pos < end:
+        page = read(pos)
+        text = page.output if end is None else page.output[:end - page.offset]
+        if text:
+            yield text
+        if page.next_offset <= pos or page.next_offset >= page.total:
+            return
+        pos = page.next_offset
 
 
 @dataclass

@@ -55,7 +55,7 @@ from .errors import (PatternError, PatternTimeoutError, PhonehomeJumpError, Poli
 from .inputs import MAX_SECONDS, Seconds, Whole, check_text
 from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _suggest
 from .manager import SessionManager
-from .output import ENV_MEMORY, KEEP
+from .output import ENV_MEMORY, KEEP, pages
 from .patterns import MULTILINE, compile_safe
 from .prompts import awaiting_input
 from .yamlload import YamlProblem, parse_yaml, read_text
@@ -1069,14 +1069,7 @@ class _HostRun:
 
     def _range(self, sid: str, a: int, b: int) -> str:
         """Characters ``[a, b)`` of the command's output, page by page."""
-        parts, offset = [], a
-        while offset < b:
-            page = self.m.read(sid, owner=self.owner, offset=offset)
-            if page.next_offset <= offset:
-                break
-            parts.append(page.output[:b - page.offset])
-            offset = page.next_offset
-        return "".join(parts)
+        return "".join(pages(lambda o: self.m.read(sid, owner=self.owner, offset=o), a, b))
 
     def _too_large(self, index: int, sr: StepResult, step: StepSpec, total: int) -> str:
         uses = ", ".join(k for k, on in (("assert", step.assert_ is not None),
@@ -1236,13 +1229,7 @@ def _last_line(text: str) -> str:
 
 
 def _all_output(m: SessionManager, sid: str, owner: str | None) -> str:
-    parts, offset = [], 0
-    while True:
-        page = m.read(sid, owner=owner, offset=offset)
-        parts.append(page.output)
-        if page.next_offset >= page.total or page.next_offset <= offset:
-            return "".join(parts)
-        offset = page.next_offset
+    return "".join(pages(lambda o: m.read(sid, owner=owner, offset=o)))
 
 
 def run_workflow(wf: Workflow, inventory: Inventory | None = None, *,
