@@ -137,7 +137,8 @@ class OnceHandshakePacketizer(paramiko.Packetizer):
     def complete_handshake(self) -> None:
         if not self._handshake_done:
             super().complete_handshake()
-            self._handshake_done = bool(getattr(self, "_Packetizer__handshake_complete", True))
+            # (a paramiko without that attribute: keep calling it, as paramiko does)
+            self._handshake_done = bool(getattr(self, "_Packetizer__handshake_complete", False))
 
 
 class AnsweringTransport(paramiko.Transport):
