@@ -263,8 +263,15 @@ async def test_a_killed_http_client_has_its_sessions_closed_within_the_bound(htt
         if proc.poll() is None:
             proc.kill()
     assert elapsed < client_timeout + 7, elapsed          # the README's bound: client timeout + 7 s
-    closes = [r for r in server.records() if r["event"] == "close" and r["session_id"] == sid]
-    assert closes and closes[0]["by"] == "closed because its client disconnected"
+
+    # the target's processes go with the channel; the audit record is written just after it
+    def closes():
+        return [r for r in server.records() if r["event"] == "close" and r["session_id"] == sid]
+
+    async def recorded():
+        return bool(closes())
+    await until(recorded, timeout=10, what="the session's close in the audit log")
+    assert closes()[0]["by"] == "closed because its client disconnected"
 
 
 async def test_a_forgotten_running_command_is_reaped_at_the_serve_limit(http):
