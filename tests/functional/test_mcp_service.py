@@ -217,6 +217,18 @@ async def test_a_call_the_client_gave_up_on_never_runs_later(transport):
 
 # ----------------------------------------------------------------------------- clients gone
 
+async def close_record(server, sid: str) -> dict:
+    """The session's close in the audit log: written just after its channel (and the target's
+    processes) went, so wait for it rather than read the log at once."""
+    def closes():
+        return [r for r in server.records() if r["event"] == "close" and r["session_id"] == sid]
+
+    async def recorded():
+        return bool(closes())
+    await until(recorded, timeout=10, what=f"the close of {sid} in the audit log")
+    return closes()[0]
+
+
 CLIENT = textwrap.dedent("""\
     import sys, anyio
     from mcp import Client
@@ -263,15 +275,7 @@ async def test_a_killed_http_client_has_its_sessions_closed_within_the_bound(htt
         if proc.poll() is None:
             proc.kill()
     assert elapsed < client_timeout + 7, elapsed          # the README's bound: client timeout + 7 s
-
-    # the target's processes go with the channel; the audit record is written just after it
-    def closes():
-        return [r for r in server.records() if r["event"] == "close" and r["session_id"] == sid]
-
-    async def recorded():
-        return bool(closes())
-    await until(recorded, timeout=10, what="the session's close in the audit log")
-    assert closes()[0]["by"] == "closed because its client disconnected"
+    assert (await close_record(server, sid))["by"] == "closed because its client disconnected"
 
 
 async def test_a_forgotten_running_command_is_reaped_at_the_serve_limit(http):
@@ -343,8 +347,7 @@ async def test_a_vanished_http_client_is_found_by_tcp_keepalive(http, client_net
     # then the client timeout runs: the README's bound
     bound = 15 + USER_TIMEOUT_MS / 1000 + client_timeout + 7
     assert elapsed < bound, elapsed
-    closes = [r for r in server.records() if r["event"] == "close" and r["session_id"] == sid]
-    assert closes and closes[0]["by"] == "closed because its client disconnected"
+    assert (await close_record(server, sid))["by"] == "closed because its client disconnected"
 
 
 # ----------------------------------------------------------------------------- fairness
