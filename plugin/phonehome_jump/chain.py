@@ -13,13 +13,14 @@ import base64
 import hashlib
 import logging
 import os
+import signal
 import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import paramiko
-from paramiko.common import cMSG_IGNORE
+from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_IGNORE
 from paramiko_jump import SSHJumpClient
 
 from .errors import AuthError, ConnectError, HostKeyError, PhonehomeJumpError
@@ -141,6 +142,26 @@ class OnceHandshakePacketizer(paramiko.Packetizer):
             self._handshake_done = bool(getattr(self, "_Packetizer__handshake_complete", False))
 
 
+def _channel_request(chan: paramiko.Channel, m: paramiko.Message) -> None:
+    """paramiko's channel-request handler, plus ``exit-signal`` (RFC 4254 §6.10).
+
+    paramiko drops ``exit-signal``, so a remote command killed by a signal looked like a
+    lost connection, and callers waited seconds for a status that never came. It is
+    reported as a shell reports it, 128 + the signal's number, and ``exit_signal`` names it.
+    """
+    start = m.packet.tell()
+    if m.get_text() != "exit-signal" or chan.transport.server_mode:
+        m.packet.seek(start)
+        paramiko.Channel._handle_request(chan, m)
+        return
+    m.get_boolean()                         # want_reply: always false for exit-signal
+    name = m.get_text()
+    number = getattr(signal.Signals, "SIG" + name, None)
+    chan.exit_signal = name                 # type: ignore[attr-defined]
+    chan.exit_status = 128 + int(number) if number is not None else 255
+    chan.status_event.set()
+
+
 class AnsweringTransport(paramiko.Transport):
     """A client transport that answers at once every server message that wants no reply.
 
@@ -157,6 +178,10 @@ class AnsweringTransport(paramiko.Transport):
     """
 
     answered: tuple[str, ...] = ()      # kinds of requests answered so (for tests and debugging)
+
+    # exit-signal too: a command killed by a signal ends with 128 + its number, at once
+    _channel_handler_table = {**paramiko.Transport._channel_handler_table,
+                              MSG_CHANNEL_REQUEST: _channel_request}
 
     # AES-GCM first (paramiko lists it last): its tag is checked inside `cryptography`, while
     # the CTR ciphers' HMAC is compared byte by byte in Python, per packet and per hop: bulk

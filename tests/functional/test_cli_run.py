@@ -193,3 +193,11 @@ def test_a_scripted_shell_streams_each_commands_output(lab):
         proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_a_command_killed_by_a_signal_exits_like_a_shell_reports_it(lab):
+    # sshd sends exit-signal, not exit-status: 128 + the signal's number, as bash's $? says
+    proc = run(lab, "lab-target1", "--", "echo before; kill -TERM $$")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (143, b"before\n", b""), proc.stderr
+    proc = run(lab, "lab-target2", "--", "kill -KILL $$")
+    assert (proc.returncode, proc.stderr) == (137, b""), proc.stderr
