@@ -223,7 +223,13 @@ class AnsweringTransport(paramiko.Transport):
         self._answer("request-failure")
 
     def _parse_debug(self, m: paramiko.Message) -> None:
-        super()._parse_debug(m)
+        # paramiko's own escapes the text byte by byte even when nobody logs it (every login:
+        # sshd reports the key's options so): the same record, only when it is logged
+        m.get_boolean()                     # always_display
+        text = m.get_string()
+        m.get_string()                      # language
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self._log(logging.DEBUG, f"Debug msg: {paramiko.util.safe_string(text)!r}")
         self._answer("debug")
 
 

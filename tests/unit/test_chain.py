@@ -72,6 +72,72 @@ def test_the_installed_paramiko_dispatches_global_requests_to_our_transport():
         b.close()
 
 
+def test_debug_messages_are_answered_and_logged_only_when_logging_is_on(caplog):
+    from paramiko.common import cMSG_DEBUG
+
+    from phonehome_jump.chain import AnsweringTransport
+
+    def debug(text: bytes) -> paramiko.Message:
+        m = paramiko.Message()
+        m.add_byte(cMSG_DEBUG)
+        m.add_boolean(False)
+        m.add_string(text)
+        m.add_string(b"")
+        m.rewind()
+        m.get_byte()
+        return m
+
+    a, b = socket.socketpair()
+    try:
+        t = AnsweringTransport(a)
+        t._parse_debug(debug(b"key options: pty\x07"))
+        assert t.answered == ("debug",) and "Debug msg" not in caplog.text
+        with caplog.at_level("DEBUG", logger="paramiko.transport"):
+            t._parse_debug(debug(b"key options: pty\x07"))
+        assert "Debug msg: b'key options: pty%07'" in caplog.text
+        b.settimeout(5)
+        assert b.recv(4096)                 # the answers went out on the wire
+    finally:
+        a.close()
+        b.close()
+
+
+def test_exit_signal_is_an_exit_status_and_other_requests_reach_paramiko():
+    from paramiko.common import cMSG_CHANNEL_REQUEST
+
+    from phonehome_jump.chain import AnsweringTransport, _channel_request
+
+    def request(kind: str, *fields: object) -> paramiko.Message:
+        m = paramiko.Message()
+        m.add_byte(cMSG_CHANNEL_REQUEST)
+        m.add_int(7)
+        m.add(kind, False, *fields)        # type, want_reply, the request's own fields
+        m.rewind()
+        m.get_byte()
+        m.get_int()                         # what the transport reads before dispatching
+        return m
+
+    a, b = socket.socketpair()
+    try:
+        t = AnsweringTransport(a)
+        assert t._channel_handler_table[paramiko.common.MSG_CHANNEL_REQUEST] is _channel_request
+        chan = paramiko.Channel(7)
+        chan._set_transport(t)
+        _channel_request(chan, request("exit-signal", "TERM", False, "", ""))
+        assert chan.status_event.is_set() and (chan.exit_status, chan.exit_signal) == (143, "TERM")
+        chan = paramiko.Channel(7)
+        chan._set_transport(t)
+        _channel_request(chan, request("exit-signal", "NOSUCH", False, "", ""))
+        assert (chan.exit_status, chan.exit_signal) == (255, "NOSUCH")
+        chan = paramiko.Channel(7)
+        chan._set_transport(t)
+        _channel_request(chan, request("exit-status", 3))
+        assert chan.status_event.is_set() and chan.exit_status == 3
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_failed_tunnel_open_quotes_the_hop():
     via = Endpoint(name="jump2", host="j2", port=22, username="ops",
                    auth=Auth(None, None, None, True, None), known_hosts=Path("/kh"),
