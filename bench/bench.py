@@ -132,6 +132,25 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
+def _busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+def settle(busy_below: float = 0.15, window: float = 0.25, limit: float = 10.0) -> None:
+    """Wait until the machine is quiet: a run that starts while sshds still tear down the
+    previous run's sessions (logout scripts, ptys) measures that run's tail, not its own."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        b0, t0 = _busy_jiffies()
+        time.sleep(window)
+        b1, t1 = _busy_jiffies()
+        if t1 > t0 and (b1 - b0) / (t1 - t0) < busy_below:
+            return
+    log(f"  (the machine stayed busy for {limit:g}s; measuring anyway)")
+
+
 def rss_kib(field: str = "VmRSS") -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -603,6 +622,7 @@ class Bench:
         log(f"fan-out: {a.fanouts} × {FANOUT} sessions + 1 command, over {n_t} targets, one chain")
         for rnd in range(a.fanouts):
             gc.collect()
+            settle()
             before = rss_kib()
             m = SessionManager(self.inv, max_sessions=FANOUT * 2, max_per_host=FANOUT)
 
@@ -647,6 +667,7 @@ class Bench:
                 self.notes.append(f"{key}: {len(errors)}/{FANOUT} ssh failed, e.g. {errors[0][:120]}")
 
         for _ in range(a.ssh_fanouts):
+            settle()
             t0 = time.perf_counter()
             self.ossh.start_master("hop-jump2", self.ossh.cm_jump2)   # the shared chain, timed
             try:
@@ -654,6 +675,7 @@ class Bench:
                     self.raw_targets[i % n_t], f"echo {i}", check_out=f"{i}\n"), t0)
             finally:
                 self.ossh.stop_master("hop-jump2", self.ossh.cm_jump2)
+            settle()
             run_all("fan/fresh", lambda i: self.ossh.fresh(
                 self.raw_targets[i % n_t], f"echo {i}", check_out=f"{i}\n"))
 
@@ -670,6 +692,7 @@ class Bench:
         log(f"workflow: {a.workflows} × 5 steps on {WF_HOSTS} hosts over {len(self.raw_targets)} "
             "targets, one chain, each run from a new manager (cold)")
         for _ in range(a.workflows):
+            settle()
             t0 = time.perf_counter()
             r = run_workflow(wf, inv)
             self.s("wf/phj").add(time.perf_counter() - t0)
@@ -1092,6 +1115,7 @@ def main(argv: list[str] | None = None) -> int:
         for section in ("commands", "mcp", "service", "opens", "fanout", "workflow", "output",
                         "throughput", "oneshot", "files", "paging"):   # paging last: it registers secrets
             if only is None or section in only:
+                settle()
                 getattr(bench, section)()
     except KeyboardInterrupt:
         log("interrupted: tearing down")
