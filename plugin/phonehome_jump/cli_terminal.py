@@ -463,6 +463,10 @@ def interactive(manager: SessionManager, target: Target, *, confirm: bool = Fals
         except (OSError, EOFError, paramiko.SSHException) as exc:   # already gone: nothing to undo
             log.debug("closing the terminal channel: %s", exc)
     if status is not None and not left:
+        killed = getattr(chan, "exit_signal", None)
+        if killed:      # (a shell's `exit N` says nothing; a killed shell is worth a line)
+            print(f"\r\n{PROG}: {target.name}: the remote shell was killed by signal {killed}",
+                  file=sys.stderr, flush=True)
         return status
     if left and status is None:
         print(f"\r\nConnection to {target.name} closed.", file=sys.stderr, flush=True)

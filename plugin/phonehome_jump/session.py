@@ -248,6 +248,11 @@ class Session:
                 # give it a moment; a dead hop closes the channel with no status (-1).
                 self._chan.status_event.wait(1.0)
                 status = self._chan.exit_status if self._chan.status_event.is_set() else -1
+                killed = getattr(self._chan, "exit_signal", None)
+                if killed:                       # `kill -9 $$`: not a normal end, not a hop
+                    self._die(f"the remote shell was killed by signal {killed}; the connection "
+                              f"to {self.target.name} is still up")
+                    raise self._dead_error()
                 if status >= 0:
                     # `exit`: a normal end, with its status; a login shell's "logout" is not output
                     self.ended = status
