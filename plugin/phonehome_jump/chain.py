@@ -155,7 +155,7 @@ def _channel_request(chan: paramiko.Channel, m: paramiko.Message) -> None:
         paramiko.Channel._handle_request(chan, m)
         return
     m.get_boolean()                         # want_reply: always false for exit-signal
-    name = m.get_text()
+    name = m.get_text().removeprefix("SIG")     # RFC 4254 names it without; some add it
     number = getattr(signal.Signals, "SIG" + name, None)
     chan.exit_signal = name                 # type: ignore[attr-defined]
     chan.exit_status = 128 + int(number) if number is not None else 255
