@@ -162,6 +162,16 @@ def _channel_request(chan: paramiko.Channel, m: paramiko.Message) -> None:
     chan.status_event.set()
 
 
+# A packet of a tunneled transport travels as channel data of the hop before it, which is
+# cut into chunks of at most the channel's maximum packet size (paramiko: that size - 64).
+# A full-size inner packet is a little bigger than a full-size chunk, so every one of them
+# became a chunk and a ~50-byte leftover, and the leftover another packet on each outer
+# layer: 1 → 2 → 3 packets through two hops, each decrypted by us and relayed by a sshd.
+# Channels of a tunneled transport are capped so that an inner packet (header, padding up
+# to 19 bytes, MAC up to 64, the channel-data header) fits one chunk of the hop's channel.
+PACKET_OVERHEAD = 128
+
+
 class AnsweringTransport(paramiko.Transport):
     """A client transport that answers at once every server message that wants no reply.
 
@@ -191,10 +201,26 @@ class AnsweringTransport(paramiko.Transport):
                                       key=lambda c: 0 if "-gcm@" in c else 1))
 
     def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        tunnel = sock if isinstance(sock, paramiko.Channel) else None
         if hasattr(sock, "recv"):       # (paramiko also takes "host:port" or a tuple)
             sock = ReadAhead(sock)
         kwargs.setdefault("packetizer_class", OnceHandshakePacketizer)
         super().__init__(sock, *args, **kwargs)
+        self._tunnel = tunnel
+        if tunnel is not None:          # what the hop sends us must fit its chunks whole
+            self.default_max_packet_size = min(self.default_max_packet_size,
+                                               tunnel.in_max_packet_size - PACKET_OVERHEAD)
+
+    def _parse_channel_open_success(self, m: paramiko.Message) -> None:
+        start = m.packet.tell()
+        chanid = m.get_int()
+        m.packet.seek(start)
+        super()._parse_channel_open_success(m)
+        chan = self._channels.get(chanid)
+        if chan is not None and self._tunnel is not None:
+            # what we send through the hop must fit its chunks whole (see PACKET_OVERHEAD)
+            chan.out_max_packet_size = min(chan.out_max_packet_size,
+                                           self._tunnel.out_max_packet_size - PACKET_OVERHEAD)
 
     def _answer(self, kind: str) -> None:
         msg = paramiko.Message()

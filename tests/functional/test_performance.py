@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from phonehome_jump.chain import AnsweringTransport
@@ -54,6 +55,41 @@ def test_a_target_reached_directly_is_not_sent_the_hops_pty_true(manager):
         by_name = {h.endpoint.name: h for h in manager.pool._hops.values()}
         assert not by_name["lab-target2"].nodelay_asked
         assert by_name["jump1"].nodelay_asked and by_name["jump2"].nodelay_asked
+    finally:
+        d.close()
+
+
+def test_an_upload_crosses_each_hop_in_as_many_packets_as_the_target_gets(manager):
+    """A full-size packet of the target's connection must fit one chunk of the hop channel
+    that carries it: otherwise each becomes a chunk and a small leftover, on every layer."""
+    import hashlib
+
+    from phonehome_jump.direct import DirectChannel
+
+    target = manager.inventory.target("lab-target1")
+    d = DirectChannel(manager, target)
+    try:
+        d.connect()
+        by_name = {h.endpoint.name: h for h in manager.pool._hops.values()}
+        layers = {name: by_name[name].transport for name in ("jump1", "jump2", "lab-target1")}
+        sent = dict.fromkeys(layers, 0)
+
+        def counting(name, send):
+            def send_message(data):
+                sent[name] += 1
+                return send(data)
+            return send_message
+        for name, t in layers.items():
+            t.packetizer.send_message = counting(name, t.packetizer.send_message)
+        blob = os.urandom(4 << 20)
+        chan = d.exec("sha256sum")
+        chan.sendall(blob)
+        chan.shutdown_write()
+        out = chan.makefile("rb").read()
+        assert out.split()[0].decode() == hashlib.sha256(blob).hexdigest()   # every byte, in order
+        inner = sent["lab-target1"]
+        assert inner >= (4 << 20) // 32768, sent
+        assert sent["jump2"] <= inner * 1.1 + 10 and sent["jump1"] <= inner * 1.1 + 10, sent
     finally:
         d.close()
 
