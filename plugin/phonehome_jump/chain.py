@@ -120,7 +120,15 @@ class ReadAhead:
             self._buf, self._pos = b"", 0
         return out
 
-    def __getattr__(self, name: str) -> Any:     # send, settimeout, close, _closed, ...
+    def close(self) -> None:
+        # A tunnel's close is a message on the previous hop's transport; when that hop went
+        # first, there is nothing left to tell, and paramiko's thread would die on EOFError.
+        try:
+            self._sock.close()
+        except (EOFError, OSError, paramiko.SSHException) as exc:
+            log.debug("closing a tunnel whose hop is gone: %r", exc)
+
+    def __getattr__(self, name: str) -> Any:     # send, settimeout, _closed, ...
         return getattr(self._sock, name)
 
 

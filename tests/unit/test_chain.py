@@ -215,3 +215,20 @@ def test_read_ahead_serves_exact_reads_from_one_large_read():
     finally:
         a.close()
         b.close()
+
+
+def test_closing_a_tunnel_whose_hop_is_gone_is_quiet():
+    """paramiko closes a transport's socket from its own thread as it ends; for a tunnel that
+    is a message on the previous hop's transport, which may be gone already (EOFError)."""
+    from phonehome_jump.chain import ReadAhead
+
+    class GoneTunnel:
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+            raise EOFError()
+
+    tunnel = GoneTunnel()
+    ReadAhead(tunnel).close()
+    assert tunnel.closed == 1
