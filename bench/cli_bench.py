@@ -2,8 +2,9 @@
 
 Both start a process, dial jump1 → jump2 → target1 and run one command, as a script pays for
 them. Rows: `true` (start, three logins, exit status), `cat` of 20 MB piped through stdin
-(stdin forwarding and output streaming), and `seq 1 2000000 | head -c10` (SIGPIPE: how fast
-an early-closed stdout ends the remote command). Medians (p90, n). Needs root (the lab).
+(stdin forwarding and output streaming), 100 MB of stdin to `cat > /dev/null` (upload), and
+`seq 1 2000000 | head -c10` (SIGPIPE: how fast an early-closed stdout ends the remote
+command). Medians (p90, n). Needs root (the lab).
 
     sudo .venv/bin/python bench/cli_bench.py [--rounds N] [--markdown]
 """
@@ -63,11 +64,15 @@ def main() -> int:
             ssh = ["ssh", "-F", str(cfg), "target1"]
             phj = [CLI, "run", "lab-target1", "--"]
             data = os.urandom(20 << 20)
+            upload = os.urandom(100 << 20)
             rows = []
             for label, kw_phj, kw_ssh in (
                     ("`true`", dict(argv=phj + ["true"]), dict(argv=ssh + ["true"])),
                     ("`cat` of 20 MB from stdin", dict(argv=phj + ["cat"], input=data),
                      dict(argv=ssh + ["cat"], input=data)),
+                    ("`cat > /dev/null` of 100 MB from stdin (upload only)",
+                     dict(argv=phj + ["cat > /dev/null"], input=upload),
+                     dict(argv=ssh + ["cat > /dev/null"], input=upload)),
                     ("`seq 1 2000000 \\| head -c10` (SIGPIPE)",
                      dict(argv=[" ".join(phj) + " seq 1 2000000 | head -c10"], shell=True),
                      dict(argv=[" ".join(ssh) + " seq 1 2000000 | head -c10"], shell=True))):
