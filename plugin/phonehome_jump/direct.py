@@ -44,6 +44,8 @@ class StreamMasker:
         self._held = ""
 
     def feed(self, data: bytes) -> bytes:
+        if not REDACTOR.longest and not self._held and not self._decoder.getstate()[0]:
+            return data         # nothing to mask: the bytes as they came (no decode, no encode)
         text = self._held + self._decoder.decode(data)
         self._held = ""
         if not REDACTOR.longest or not text:

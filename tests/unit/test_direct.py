@@ -34,3 +34,19 @@ def test_bytes_that_are_not_utf8_pass_unchanged():
     m = StreamMasker()
     data = bytes(range(256)) * 3
     assert m.feed(data[:100]) + m.feed(data[100:]) + m.flush() == data
+
+
+def test_without_secrets_bytes_pass_untouched_and_a_later_secret_is_still_masked(monkeypatch):
+    from phonehome_jump import direct
+    from phonehome_jump.redact import Redactor
+
+    fresh = Redactor()
+    monkeypatch.setattr(direct, "REDACTOR", fresh)
+    m = StreamMasker()
+    data = "é".encode() + bytes(range(256))
+    first, rest = data[:1], data[1:]             # a character cut in two, then binary
+    assert m.feed(first) is first and not m.pending      # the very bytes, not a copy
+    later = "Canary-9-later"
+    fresh.add(later)
+    out = m.feed(rest) + m.feed(f" {later}\n".encode()) + m.flush()
+    assert first + out == data + b" " + b"*" * len(later) + b"\n"
