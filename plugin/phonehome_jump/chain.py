@@ -196,6 +196,7 @@ class AnsweringTransport(paramiko.Transport):
     """
 
     answered: tuple[str, ...] = ()      # kinds of requests answered so (for tests and debugging)
+    _tunnel: paramiko.Channel | None = None     # the hop channel this transport runs in, if any
 
     # exit-signal too: a command killed by a signal ends with 128 + its number, at once
     _channel_handler_table = {**paramiko.Transport._channel_handler_table,
