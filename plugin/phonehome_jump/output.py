@@ -16,8 +16,8 @@ import bisect
 import errno
 import os
 import tempfile
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from .errors import SessionError
@@ -233,6 +233,11 @@ def pages(read: Callable[[int], CommandResult], start: int = 0,
         if page.next_offset <= pos or page.next_offset >= page.total:
             return
         pos = page.next_offset
+
+
+def omission(a: int, b: int, hint: str = "") -> str:
+    """The marker that stands for characters ``[a, b)`` left out of a shown output."""
+    return f"\n[… {b - a} characters omitted ({a}–{b}){hint} …]\n"
 
 
 @dataclass

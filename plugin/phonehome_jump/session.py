@@ -32,7 +32,7 @@ from .errors import CallAbandonedError, SessionBusyError, SessionDeadError, Sess
 from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
 from .liveness import Link, first_failure
-from .output import DEFAULT_CAP, CommandResult, _Run
+from .output import DEFAULT_CAP, CommandResult, _Run, omission
 from .platforms import for_device_type
 from .patterns import SafePattern
 from .prompts import CONTROL, awaiting_input, compile_pattern
@@ -648,8 +648,8 @@ class Session:
         elif end - start > self.cap:                            # head and tail, middle omitted
             half = self.cap // 2
             omitted = (start + half, end - half)
-            piece = (run.masked(start, start + half) + f"\n[… {omitted[1] - omitted[0]} characters "
-                     f"omitted ({omitted[0]}–{omitted[1]}); read with offset={omitted[0]} …]\n"
+            piece = (run.masked(start, start + half)
+                     + omission(*omitted, f"; read with offset={omitted[0]}")
                      + run.masked(end - half, end))
             next_offset, truncated = end, True
         else:

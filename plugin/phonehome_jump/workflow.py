@@ -55,7 +55,7 @@ from .errors import (PatternError, PatternTimeoutError, PhonehomeJumpError, Poli
 from .inputs import MAX_SECONDS, Seconds, Whole, check_text
 from .inventory import Inventory, InventoryProblems, SecretRef, _explain, _fmt, _suggest
 from .manager import SessionManager
-from .output import ENV_MEMORY, KEEP, pages
+from .output import ENV_MEMORY, KEEP, omission, pages
 from .patterns import MULTILINE, compile_safe
 from .prompts import awaiting_input
 from .yamlload import YamlProblem, parse_yaml, read_text
@@ -1063,7 +1063,7 @@ class _HostRun:
             sr.output, sr.truncated, sr.omitted = self._range(sid, 0, total), False, None
             return
         omitted = (STEP_KEEP, total - STEP_KEEP)
-        sr.output = (self._range(sid, 0, STEP_KEEP) + _omitted(omitted)
+        sr.output = (self._range(sid, 0, STEP_KEEP) + omission(*omitted)
                      + self._range(sid, total - STEP_KEEP, total))
         sr.truncated, sr.omitted = True, omitted
 
@@ -1210,17 +1210,12 @@ def _needs_text(step: StepSpec) -> bool:
     return step.assert_ is not None or step.capture is not None or step.parse
 
 
-def _omitted(omitted: tuple[int, int]) -> str:
-    a, b = omitted
-    return f"\n[… {b - a} characters omitted ({a}–{b}) …]\n"
-
-
 def _bounded(text: str) -> tuple[str, bool, tuple[int, int] | None]:
     """(output, truncated, omitted): ``text``, or its STEP_KEEP head and tail around a marker."""
     if len(text) <= 2 * STEP_KEEP:
         return text, False, None
     omitted = (STEP_KEEP, len(text) - STEP_KEEP)
-    return text[:STEP_KEEP] + _omitted(omitted) + text[-STEP_KEEP:], True, omitted
+    return text[:STEP_KEEP] + omission(*omitted) + text[-STEP_KEEP:], True, omitted
 
 
 def _last_line(text: str) -> str:
