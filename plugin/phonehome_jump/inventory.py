@@ -41,10 +41,10 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic import model_validator
@@ -69,6 +69,7 @@ ENV_VAR = "PHONEHOME_JUMP_INVENTORY"
 MAX_HOSTS = 20_000                  # hosts in one inventory (about 10 s to load on a busy machine)
 MAX_INVENTORY_BYTES = 16 * 2**20    # all files of one inventory (each file: yamlload's limits)
 HostKeyPolicy = Literal["strict", "accept-new"]
+T = TypeVar("T")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_FIELDS = frozenset({"password", "passphrase", "sudo_password", "enable_secret"})
 
@@ -490,6 +491,47 @@ class _Entry:
         return self.file, self.line(*sub)
 
 
+def _within_memory(build: Callable[[], T]) -> T | None:
+    """``build()``, or None when memory ran out (by then its half-built data is freed).
+
+    Short on purpose: CPython 3.11 can spin forever when a MemoryError passes a handler past
+    its function's first 256 positions (see yamlload._guarded).
+    """
+    try:
+        return build()
+    except MemoryError:
+        return None
+
+
+def _read_file(file: Path, builder: _Builder) -> str | None:
+    """One inventory file's text; None when it is refused (the builder records why)."""
+    try:
+        return read_text(file)
+    except YamlProblem as exc:
+        builder.files.append(str(file))
+        builder.add((str(file), exc.line), exc.what)
+        return None
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(exc, file) from None    # the decode error carries the file's raw bytes
+    except OSError as exc:
+        raise InventoryError(f"cannot read inventory file: {exc.strerror or exc}", where=str(file),
+                             hint="check the path and its permissions") from exc
+
+
+def _not_utf8(exc: UnicodeDecodeError, file: Path) -> InventoryError:
+    line = exc.object[:exc.start].count(b"\n") + 1
+    return InventoryError(f"the file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                          f"offset {exc.start})", where=f"{file}:{line}", hint="save it as UTF-8")
+
+
+def _validated(model: type[BaseModel], value: Any) -> tuple[Any, list[Any]]:
+    """(the model, no errors) or (None, pydantic's errors); short, like _within_memory."""
+    try:
+        return model.model_validate(value), []
+    except ValidationError as exc:
+        return None, exc.errors()
+
+
 def _fmt(file: str, line: int | None) -> str:
     return f"{file}:{line}" if line else file
 
@@ -573,12 +615,11 @@ class _Builder:
 
     def _validate(self, entry: _Entry, value: Any) -> Any:
         model = _SECTIONS[entry.section][0]
-        try:
-            return model.model_validate({} if value is None else value)
-        except ValidationError as exc:
-            errors = exc.errors()
-            for err in errors:
-                self.add(entry.at(*err["loc"]), f"{entry.label}: {_explain(err, model)}")
+        spec, errors = _validated(model, {} if value is None else value)
+        if not errors:
+            return spec
+        for err in errors:
+            self.add(entry.at(*err["loc"]), f"{entry.label}: {_explain(err, model)}")
         if not isinstance(value, dict):
             return None
         # Keep the valid part so its references are still checked in this same pass; the
@@ -586,10 +627,7 @@ class _Builder:
         bad = {err["loc"][0] for err in errors if err["loc"] and err["type"] != "missing"}
         partial = {k: v for k, v in value.items() if k not in bad}
         partial.update({err["loc"][0]: "?" for err in errors if err["type"] == "missing"})
-        try:
-            return model.model_validate(partial)
-        except ValidationError:
-            return None
+        return _validated(model, partial)[0]
 
     # -- phase 2: merge defaults, check references
     def check(self) -> None:
@@ -866,44 +904,33 @@ class Inventory:
         if not files:
             raise InventoryError(f"no *.yaml or *.yml files in directory {root}", where=str(root),
                                  hint=hint)
+        loaded = _within_memory(lambda: cls._build(root, files))
+        if loaded is None:
+            gc.collect()
+            raise InventoryError("ran out of memory while loading the inventory", where=str(root),
+                                 hint=f"an inventory holds at most {MAX_HOSTS} hosts and "
+                                      f"{MAX_INVENTORY_BYTES // 2**20} MiB; give the process "
+                                      "more memory or split the inventory")
+        return loaded
+
+    @classmethod
+    def _build(cls, root: Path, files: list[Path]) -> Inventory:
         builder = _Builder()
         total = 0
-        try:
-            for file in files:
-                try:
-                    text = read_text(file)
-                except YamlProblem as exc:
-                    builder.files.append(str(file))
-                    builder.add((str(file), exc.line), exc.what)
-                    continue
-                except UnicodeDecodeError as exc:
-                    # from None: the decode error carries the file's raw bytes
-                    line = exc.object[:exc.start].count(b"\n") + 1
-                    raise InventoryError(f"the file is not UTF-8 text (byte 0x"
-                                         f"{exc.object[exc.start]:02x} at offset {exc.start})",
-                                         where=f"{file}:{line}", hint="save it as UTF-8") from None
-                except OSError as exc:
-                    raise InventoryError(f"cannot read inventory file: {exc.strerror or exc}",
-                                         where=str(file),
-                                         hint="check the path and its permissions") from exc
-                total += len(text)
-                if total > MAX_INVENTORY_BYTES:
-                    raise InventoryError(
-                        f"the inventory's files add up to more than {MAX_INVENTORY_BYTES} bytes "
-                        f"({MAX_INVENTORY_BYTES // 2**20} MiB)", where=str(root),
-                        hint=f"an inventory holds at most {MAX_HOSTS} hosts; split the sites "
-                             "into several inventories (one per agent or MCP server)")
-                builder.parse(text, str(file))
-            return cls(builder.finish(), builder.entries["groups"], files, builder.audit_spec,
-                       builder.limits_spec)
-        except MemoryError:
-            pass    # leave the handler first: its traceback holds the half-built data
-        del builder
-        gc.collect()
-        raise InventoryError("ran out of memory while loading the inventory", where=str(root),
-                             hint=f"an inventory holds at most {MAX_HOSTS} hosts and "
-                                  f"{MAX_INVENTORY_BYTES // 2**20} MiB; give the process "
-                                  "more memory or split the inventory")
+        for file in files:
+            text = _read_file(file, builder)
+            if text is None:
+                continue
+            total += len(text)
+            if total > MAX_INVENTORY_BYTES:
+                raise InventoryError(
+                    f"the inventory's files add up to more than {MAX_INVENTORY_BYTES} bytes "
+                    f"({MAX_INVENTORY_BYTES // 2**20} MiB)", where=str(root),
+                    hint=f"an inventory holds at most {MAX_HOSTS} hosts; split the sites "
+                         "into several inventories (one per agent or MCP server)")
+            builder.parse(text, str(file))
+        return cls(builder.finish(), builder.entries["groups"], files, builder.audit_spec,
+                   builder.limits_spec)
 
     @classmethod
     def from_text(cls, text: str, source: str = "<string>") -> Inventory:

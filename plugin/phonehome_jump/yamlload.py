@@ -19,6 +19,7 @@ process instead of loading it:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,9 @@ class _LineLoader(yaml.SafeLoader):
             mark = self.peek_event().start_mark
             raise YamlProblem(mark.line + 1, f"nested more than {MAX_DEPTH} levels deep")
         self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+        node = super().compose_node(parent, index)
+        self._depth -= 1        # not in a `finally` (see _guarded): a failure ends the loader
+        return node
 
     def build(self) -> Any:
         node = self.get_single_node()
@@ -132,20 +132,23 @@ class _LineLoader(yaml.SafeLoader):
             line, anchor = use or (node.start_mark.line + 1, "?")
             raise YamlProblem(line, f"recursive alias *{anchor}: a value cannot contain itself")
         if isinstance(node, yaml.MappingNode):
-            self._open.add(id(node))
-            try:
-                return self._mapping(node, path)
-            finally:
-                self._open.discard(id(node))
+            return self._inside(node, lambda: self._mapping(node, path))
         if isinstance(node, yaml.SequenceNode):
-            self._open.add(id(node))
-            try:
-                for i, item in enumerate(node.value):
-                    self.lines[path + (i,)] = item.start_mark.line + 1
-                return [self._walk(item, path + (i,), node, i) for i, item in enumerate(node.value)]
-            finally:
-                self._open.discard(id(node))
+            return self._inside(node, lambda: self._sequence(node, path))
         return self.construct_object(node, deep=True)
+
+    def _inside(self, node: yaml.Node, build: Callable[[], Any]) -> Any:
+        """Build a collection while it is open: an alias to it from inside is recursion."""
+        self._open.add(id(node))
+        try:                    # a short function: see _guarded
+            return build()
+        finally:
+            self._open.discard(id(node))
+
+    def _sequence(self, node: yaml.SequenceNode, path: KeyPath) -> list[Any]:
+        for i, item in enumerate(node.value):
+            self.lines[path + (i,)] = item.start_mark.line + 1
+        return [self._walk(item, path + (i,), node, i) for i, item in enumerate(node.value)]
 
     def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -201,18 +204,35 @@ def parse_yaml(text: str, limit: int | None = None) -> tuple[Any, dict[KeyPath, 
     if why is not None:
         raise YamlProblem(None, why)
     loader = _LineLoader(text)
+    data = _guarded(loader, text)
+    loader.dispose()
+    return data, loader.lines, loader.problems
+
+
+def _guarded(loader: _LineLoader, text: str) -> Any:
+    """The loaded data, or YamlProblem for what YAML itself refuses.
+
+    CPython 3.11 can spin forever when memory runs out (gh-132508): re-raising from a
+    `finally` or an unmatched `except` allocates an int for the handler's position, which
+    past position 256 is not cached; when that allocation fails it retries the same handler.
+    So on the loading path a MemoryError passes only handlers near the start of a function
+    (this one, ``_inside``, ``_walk``): tests/unit/test_hostile_input.py checks it.
+    """
     try:
-        data = loader.build()
+        return loader.build()
     except yaml.reader.ReaderError as exc:  # raised before any mark exists
-        line = text[:exc.position].count("\n") + 1
-        raise YamlProblem(line, f"invalid YAML: character #x{exc.character:04x} is not "
-                                "allowed") from None
+        raise _reader_problem(exc, text) from None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise YamlProblem(mark.line + 1 if mark else None,
-                          f"invalid YAML: {exc.problem or exc.context}") from None
+        raise _marked_problem(exc) from None
     except RecursionError:
         raise YamlProblem(None, "nested too deeply to load") from None
-    finally:
-        loader.dispose()
-    return data, loader.lines, loader.problems
+
+
+def _reader_problem(exc: yaml.reader.ReaderError, text: str) -> YamlProblem:
+    line = text[:exc.position].count("\n") + 1
+    return YamlProblem(line, f"invalid YAML: character #x{exc.character:04x} is not allowed")
+
+
+def _marked_problem(exc: yaml.MarkedYAMLError) -> YamlProblem:
+    mark = exc.problem_mark or exc.context_mark
+    return YamlProblem(mark.line + 1 if mark else None, f"invalid YAML: {exc.problem or exc.context}")
