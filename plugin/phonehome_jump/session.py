@@ -43,7 +43,7 @@ __all__ = ["DEFAULT_CAP", "CommandResult", "Session", "compile_pattern"]
 PTY_WIDTH = 4096              # wide, so programs do not wrap or truncate output
 LOCK_GRACE = 0.5              # how long a call waits for a short holder (paging done output)
 _EXIT = re.compile(r"(?i)(?:exit|logout|quit|bye)\Z")
-DISCARD_WAIT = 5.0            # seconds for the prompt after Ctrl-C drops a typed line
+DISCARD_WAIT = 5.0            # seconds for the prompt after a bare Ctrl-C at the shell prompt
 
 
 class Session:
@@ -70,6 +70,7 @@ class Session:
         self.dead: str | None = None      # why, once the shell or a hop went away
         self._holder_until: float | None = None   # monotonic end of the wait of the lock holder
         self._partial = False             # a command line typed at the prompt, no Enter yet
+        self._held = ""                   # sentinel: that line, not sent until its Enter
         self.ended: int | None = None     # exit status, when the shell itself exited (`exit`)
         self.links: list[Link] = []       # the hops, then the target: who to blame
         self.last_activity = time.time()
@@ -408,7 +409,7 @@ class Session:
 
         Nothing to type (``text=""`` with ``newline=False``, or ``control=""``) is a no-op.
         At the shell prompt, Ctrl-U or Ctrl-C discards a line typed without Enter and leaves
-        the session idle again.
+        the session idle again (on a POSIX shell that line is only sent with its Enter).
         """
         if self.dead:
             raise self._dead_error()
@@ -431,13 +432,15 @@ class Session:
             add_secret(text)
         self.last_activity = time.time()
         answers = "\n" in payload or "\r" in payload or bool(control)
+        sentinel = self.framer.name == "sentinel"
         if not self._lock.acquire(blocking=False):
             run = self._run
             if run is not None and not run.done:
                 # Another call is waiting on this command's output: this is an answer or a
                 # Ctrl-C for it, so write now rather than after that call's wait.
-                if key == "u" and self._partial and self.framer.name == "sentinel":
-                    data = (text + CONTROL["c"]).encode("utf-8")    # see _discard_line
+                if sentinel and self._partial:      # it waits on a line typed at the prompt
+                    self._type_at_prompt(text, payload, key, waited_on=True)
+                    return
                 self._write_bytes(data)
                 if key in ("c", "u") or "\n" in payload or "\r" in payload:
                     self._partial = False
@@ -454,8 +457,10 @@ class Session:
                     line = text.strip() if newline and text and "\n" not in text.strip() else None
                     self.framer.begin(line)
                 self._new_run(None)     # typed at the shell: frame it like a command
-            sentinel = self.framer.name == "sentinel"
-            if key in ("c", "u") and (at_prompt if sentinel else self._partial):
+            if sentinel and at_prompt:
+                self._type_at_prompt(text, payload, key)
+                return
+            if key in ("c", "u") and self._partial:
                 self._discard_line(text, key)
                 return
             self._write_bytes(data)
@@ -469,23 +474,47 @@ class Session:
             self._lock.release()
 
     def _discard_line(self, text: str, key: str) -> None:
-        """Ctrl-U/Ctrl-C at the shell prompt: drop what was typed there, back to idle.
+        """Network OS: Ctrl-U/Ctrl-C drop a line typed at the prompt; back to idle.
 
-        The sentinel framing turns the terminal's line editing off, so Ctrl-U would reach the
-        shell as a character of the line; Ctrl-C (SIGINT) makes the shell drop the line and
-        print its prompt, which ends the typed-input run. On network OSes the device's own
-        line editing handles the key; nothing ran, so the run ends here.
+        The device's own line editing handles the key; nothing ran, so the run ends here.
         """
         run = self._run
         assert run is not None
         self._partial = False
-        if self.framer.name != "sentinel":
-            self._write_bytes((text + CONTROL[key]).encode("utf-8"))
-            run.done, run.ended = True, time.monotonic()
-            return
-        self._write_bytes((text + CONTROL["c"]).encode("utf-8"))
+        self._write_bytes((text + CONTROL[key]).encode("utf-8"))
+        run.done, run.ended = True, time.monotonic()
+
+    def _type_at_prompt(self, text: str, payload: str, key: str | None, *,
+                        waited_on: bool = False) -> None:
+        """Sentinel: what is typed at the shell prompt. A line reaches the shell with its Enter.
+
+        The framing turns the shell's line editing and echo off, so a half-typed line does
+        nothing there; held here instead, Ctrl-U or Ctrl-C drops it exactly. Sent, it could
+        only be dropped by a SIGINT, and bash hit by one while it reads that line could lose
+        the first characters of the next command (2 runs in 400 on a busy machine).
+        ``waited_on``: another call holds the lock, waiting on this typed-input run.
+        """
+        run = self._run
+        assert run is not None
+        with self._wlock:                       # two callers typing at once keep their order
+            line_ends = "\n" in payload or "\r" in payload
+            if key in ("c", "u"):
+                held, self._held, self._partial = self._held + text, "", False
+                if not held and key == "c" or waited_on:
+                    data = CONTROL["c"]         # the shell reads nothing now: nothing to race
+                else:                           # nothing reached the shell: nothing ran
+                    run.cwd, run.done, run.ended = self.cwd, True, time.monotonic()
+                    return
+            elif line_ends or key:
+                data, self._held, self._partial = self._held + payload, "", False
+            else:
+                self._held += text
+                self._partial = True
+                return
+        self._write_bytes(data.encode("utf-8"))
         run.answered = run.length
-        self._pump(time.monotonic() + DISCARD_WAIT)
+        if key == "c" and not waited_on:        # a bare Ctrl-C: $? is 130 at its prompt
+            self._pump(time.monotonic() + DISCARD_WAIT)
 
     def fresh_input(self) -> tuple[str, str | None] | None:
         """What the running command asks for *now*: (newest output, its command line).

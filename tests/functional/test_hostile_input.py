@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -343,6 +344,48 @@ def test_ctrl_u_and_ctrl_c_discard_a_typed_line(manager, key):
     manager.send(sid, "joined")
     r = manager.read(sid, wait=10)
     assert (r.output, r.running) == ("joined\n", False)
+
+
+def test_a_discarded_line_never_reaches_the_shell(manager):
+    """The line is held until its Enter: dropping it sends the shell nothing ($? stays)."""
+    sid = manager.open("lab-target1").id
+    assert manager.command(sid, "false").exit_status == 1
+    for key in ("u", "c"):
+        manager.send(sid, "echo dropped", newline=False)
+        manager.send(sid, control=key, newline=False)
+        assert manager.command(sid, "echo $?").output == "1\n"
+        assert manager.command(sid, "false").exit_status == 1
+    manager.send(sid, control="c", newline=False)        # a bare Ctrl-C still reaches it
+    assert manager.command(sid, "echo $?").output == "130\n"
+
+
+def waiting_read(manager, sid) -> tuple[threading.Thread, dict]:
+    """A read(wait=20) that holds the session, waiting, by the time this returns."""
+    box: dict = {}
+    reader = threading.Thread(target=lambda: box.setdefault("r", manager.read(sid, wait=20)))
+    reader.start()
+    session = manager.session(sid)
+    deadline = time.monotonic() + 10
+    while session._holder_until is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert session._holder_until is not None, "the read never started waiting"
+    return reader, box
+
+
+def test_a_typed_line_a_read_waits_on_is_sent_or_dropped_at_once(manager):
+    sid = manager.open("lab-target1").id
+    manager.send(sid, "echo ", newline=False)
+    reader, box = waiting_read(manager, sid)
+    manager.send(sid, "held")                           # its Enter, while the read waits
+    reader.join(10)
+    assert not reader.is_alive() and (box["r"].output, box["r"].running) == ("held\n", False)
+    manager.send(sid, "echo dropped", newline=False)
+    reader, box = waiting_read(manager, sid)
+    manager.send(sid, control="u", newline=False)
+    reader.join(10)
+    assert not reader.is_alive() and not box["r"].running and "dropped" not in box["r"].output
+    r = manager.command(sid, "echo fresh")
+    assert (r.output, r.exit_status) == ("fresh\n", 0)
 
 
 # ----------------------------------------------------------------------------- memory
