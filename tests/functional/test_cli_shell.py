@@ -155,8 +155,10 @@ def test_full_screen_programs(term):
 def test_ctrl_z_then_fg_and_ctrl_c(term):
     t = term()
     t.start()
-    t.type("sleep 30; echo not-reached\r")
-    time.sleep(0.3)                               # let sleep start (Ctrl-Z before it is moot)
+    # Ctrl-Z before the job has started would be moot: it says "going" once it runs (the
+    # typed line's echo shows go""ing), and stops on Ctrl-Z even before its exec
+    t.type("sh -c 'echo go\"\"ing; exec sleep 30'; echo not-reached\r")
+    t.expect(r"\ngoing")
     t.type("\x1a")
     t.expect(r"Stopped")
     t.expect(PROMPT)

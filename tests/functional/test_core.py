@@ -13,6 +13,8 @@ from phonehome_jump.errors import AuthError, ConnectError, HostKeyError, Session
 from phonehome_jump.inventory import Inventory
 from phonehome_jump.manager import SessionManager
 
+from .waits import until
+
 
 def variant(lab, tmp_path: Path, known_hosts: str | None = None, extra: str = "",
             replace: tuple[str, str] = ("", ""), replace2: tuple[str, str] = ("", "")) -> Inventory:
@@ -349,9 +351,13 @@ def test_read_without_wait_collects_what_already_arrived(manager):
     sid = manager.open("lab-target1").id
     r = manager.command(sid, "echo first; sleep 0.3; echo second; sleep 30", wait=0.1)
     assert r.running and r.output == "first\n"
-    time.sleep(0.6)
-    r = manager.read(sid)                       # wait=0: no blocking, but nothing is left behind
-    assert r.running and r.output == "second\n"
+    reads = []                                  # wait=0: no blocking, nothing left behind
+
+    def collected() -> bool:
+        reads.append(manager.read(sid))
+        return "second" in "".join(x.output for x in reads)
+    until(collected, what="second")
+    assert all(x.running for x in reads) and "".join(x.output for x in reads) == "second\n"
     manager.send(sid, control="c", newline=False)
     assert manager.read(sid, wait=5).exit_status == 130
 
@@ -382,7 +388,8 @@ def test_ctrl_c_from_another_caller_reaches_a_waiting_command(manager):
     box = {}
     waiter = threading.Thread(target=lambda: box.setdefault("r", manager.command(sid, "sleep 30", wait=20)))
     waiter.start()
-    time.sleep(0.5)
+    session = manager.session(sid)
+    until(lambda: session._holder_until is not None and session.running, what="the command to wait")
     t0 = time.monotonic()
     manager.send(sid, control="c", newline=False)
     waiter.join(10)
@@ -401,6 +408,7 @@ def test_close_does_not_wait_for_a_running_command(manager):
 def test_background_output_between_commands_is_not_the_next_commands(manager):
     sid = manager.open("lab-target1").id
     assert manager.command(sid, "(sleep 0.3; echo from-background) &").exit_status == 0
-    time.sleep(0.8)
+    session = manager.session(sid)
+    until(lambda: session._chan.recv_ready(), what="the background output")   # here, unread
     r = manager.command(sid, "echo foreground")
     assert (r.output, r.exit_status) == ("foreground\n", 0)

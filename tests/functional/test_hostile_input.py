@@ -21,6 +21,8 @@ from phonehome_jump.errors import InputError, PatternTimeoutError
 from phonehome_jump.mcp_server import build_server
 from phonehome_jump.workflow import Workflow, WorkflowLock, run_workflow
 
+from .waits import until
+
 EVIL = r"(a|aa)+$"
 # 60 a's, then b, in one write: (a|aa)+$ backtracks through every way to split the a's
 EVIL_OUTPUT = "printf '" + "a" * 60 + "b\\n'"
@@ -365,10 +367,7 @@ def waiting_read(manager, sid) -> tuple[threading.Thread, dict]:
     reader = threading.Thread(target=lambda: box.setdefault("r", manager.read(sid, wait=20)))
     reader.start()
     session = manager.session(sid)
-    deadline = time.monotonic() + 10
-    while session._holder_until is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert session._holder_until is not None, "the read never started waiting"
+    until(lambda: session._holder_until is not None, what="the read to start waiting")
     return reader, box
 
 

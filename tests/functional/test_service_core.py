@@ -13,13 +13,7 @@ from phonehome_jump.callstate import caller
 from phonehome_jump.errors import CallAbandonedError, LimitError, SessionBusyError, UnknownSessionError
 from phonehome_jump.manager import SessionManager
 
-
-def until(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
+from .waits import until
 
 
 def in_thread(fn):
