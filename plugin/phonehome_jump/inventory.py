@@ -41,10 +41,10 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic import model_validator
@@ -58,7 +58,7 @@ from .policy import Policy, PolicySpec
 from .redact import add_secret
 from .secret_sources import from_command, from_keyring, parse_cmd, parse_keyring
 from .yamlload import KeyPath as _KeyPath
-from .yamlload import YamlProblem, parse_yaml, read_text
+from .yamlload import YamlProblem, parse_yaml, read_text, within_memory
 
 __all__ = [
     "Auth", "Endpoint", "Inventory", "InventoryProblems", "SecretRef", "Target", "json_schema",
@@ -69,7 +69,6 @@ ENV_VAR = "PHONEHOME_JUMP_INVENTORY"
 MAX_HOSTS = 20_000                  # hosts in one inventory (about 10 s to load on a busy machine)
 MAX_INVENTORY_BYTES = 16 * 2**20    # all files of one inventory (each file: yamlload's limits)
 HostKeyPolicy = Literal["strict", "accept-new"]
-T = TypeVar("T")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_FIELDS = frozenset({"password", "passphrase", "sudo_password", "enable_secret"})
 
@@ -491,18 +490,6 @@ class _Entry:
         return self.file, self.line(*sub)
 
 
-def _within_memory(build: Callable[[], T]) -> T | None:
-    """``build()``, or None when memory ran out (by then its half-built data is freed).
-
-    Short on purpose: CPython 3.11 can spin forever when a MemoryError passes a handler past
-    its function's first 256 positions (see yamlload._guarded).
-    """
-    try:
-        return build()
-    except MemoryError:
-        return None
-
-
 def _read_file(file: Path, builder: _Builder) -> str | None:
     """One inventory file's text; None when it is refused (the builder records why)."""
     try:
@@ -525,7 +512,7 @@ def _not_utf8(exc: UnicodeDecodeError, file: Path) -> InventoryError:
 
 
 def _validated(model: type[BaseModel], value: Any) -> tuple[Any, list[Any]]:
-    """(the model, no errors) or (None, pydantic's errors); short, like _within_memory."""
+    """(the model, no errors) or (None, pydantic's errors); short, like within_memory."""
     try:
         return model.model_validate(value), []
     except ValidationError as exc:
@@ -904,7 +891,7 @@ class Inventory:
         if not files:
             raise InventoryError(f"no *.yaml or *.yml files in directory {root}", where=str(root),
                                  hint=hint)
-        loaded = _within_memory(lambda: cls._build(root, files))
+        loaded = within_memory(lambda: cls._build(root, files))
         if loaded is None:
             gc.collect()
             raise InventoryError("ran out of memory while loading the inventory", where=str(root),

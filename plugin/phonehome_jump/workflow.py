@@ -58,7 +58,7 @@ from .manager import SessionManager
 from .output import ENV_MEMORY, KEEP, omission, pages
 from .patterns import MULTILINE, compile_safe
 from .prompts import awaiting_input
-from .yamlload import YamlProblem, parse_yaml, read_text
+from .yamlload import YamlProblem, parse_yaml, read_text, within_memory
 
 log = logging.getLogger(__name__)
 
@@ -613,16 +613,23 @@ def load_cached(file: Path) -> Workflow | WorkflowError:
         hit = _CACHE.get(file)
     if hit is not None and hit[0] == key:
         return hit[1]
+    # one bad file never breaks the others
     try:
-        loaded: Workflow | WorkflowError = Workflow.load(file)
+        loaded: Workflow | WorkflowError | None = within_memory(lambda: Workflow.load(file))
     except WorkflowError as exc:
         loaded = exc
-    except (MemoryError, RecursionError) as exc:   # one bad file never breaks the others
-        loaded = WorkflowError(f"cannot load the workflow ({type(exc).__name__})",
+    except RecursionError:
+        loaded = None
+    if loaded is None:          # out of memory or too deep: said outside any handler
+        loaded = WorkflowError("cannot load the workflow (out of memory or nested too deeply)",
                                where=str(file), hint="check the file; it may be far too big")
-    with _CACHE_LOCK:
-        _CACHE[file] = (key, loaded)
+    _remember(file, key, loaded)
     return loaded
+
+
+def _remember(file: Path, key: tuple[int, ...], loaded: Workflow | WorkflowError) -> None:
+    with _CACHE_LOCK:           # short, like yamlload.within_memory
+        _CACHE[file] = (key, loaded)
 
 
 def discover_loaded(directory: str | os.PathLike[str]) -> dict[str, Workflow | WorkflowError]:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["MAX_YAML_BYTES", "MAX_YAML_VALUES", "MAX_DEPTH", "KeyPath", "YamlProblem", "parse_yaml"]
+__all__ = ["MAX_YAML_BYTES", "MAX_YAML_VALUES", "MAX_DEPTH", "KeyPath", "YamlProblem", "parse_yaml",
+           "within_memory"]
 
 MAX_YAML_BYTES = 4 * 1024 * 1024     # one inventory or workflow file
 MAX_YAML_VALUES = 250_000            # keys, values and items written in one file
@@ -35,6 +36,7 @@ EXPANSION_FACTOR = 10                # ... and this many per value written in th
 
 _MERGE = "tag:yaml.org,2002:merge"
 KeyPath = tuple[str | int, ...]
+T = TypeVar("T")
 
 
 class YamlProblem(Exception):
@@ -226,6 +228,18 @@ def _guarded(loader: _LineLoader, text: str) -> Any:
         raise _marked_problem(exc) from None
     except RecursionError:
         raise YamlProblem(None, "nested too deeply to load") from None
+
+
+def within_memory(build: Callable[[], T]) -> T | None:
+    """``build()``, or None when memory ran out (by then its half-built data is freed).
+
+    For loading a user's file: the caller says so in an error of its own, outside any handler.
+    Short on purpose (see _guarded): the handler sits at the start of the function.
+    """
+    try:
+        return build()
+    except MemoryError:
+        return None
 
 
 def _reader_problem(exc: yaml.reader.ReaderError, text: str) -> YamlProblem:

@@ -177,8 +177,11 @@ def test_a_memory_error_while_loading_meets_no_handler_that_can_spin():
             for q in late_reraises(m)] in ([], ["Scanner.scan_uri_escapes"])  # tags with %xx only
     from phonehome_jump import inventory
     loading = [inventory.Inventory.load, inventory.Inventory._build.__func__, inventory._read_file,
-               inventory._not_utf8, inventory._validated, inventory._within_memory,
+               inventory._not_utf8, inventory._validated,
                *(f for f in vars(inventory._Builder).values() if inspect.isfunction(f))]
+    assert [q for f in loading for q in late_reraises(f)] == []
+    from phonehome_jump import workflow
+    loading = [workflow.load_cached, workflow._remember, workflow.Workflow.load.__func__]
     assert [q for f in loading for q in late_reraises(f)] == []
 
 
