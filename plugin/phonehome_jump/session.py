@@ -496,11 +496,11 @@ class Session:
         """
         run = self._run
         assert run is not None
-        with self._wlock:                       # two callers typing at once keep their order
+        with self._wlock:                       # two callers typing at once lose nothing
             line_ends = "\n" in payload or "\r" in payload
             if key in ("c", "u"):
                 held, self._held, self._partial = self._held + text, "", False
-                if not held and key == "c" or waited_on:
+                if (not held and key == "c") or waited_on:
                     data = CONTROL["c"]         # the shell reads nothing now: nothing to race
                 else:                           # nothing reached the shell: nothing ran
                     run.cwd, run.done, run.ended = self.cwd, True, time.monotonic()

@@ -386,10 +386,12 @@ def test_ctrl_c_from_another_caller_reaches_a_waiting_command(manager):
     import threading
     sid = manager.open("lab-target1").id
     box = {}
-    waiter = threading.Thread(target=lambda: box.setdefault("r", manager.command(sid, "sleep 30", wait=20)))
+    waiter = threading.Thread(target=lambda: box.setdefault(
+        "r", manager.command(sid, "echo started; sleep 30", wait=20)))
     waiter.start()
+    # once it runs (a SIGINT that reaches bash while it still reads the line can be lost)
     session = manager.session(sid)
-    until(lambda: session._holder_until is not None and session.running, what="the command to wait")
+    until(lambda: "started" in ((session.fresh_input() or ("",))[0]), what="the command to run")
     t0 = time.monotonic()
     manager.send(sid, control="c", newline=False)
     waiter.join(10)
