@@ -166,8 +166,9 @@ async def test_a_busy_session_answers_within_the_wait_saying_what_runs(transport
         async with anyio.create_task_group() as tg:
             tg.start_soon(long_call)
 
-            async def running():
-                return (await ok(c, "ssh_session_list"))["sessions"][0]["state"] == "running"
+            async def running():       # started on the target: bash has read its line
+                return ((await ok(c, "ssh_session_list"))["sessions"][0]["state"] == "running"
+                        and pgrep("sleep 20"))
             await until(running, what="sleep 20 running")
             t0 = time.monotonic()
             text = await error(c, "ssh_session_command", session_id=sid, command="echo hi", wait=5)
