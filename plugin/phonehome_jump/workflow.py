@@ -614,15 +614,16 @@ def load_cached(file: Path) -> Workflow | WorkflowError:
     if hit is not None and hit[0] == key:
         return hit[1]
     # one bad file never breaks the others
+    why = "out of memory"
     try:
         loaded: Workflow | WorkflowError | None = within_memory(lambda: Workflow.load(file))
     except WorkflowError as exc:
         loaded = exc
     except RecursionError:
-        loaded = None
-    if loaded is None:          # out of memory or too deep: said outside any handler
-        loaded = WorkflowError("cannot load the workflow (out of memory or nested too deeply)",
-                               where=str(file), hint="check the file; it may be far too big")
+        loaded, why = None, "nested too deeply"
+    if loaded is None:          # said outside any handler (see yamlload.within_memory)
+        loaded = WorkflowError(f"cannot load the workflow ({why})", where=str(file),
+                               hint="check the file; it may be far too big")
     _remember(file, key, loaded)
     return loaded
 
