@@ -261,6 +261,9 @@ Host cm-target1
   ControlPersist 600
 """]
         blocks += [f"Host {t}\n  HostName {lab.addr(t)}\n  ProxyJump jump1,jump2\n" for t in targets]
+        # one master per target through the jump2 master: the fan-out with logins shared
+        blocks += [f"Host fan-{t}\n  HostName {lab.addr(t)}\n  ProxyJump hop-jump2\n"
+                   f"  ControlPath {self.fan_master(t)}\n" for t in targets]
         blocks.append(f"""\
 Host *
   User phjkey
@@ -297,6 +300,12 @@ Host *
 
     def via_jump2_master(self, target: str, cmd: str, **kw: str) -> str:   # hops shared, new target login
         return self.run("-J", "hop-jump2", f"phjkey@{self.lab.addr(target)}", cmd, **kw)
+
+    def fan_master(self, target: str) -> Path:
+        return self.tmp / f"cm-fan-{target}"
+
+    def via_target_master(self, target: str, cmd: str, **kw: str) -> str:   # a channel on its master
+        return self.run("-S", str(self.fan_master(target)), f"fan-{target}", cmd, **kw)
 
     def start_master(self, host: str, sock: Path) -> None:
         # -f forks after auth; its output goes to /dev/null so no pipe outlives the call.
@@ -604,6 +613,11 @@ class Bench:
                 dt, info = timed(lambda: m.open(self.targets[0]))
                 self.s("warm/phj").add(dt)
                 m.close(info.id)                                # type: ignore[union-attr]
+            m.open(self.targets[0])                             # its login, to share
+            for _ in range(a.opens):
+                dt, info = timed(lambda: m.open(self.targets[0]))
+                self.s("share/phj").add(dt)
+                m.close(info.id)                                # type: ignore[union-attr]
         log(f"OpenSSH open: {a.opens} × fresh -J true, {a.opens} × via a jump2 master")
         for _ in range(a.opens):
             dt, _ = timed(lambda: self.ossh.fresh("target1", "true"))
@@ -615,36 +629,46 @@ class Bench:
                 self.s("warm/cm").add(dt)
         finally:
             self.ossh.stop_master("hop-jump2", self.ossh.cm_jump2)
+        self.ossh.start_master("cm-target1", self.ossh.cm_target)
+        try:
+            for _ in range(a.opens):
+                dt, _ = timed(lambda: self.ossh.cm("true"))
+                self.s("share/cm").add(dt)
+        finally:
+            self.ossh.stop_master("cm-target1", self.ossh.cm_target)
 
     def fanout(self) -> None:
         a = self.args
         n_t = len(self.targets)
         log(f"fan-out: {a.fanouts} × {FANOUT} sessions + 1 command, over {n_t} targets, one chain")
         for rnd in range(a.fanouts):
-            gc.collect()
-            settle()
-            before = rss_kib()
-            m = SessionManager(self.inv, max_sessions=FANOUT * 2, max_per_host=FANOUT)
+            for key, shared in (("fan", True), ("fan1", False)):     # alternating
+                gc.collect()
+                settle()
+                before = rss_kib()
+                m = SessionManager(self.inv, max_sessions=FANOUT * 2, max_per_host=FANOUT,
+                                   share_logins=shared)
 
-            def one(i: int) -> None:
-                sid = m.open(self.targets[i % n_t]).id
-                res = m.command(sid, f"echo {i}")
-                assert res.output == f"{i}\n", res
+                def one(i: int) -> None:
+                    sid = m.open(self.targets[i % n_t]).id
+                    res = m.command(sid, f"echo {i}")
+                    assert res.output == f"{i}\n", res
 
-            try:
-                with ThreadPoolExecutor(max_workers=FANOUT) as pool:
-                    t0 = time.perf_counter()
-                    list(pool.map(one, range(FANOUT)))
-                    self.s("fan/phj").add(time.perf_counter() - t0)
-                after = rss_kib()
-                assert len(m.list()) == FANOUT
-                per = (after - before) / FANOUT
-                if rnd == 0:      # later rounds reuse memory freed by the first: report the first
-                    self.s("rss/phj", "KiB").add(per)
-                else:
-                    self.notes.append(f"RSS per session, fan-out round {rnd + 1}: {per:,.0f} KiB")
-            finally:
-                m.shutdown()
+                try:
+                    with ThreadPoolExecutor(max_workers=FANOUT) as pool:
+                        t0 = time.perf_counter()
+                        list(pool.map(one, range(FANOUT)))
+                        self.s(f"{key}/phj").add(time.perf_counter() - t0)
+                    after = rss_kib()
+                    assert len(m.list()) == FANOUT
+                    per = (after - before) / FANOUT
+                    if rnd == 0 and shared:   # later rounds reuse memory freed by the first
+                        self.s("rss/phj", "KiB").add(per)
+                    else:
+                        self.notes.append(f"RSS per session, fan-out round {rnd + 1}"
+                                          f"{'' if shared else ', own logins'}: {per:,.0f} KiB")
+                finally:
+                    m.shutdown()
 
         log(f"OpenSSH fan-out: {a.ssh_fanouts} × {FANOUT} ssh processes (master on jump2 / fresh -J)")
 
@@ -671,12 +695,26 @@ class Bench:
             t0 = time.perf_counter()
             self.ossh.start_master("hop-jump2", self.ossh.cm_jump2)   # the shared chain, timed
             try:
-                run_all("fan/cm", lambda i: self.ossh.via_jump2_master(
+                run_all("fan1/cm", lambda i: self.ossh.via_jump2_master(
                     self.raw_targets[i % n_t], f"echo {i}", check_out=f"{i}\n"), t0)
             finally:
                 self.ossh.stop_master("hop-jump2", self.ossh.cm_jump2)
             settle()
-            run_all("fan/fresh", lambda i: self.ossh.fresh(
+            t0 = time.perf_counter()
+            self.ossh.start_master("hop-jump2", self.ossh.cm_jump2)   # the shared chain, timed
+            masters = self.raw_targets[:n_t]
+            try:
+                with ThreadPoolExecutor(max_workers=n_t) as pool:    # a master per target, timed
+                    list(pool.map(lambda t: self.ossh.start_master(f"fan-{t}", self.ossh.fan_master(t)),
+                                  masters))
+                run_all("fan/cm", lambda i: self.ossh.via_target_master(
+                    self.raw_targets[i % n_t], f"echo {i}", check_out=f"{i}\n"), t0)
+            finally:
+                for t in masters:
+                    self.ossh.stop_master(f"fan-{t}", self.ossh.fan_master(t))
+                self.ossh.stop_master("hop-jump2", self.ossh.cm_jump2)
+            settle()
+            run_all("fan1/fresh", lambda i: self.ossh.fresh(
                 self.raw_targets[i % n_t], f"echo {i}", check_out=f"{i}\n"))
 
 
@@ -970,7 +1008,9 @@ ROWS: list[tuple[str, str, Any]] = [
     ("seq", f"`seq 1 {SEQ_N}` ({len(SEQ_EXPECTED):,} B), open session", 0.030),
     ("cold", "open session, cold (no hops up)", 0.100),
     ("warm", "open session, chain already up", 0.040),
-    ("fan", f"{FANOUT} sessions + 1 command each, concurrent", 0.8),
+    ("share", "open a second session to a host (its login shared)", None),
+    ("fan", f"{FANOUT} sessions + 1 command each, concurrent (logins shared: one per host)", 0.8),
+    ("fan1", "the same, every session its own login", 0.8),
     ("mcp", "MCP overhead of ssh_session_command (stdio)", 0.003),
     ("svc", f"MCP over HTTP: `echo hi` on an idle session while {SVC_CLIENTS - 1} clients run "
             f"{SVC_CALLS} calls (unloaded in brackets)", 0.100),
@@ -1039,10 +1079,13 @@ def table(b: Bench, markdown: bool) -> str:
 
 LEGEND = [
     "cells: median (p90, n). OpenSSH cells include starting the ssh process (what a script pays).",
-    "ControlMaster column: echo/seq over a master to target1 (`ssh -S`); open/fan-out with the chain up = "
-    "`ssh -J hop-jump2` through a master on jump2 (new target login, hops shared); fan-out includes starting that master.",
+    "ControlMaster column: echo/seq over a master to target1 (`ssh -S`); open with the chain up and the "
+    "fan-out with own logins = `ssh -J hop-jump2` through a master on jump2 (new target login, hops shared); "
+    "second session = `ssh -S` `true` on a master to target1; fan-out with logins shared = a master per "
+    "target through the jump2 master, then `ssh -S`; fan-outs include starting their masters.",
     "fresh -J column: `ssh -J jump1,jump2 target …`, nothing shared (three SSH logins per command).",
-    "phonehome-jump fan-out starts from a fresh SessionManager (chain dialed once, shared by all 50).",
+    "phonehome-jump fan-out starts from a fresh SessionManager (chain dialed once, shared by all 50); "
+    "logins shared: a login per host and its shells as channels on it, like a ControlMaster per target.",
     "MCP row: median of `echo hi` via an MCP client → `phonehome-jump serve` (stdio) minus median of "
     "`SessionManager.command` in-process, alternating in blocks of 50, both to target1 through both jumps.",
     f"service row: `phonehome-jump serve --http`, {SVC_CLIENTS} MCP clients (streamable HTTP); "

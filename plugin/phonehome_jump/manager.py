@@ -36,6 +36,8 @@ from .policy import Approval
 from .prompts import prompt_waiting
 from .redact import MASK, add_secret
 from .output import default_memory
+from .framing import SENTINEL_DEVICE_TYPES
+from .login import Login
 from .session import DEFAULT_CAP, CommandResult, Session, compile_pattern
 from .transfer import TransferResult, download, upload
 
@@ -90,8 +92,13 @@ class SessionManager:
                  max_per_host: int | None = None, max_per_client: int | None = None,
                  idle_timeout: float | None = None, running_timeout: float | None = None,
                  cap: int = DEFAULT_CAP, audit_path: str | None = None,
-                 actor: str | None = None, output_memory: int | None = None) -> None:
-        """Limits left None come from the inventory's ``limits:`` section (or its defaults)."""
+                 actor: str | None = None, output_memory: int | None = None,
+                 share_logins: bool = True) -> None:
+        """Limits left None come from the inventory's ``limits:`` section (or its defaults).
+
+        ``share_logins``: POSIX sessions of one host and one owner share an SSH login (a
+        channel each, like OpenSSH's ControlMaster); False gives every session its own login.
+        """
         self.inventory = inventory
         limits = inventory.limits
         # the inventory's `audit:` section; audit_path (CLI --audit-log) overrides its path
@@ -115,6 +122,9 @@ class SessionManager:
         self._opening: dict[str, int] = {}       # host -> opens in flight (count toward limits)
         self._opening_by: dict[str | None, int] = {}   # owner -> opens in flight
         self._claimed: set[str] = set()          # caller-chosen ids of opens in flight
+        self.share_logins = share_logins
+        self._logins: dict[tuple[str, str | None], list[Login]] = {}   # (host, owner) -> logins
+        self._logging_in: dict[tuple[str, str | None], threading.Event] = {}  # a login in flight
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -143,7 +153,7 @@ class SessionManager:
             raise
         hops: list[Hop] = []
         try:
-            hops, session = self._connect(target, framing)
+            hops, session = self._connect(target, framing, owner)
             if caller_gone():       # nobody would ever learn this session's id
                 session.close("its caller gave up while it opened")
                 raise CallAbandonedError("the caller gave up while the session opened; it was "
@@ -171,7 +181,8 @@ class SessionManager:
                                   f"{' -> '.join(chain) or 'direct'}, actor {actor or '-'}\n")
         return self._info(entry)
 
-    def _connect(self, target: Target, framing: str | None) -> tuple[list[Hop], Session]:
+    def _connect(self, target: Target, framing: str | None,
+                 owner: str | None) -> tuple[list[Hop], Session]:
         """Hops (shared), a tunnel and a login to ``target``; the failure blamed on the right hop.
 
         Logins to one target are paced (a stock sshd drops new connections at random past
@@ -186,7 +197,7 @@ class SessionManager:
             while True:
                 attempt += 1
                 try:
-                    return hops, self._login(target, hops, framing)
+                    return hops, self._session(target, hops, framing, owner)
                 except ConnectError as exc:
                     if exc.hop != target.name or exc.reason in (
                             "auth", "host-key", "local-file", "refused", "forwarding", "dns"):
@@ -217,7 +228,56 @@ class SessionManager:
             self.pool.release(hops)
             raise
 
-    def _login(self, target: Target, hops: list[Hop], framing: str | None) -> Session:
+    def _session(self, target: Target, hops: list[Hop], framing: str | None,
+                 owner: str | None) -> Session:
+        """A shell on ``target``: on a login of the same host and owner when one has room
+        (the server refuses a channel past its MaxSessions: then a login of its own)."""
+        links = [h.link for h in hops if h.link is not None]
+        posix = (framing or ("sentinel" if target.device_type in SENTINEL_DEVICE_TYPES
+                             else "native")) == "sentinel"
+        if not (self.share_logins and posix):
+            return self._login(target, hops, framing, links)
+        key = (target.name, owner)
+        deadline = time.monotonic() + target.endpoint.connect_timeout
+        while True:
+            login, mine = self._shared_login(key, deadline)
+            if login is not None:
+                session = Session.attach(login, cap=self.cap, links=links, memory=self.output_memory)
+                if session is not None:
+                    return session
+                continue                        # that login is full: another, or a new one
+            try:
+                session = self._login(target, hops, framing, links)
+                with self._lock:
+                    self._logins.setdefault(key, []).append(session.login)
+                return session
+            finally:
+                if mine:                        # whoever waited for this login looks again
+                    with self._lock:
+                        self._logging_in.pop(key).set()
+
+    def _shared_login(self, key: tuple[str, str | None],
+                      deadline: float) -> tuple[Login | None, bool]:
+        """A login of ``key`` with room for one more session (counted), waiting for one in
+        flight; or (None, True): log in, others wait for it; (None, False): log in, alone."""
+        while True:
+            with self._lock:
+                logins = self._logins.get(key, [])
+                logins[:] = [x for x in logins if x.users > 0 and not x.full and x.alive]
+                for login in logins:
+                    if login.share():
+                        return login, False
+                if not logins:
+                    self._logins.pop(key, None)
+                flight = self._logging_in.get(key)
+                if flight is None:
+                    self._logging_in[key] = threading.Event()
+                    return None, True
+            if not flight.wait(max(deadline - time.monotonic(), 0.0)):
+                return None, False
+
+    def _login(self, target: Target, hops: list[Hop], framing: str | None,
+               links: list[Any]) -> Session:
         # sshd counts a connection against MaxStartups from accept to authentication: the
         # gate is held from the tunnel's open until Session.start says it has logged in
         gate = login_gate(target.chain, target.endpoint)
@@ -232,8 +292,7 @@ class SessionManager:
             sock = (open_tunnel(hops[-1].transport, target.endpoint, target.chain[-1]) if hops
                     else dial(target.endpoint))
             try:
-                return Session.start(target, sock, cap=self.cap, framing=framing,
-                                     links=[h.link for h in hops if h.link is not None],
+                return Session.start(target, sock, cap=self.cap, framing=framing, links=links,
                                      logged_in=logged_in, memory=self.output_memory)
             except BaseException:
                 sock.close()
@@ -328,7 +387,7 @@ class SessionManager:
                 self.audit.check()
             target, cwd, started = old.target, old.cwd, time.time()
             try:
-                hops, session = self._connect(target, old.framer.name)
+                hops, session = self._connect(target, old.framer.name, entry.owner)
             except PhonehomeJumpError as exc:
                 self._record(entry, "revive", outcome="error", error=str(exc))
                 raise

@@ -18,6 +18,7 @@ Two framings:
 from __future__ import annotations
 
 import codecs
+import logging
 import re
 import socket
 import threading
@@ -32,15 +33,17 @@ from .errors import CallAbandonedError, SessionBusyError, SessionDeadError, Sess
 from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
 from .liveness import Link, first_failure
+from .login import Login
 from .output import DEFAULT_CAP, CommandResult, _Run, omission
 from .platforms import for_device_type
 from .patterns import SafePattern
 from .prompts import CONTROL, awaiting_input, compile_pattern
 from .redact import add_secret, mask
 
+log = logging.getLogger(__name__)
+
 __all__ = ["DEFAULT_CAP", "CommandResult", "Session", "compile_pattern"]
 
-PTY_WIDTH = 4096              # wide, so programs do not wrap or truncate output
 LOCK_GRACE = 0.5              # how long a call waits for a short holder (paging done output)
 _EXIT = re.compile(r"(?i)(?:exit|logout|quit|bye)\Z")
 DISCARD_WAIT = 5.0            # seconds for the prompt after a bare Ctrl-C at the shell prompt
@@ -54,10 +57,13 @@ class Session:
     wait) instead of waiting behind another call's wait.
     """
 
-    def __init__(self, target: Target, conn: Any, channel: paramiko.Channel, framer: Framer,
+    def __init__(self, target: Target, login: Login, channel: paramiko.Channel, framer: Framer,
                  *, cap: int = DEFAULT_CAP, memory: int | None = None) -> None:
         self.target = target
-        self._conn = conn                 # netmiko connection; never leaves this module
+        self.login = login                # the connection its shell runs on (maybe shared)
+        self._conn = login.conn           # netmiko connection; never leaves the core
+        self._released = False            # close() has let go of the login
+        self._close_lock = threading.Lock()
         self._chan = channel
         self.framer = framer
         self.cap = cap
@@ -85,58 +91,50 @@ class Session:
 
         ``links`` are the liveness links of the hops before it (first hop first); the
         target's own link is added, so a failure is blamed on the right one. ``logged_in``
-        is called once authentication is done (the caller paces logins up to there).
+        is called once authentication is done (the caller paces logins up to there). The
+        session's :class:`Login` (``session.login``) can carry more sessions: :meth:`attach`.
         """
-        from netmiko import ConnectHandler   # heavy import, only when a session opens
-
-        from .chain import AnsweringSSHClient, HostKeyPolicy, credentials, wrap_error
-        from .localfiles import known_hosts_for
+        from .chain import wrap_error
         ep = target.endpoint
-        known = known_hosts_for(ep)          # parsed like OpenSSH (markers, bad lines skipped)
-        creds = credentials(ep)
-        framing = framing or ("sentinel" if target.device_type in SENTINEL_DEVICE_TYPES else "native")
         try:
-            conn = ConnectHandler(
-                device_type=target.device_type, host=ep.host, port=ep.port, sock=sock,
-                username=creds["username"], password=creds["password"] or "",
-                use_keys=bool(creds["key_filename"]), key_file=creds["key_filename"],
-                passphrase=creds["passphrase"], allow_agent=creds["allow_agent"],
-                ssh_strict=True, system_host_keys=False, alt_host_keys=False,
-                conn_timeout=ep.connect_timeout,
-                auth_timeout=ep.connect_timeout, banner_timeout=ep.connect_timeout,
-                keepalive=0, fast_cli=True, auto_connect=False)   # liveness: our own probe
-            conn.key_policy = HostKeyPolicy(ep, known, role="host")   # strict or accept-new, and @revoked
-            # netmiko's hook for the client class: no post-login stall on the target either
-            conn._get_ssh_client_instance = AnsweringSSHClient
-            build = conn._build_ssh_client
-
-            def build_with_known_hosts() -> paramiko.SSHClient:
-                client = build()
-                known.install(client, ep.host, ep.port)
-                return client
-            conn._build_ssh_client = build_with_known_hosts   # our parser, not paramiko's
-            params = conn._connect_params_dict
-
-            def only_the_inventorys_key() -> dict[str, Any]:
-                # netmiko sets look_for_keys = use_keys: a refused key_file would be followed
-                # by this machine's own ~/.ssh/id_* keys. Only the inventory's key is offered.
-                return {**params(), "look_for_keys": False}
-            conn._connect_params_dict = only_the_inventorys_key
-            conn.establish_connection(width=PTY_WIDTH, height=1000)
-            if logged_in is not None:
-                logged_in()
+            login = Login.connect(target, sock, logged_in=logged_in, outer=links)
         except Exception as exc:
             raise wrap_error(exc, ep, target.chain[-1] if target.chain else None, role="host") from exc
-        chan = conn.remote_conn
+        framing = framing or ("sentinel" if target.device_type in SENTINEL_DEVICE_TYPES else "native")
+        login.posix = framing == "sentinel"
+        return cls._framed(target, login, login.first_channel, framing, links,
+                           cap=cap, memory=memory)
+
+    @classmethod
+    def attach(cls, login: Login, *, cap: int = DEFAULT_CAP,
+               links: list[Link] | tuple[Link, ...] = (), memory: int | None = None) -> "Session | None":
+        """A new POSIX session on an existing login, counted by :meth:`Login.share` already.
+
+        None when the server refuses the channel, the pty or the shell (MaxSessions; or the
+        connection is going): the login takes no more sessions, and the caller logs in anew.
+        """
+        try:
+            chan = login.shell()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            log.info("%s: no further shell on its login (%s); logging in anew",
+                     login.target.name, exc or type(exc).__name__)
+            login.full = True
+            login.release()
+            return None
+        except BaseException:
+            login.release()
+            raise
+        return cls._framed(login.target, login, chan, "sentinel", links, cap=cap, memory=memory)
+
+    @classmethod
+    def _framed(cls, target: Target, login: Login, chan: paramiko.Channel, framing: str,
+                links: list[Link] | tuple[Link, ...], *, cap: int, memory: int | None) -> "Session":
+        from .chain import wrap_error
         chan.settimeout(None)
         framer: Framer = (SentinelFramer() if framing == "sentinel"
                           else NativeFramer(for_device_type(target.device_type)))
-        session = cls(target, conn, chan, framer, cap=cap, memory=memory)   # its secrets: registered by resolve()
-        transport = chan.get_transport()
-        session.links = [*links, Link("target", target.name, f"{ep.username}@{ep.host}:{ep.port}",
-                                      transport, interval=ep.keepalive,
-                                      count=ep.keepalive_count, outer=links,
-                                      on_down=transport.close).start()]
+        session = cls(target, login, chan, framer, cap=cap, memory=memory)   # its secrets: registered by resolve()
+        session.links = [*links, login.link]
         try:
             framer.setup(session)
             session.last_activity = time.time()
@@ -147,7 +145,7 @@ class Session:
                                    where=f"host {target.name!r}",
                                    hint="check the account's login shell; device_type decides "
                                         "the framing (sentinel needs a POSIX shell)") from exc
-            raise wrap_error(exc, ep, None, role="host") from exc
+            raise wrap_error(exc, target.endpoint, None, role="host") from exc
         return session
 
     # -- the wire ---------------------------------------------------------------------
@@ -605,17 +603,18 @@ class Session:
         self._die(why)
         if self._run is not None and self._run.done:
             self._run.out.close()     # a running command's reader still owns its buffer
-        for link in self.links[-1:]:
-            link.stop()
+        with self._close_lock:
+            if self._released:
+                return
+            self._released = True
         if isinstance(self.framer, SentinelFramer):
-            # a POSIX shell has no config mode to leave: netmiko's Linux cleanup would spend a
-            # round trip asking (an Enter and its prompt) before its `exit`
-            conn = self._conn
-            conn.cleanup = lambda command="exit": conn.write_channel(command + conn.RETURN)
-        try:
-            self._conn.disconnect()
-        except Exception:  # already gone; nothing to report to the caller
-            pass
+            # the shell's own `exit` (the login may go on carrying other sessions' shells)
+            try:
+                self._chan.sendall(b"exit\n")
+            except Exception:  # already gone; nothing to report to the caller
+                pass
+            self._chan.close()
+        self.login.release()
 
     # -- helpers ----------------------------------------------------------------------
     def _check_idle(self) -> None:

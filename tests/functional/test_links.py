@@ -212,10 +212,11 @@ def test_exit_is_a_normal_end_without_logout(manager):
 # -- busy targets -----------------------------------------------------------------------------
 
 def test_fifty_concurrent_opens_to_a_stock_sshd_all_succeed(lab, tmp_path):
-    """A stock sshd (MaxStartups 10:30:100) drops new connections past 10 unauthenticated."""
+    """A stock sshd (MaxStartups 10:30:100) drops new connections past 10 unauthenticated
+    (every session its own login here: shared logins would hide the pacing)."""
     n = 50
     inv = inventory(lab, tmp_path, keepalive=15, extra=lab.stock_host_yaml())
-    with SessionManager(inv, max_per_host=n) as m:
+    with SessionManager(inv, max_per_host=n, share_logins=False) as m:
         m.open("lab-target1")           # the chain up first, as when Claude fans out
         results: list = [None] * n
 

@@ -1,0 +1,147 @@
+"""One authenticated SSH connection to a target, and the shells opened on it.
+
+netmiko logs in over the chain's tunnel (device types, login quirks) and opens the first
+shell. A POSIX target's connection can then carry more shells, one channel each, like
+OpenSSH's ControlMaster: a second session to the same host costs a channel, a pty and a
+shell instead of a key exchange, an authentication and a new sshd process (on a lab target
+about 15 ms of the server's CPU per login). The manager decides who may share (sessions of
+one host and one owner); a server that refuses another channel (sshd's MaxSessions, 10 by
+default) gets a new login instead.
+
+A network device keeps one login per session: many serve one shell per connection.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paramiko
+
+from .inventory import Target
+from .liveness import Link
+
+PTY_WIDTH = 4096              # wide, so programs do not wrap or truncate output
+PTY_HEIGHT = 1000
+
+
+class Login:
+    """One login to a target: its netmiko connection, its liveness link and its users."""
+
+    def __init__(self, target: Target, conn: Any, link: Link) -> None:
+        self.target = target
+        self._conn = conn                 # netmiko connection; never leaves the core
+        self.posix = False                # its sessions type their own `exit`: no netmiko cleanup
+        self.link = link
+        self.users = 1                    # sessions whose shell runs on this connection
+        self.full = False                 # the server refused another channel on it
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, target: Target, sock: Any, *,
+                logged_in: Callable[[], None] | None = None,
+                outer: list[Link] | tuple[Link, ...] = ()) -> "Login":
+        """Log in to ``target`` over ``sock`` (a tunnel channel or a TCP socket).
+
+        ``logged_in`` is called once authentication is done (the caller paces logins up to
+        there); ``outer`` are the liveness links of the hops before it, first hop first.
+        Errors are paramiko's and netmiko's own: the caller names the hop.
+        """
+        from netmiko import ConnectHandler   # heavy import, only when a session opens
+
+        from .chain import AnsweringSSHClient, HostKeyPolicy, credentials
+        from .localfiles import known_hosts_for
+        ep = target.endpoint
+        known = known_hosts_for(ep)          # parsed like OpenSSH (markers, bad lines skipped)
+        creds = credentials(ep)
+        conn = ConnectHandler(
+            device_type=target.device_type, host=ep.host, port=ep.port, sock=sock,
+            username=creds["username"], password=creds["password"] or "",
+            use_keys=bool(creds["key_filename"]), key_file=creds["key_filename"],
+            passphrase=creds["passphrase"], allow_agent=creds["allow_agent"],
+            ssh_strict=True, system_host_keys=False, alt_host_keys=False,
+            conn_timeout=ep.connect_timeout,
+            auth_timeout=ep.connect_timeout, banner_timeout=ep.connect_timeout,
+            keepalive=0, fast_cli=True, auto_connect=False)   # liveness: our own probe
+        conn.key_policy = HostKeyPolicy(ep, known, role="host")   # strict or accept-new, and @revoked
+        # netmiko's hook for the client class: no post-login stall on the target either
+        conn._get_ssh_client_instance = AnsweringSSHClient
+        build = conn._build_ssh_client
+
+        def build_with_known_hosts() -> paramiko.SSHClient:
+            client = build()
+            known.install(client, ep.host, ep.port)
+            return client
+        conn._build_ssh_client = build_with_known_hosts   # our parser, not paramiko's
+        params = conn._connect_params_dict
+
+        def only_the_inventorys_key() -> dict[str, Any]:
+            # netmiko sets look_for_keys = use_keys: a refused key_file would be followed
+            # by this machine's own ~/.ssh/id_* keys. Only the inventory's key is offered.
+            return {**params(), "look_for_keys": False}
+        conn._connect_params_dict = only_the_inventorys_key
+        conn.establish_connection(width=PTY_WIDTH, height=PTY_HEIGHT)
+        if logged_in is not None:
+            logged_in()
+        transport = conn.remote_conn.get_transport()
+        link = Link("target", target.name, f"{ep.username}@{ep.host}:{ep.port}", transport,
+                    interval=ep.keepalive, count=ep.keepalive_count, outer=outer,
+                    on_down=transport.close).start()
+        return cls(target, conn, link)
+
+    @property
+    def conn(self) -> Any:
+        """netmiko's connection (a network device's session preparation needs it)."""
+        return self._conn
+
+    @property
+    def first_channel(self) -> paramiko.Channel:
+        """The shell netmiko opened at login."""
+        return self._conn.remote_conn
+
+    @property
+    def alive(self) -> bool:
+        t = self.link.transport
+        return t is not None and t.is_active() and self.link.down is None
+
+    def share(self) -> bool:
+        """Count one more session on this connection, if it can still take one."""
+        with self._lock:
+            if self.full or self.users <= 0 or not self.alive:
+                return False
+            self.users += 1
+            return True
+
+    def shell(self) -> paramiko.Channel:
+        """A new shell channel with a pty on this connection (netmiko's terminal settings).
+
+        Raises paramiko's errors: ``ChannelException`` when the server refuses the channel
+        (MaxSessions), ``SSHException`` when it refuses the pty or the shell.
+        """
+        transport = self.link.transport
+        chan = transport.open_session(timeout=self.target.endpoint.connect_timeout)
+        try:
+            chan.get_pty(term="vt100", width=PTY_WIDTH, height=PTY_HEIGHT)
+            chan.invoke_shell()
+        except BaseException:
+            chan.close()
+            raise
+        return chan
+
+    def release(self) -> None:
+        """One session is done with this connection; the last one closes it."""
+        with self._lock:
+            self.users -= 1
+            last = self.users == 0
+        if not last:
+            return
+        self.link.stop()
+        if self.posix:
+            # a POSIX shell has no config mode to leave: netmiko's Linux cleanup would spend a
+            # round trip asking (an Enter and its prompt) before its `exit`
+            self._conn.cleanup = lambda *args, **kwargs: None
+        try:
+            self._conn.disconnect()
+        except Exception:  # already gone; nothing to report to the caller
+            pass

@@ -1,0 +1,114 @@
+"""Sessions of one host share its SSH login (a channel each), against the real lab sshds.
+
+What the target sees is counted on the target itself: its established SSH connections
+(``ss`` in its namespace), and the shells' own ``$$`` and tty.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+
+import pytest
+
+from phonehome_jump.errors import SessionDeadError
+from phonehome_jump.inventory import Inventory
+from phonehome_jump.manager import SessionManager
+
+from .waits import until
+
+
+def connections(lab, node: str) -> int:
+    """Established SSH connections to ``node``'s sshd, as the node's kernel counts them."""
+    out = subprocess.run(["ip", "netns", "exec", lab.nodes[node].ns, "ss", "-Htn", "state",
+                          "established", "sport = :22"], capture_output=True, text=True,
+                         check=True).stdout
+    return len(out.splitlines())
+
+
+def test_sessions_of_one_host_share_a_login_and_nothing_else(lab, lab_inventory):
+    before = connections(lab, "target1")
+    with SessionManager(lab_inventory) as m:
+        a, b = m.open("lab-target1").id, m.open("lab-target1").id
+        assert connections(lab, "target1") == before + 1          # one login, two shells
+        shell_a = m.command(a, "echo $$ $(tty)").output.split()
+        shell_b = m.command(b, "echo $$ $(tty)").output.split()
+        assert shell_a[0] != shell_b[0] and shell_a[1] != shell_b[1], (shell_a, shell_b)
+        # each shell keeps its own state
+        m.command(a, "cd /tmp && export PHJ_SHARED=a")
+        r = m.command(b, 'pwd; echo "${PHJ_SHARED-unset}"')
+        assert (r.output, r.cwd) == ("/home/phjkey\nunset\n", "/home/phjkey")
+        # a session closed leaves the other one working on the same connection
+        m.close(a)
+        assert m.command(b, "echo still").output == "still\n"
+        assert connections(lab, "target1") == before + 1
+        # a shell that exits ends its session only
+        c = m.open("lab-target1").id
+        r = m.command(c, "exit 3", wait=5)
+        assert r.exit_status == 3
+        with pytest.raises(SessionDeadError, match="has ended"):
+            m.command(c, "echo gone")
+        assert m.command(b, "echo alive").output == "alive\n"
+        m.close(b)
+        m.close(c)
+        # the last session closed: the login goes too
+        assert until(lambda: connections(lab, "target1") == before, 10), connections(lab, "target1")
+
+
+def test_a_shell_killed_on_a_shared_login_is_blamed_on_the_shell(lab, lab_inventory):
+    with SessionManager(lab_inventory) as m:
+        victim, other = m.open("lab-target1").id, m.open("lab-target1").id
+        assert m.session(victim).login is m.session(other).login
+        with pytest.raises(SessionDeadError) as err:
+            m.command(victim, "kill -9 $$", wait=10)
+        assert "connection to lab-target1 is still up" in str(err.value), str(err.value)
+        assert m.command(other, "echo fine").output == "fine\n"
+        info = m.revive(victim)                # a new shell on the same login
+        assert info.state == "idle" and m.session(victim).login is m.session(other).login
+        assert m.command(victim, "echo back").output == "back\n"
+
+
+def test_owners_and_opt_out_get_logins_of_their_own(lab, lab_inventory):
+    before = connections(lab, "target2")
+    with SessionManager(lab_inventory) as m:
+        a = m.open("lab-target2", owner="alice").id
+        b = m.open("lab-target2", owner="bob").id
+        # one client's `kill $PPID` must not end another client's sessions
+        assert m.session(a).login is not m.session(b).login
+        assert connections(lab, "target2") == before + 2
+    with SessionManager(lab_inventory, share_logins=False) as m:
+        x, y = m.open("lab-target2").id, m.open("lab-target2").id
+        assert m.session(x).login is not m.session(y).login
+        assert m.command(y, "echo own").output == "own\n"
+        assert connections(lab, "target2") == before + 2
+
+
+def test_a_server_that_refuses_more_channels_gets_more_logins(lab, tmp_path):
+    """A stock sshd serves MaxSessions (10) shells per connection and refuses the 11th: the
+    sessions past it go to further logins, all opened at once, none lost."""
+    path = tmp_path / "inv.yaml"
+    path.write_text(lab.inventory.read_text() + lab.stock_host_yaml())
+    n = 25
+    before = connections(lab, "stock1")
+    with SessionManager(Inventory.load(path), max_per_host=n) as m:
+        m.open("lab-target1")                   # the chain up first
+        results: list = [None] * n
+
+        def go(i: int) -> None:
+            try:
+                sid = m.open("lab-stock1").id
+                results[i] = (m.command(sid, f"echo {i}").output, sid)
+            except Exception as exc:   # counted below
+                results[i] = exc
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        failures = [r for r in results if not isinstance(r, tuple)]
+        assert not failures, f"{len(failures)} of {n} failed, e.g. {failures[0]}"
+        assert [r[0] for r in results] == [f"{i}\n" for i in range(n)]
+        logins = {id(m.session(r[1]).login): m.session(r[1]).login for r in results}
+        assert all(login.users <= 10 for login in logins.values()), [x.users for x in logins.values()]
+        assert 3 <= len(logins) < n, len(logins)
+        assert connections(lab, "stock1") == before + len(logins)
