@@ -308,12 +308,15 @@ Host *
         return self.run("-S", str(self.fan_master(target)), f"fan-{target}", cmd, **kw)
 
     def start_master(self, host: str, sock: Path) -> None:
-        # -f forks after auth; its output goes to /dev/null so no pipe outlives the call.
-        proc = subprocess.run([SSH, "-F", str(self.cfg), "-M", "-N", "-f", "-S", str(sock), host],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, timeout=60)
+        # -f forks after auth; its output goes to a file so no pipe outlives the call (a
+        # ProxyJump child through another master keeps the stderr it was given)
+        errors = self.tmp / f"{sock.name}.err"
+        with errors.open("w") as err:
+            proc = subprocess.run([SSH, "-F", str(self.cfg), "-M", "-N", "-f", "-S", str(sock), host],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=err, timeout=60)
         if proc.returncode != 0:
-            raise RuntimeError(f"ControlMaster to {host} failed: {proc.stderr.strip()}")
+            raise RuntimeError(f"ControlMaster to {host} failed: {errors.read_text().strip()}")
         self.run("-S", str(sock), "-O", "check", host)
 
     def stop_master(self, host: str, sock: Path) -> None:
