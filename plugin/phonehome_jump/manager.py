@@ -96,7 +96,7 @@ class SessionManager:
                  share_logins: bool = True) -> None:
         """Limits left None come from the inventory's ``limits:`` section (or its defaults).
 
-        ``share_logins``: POSIX sessions of one host and one owner share an SSH login (a
+        ``share_logins``: POSIX sessions of one host, owner and actor share an SSH login (a
         channel each, like OpenSSH's ControlMaster); False gives every session its own login.
         """
         self.inventory = inventory
@@ -123,8 +123,9 @@ class SessionManager:
         self._opening_by: dict[str | None, int] = {}   # owner -> opens in flight
         self._claimed: set[str] = set()          # caller-chosen ids of opens in flight
         self.share_logins = share_logins
-        self._logins: dict[tuple[str, str | None], list[Login]] = {}   # (host, owner) -> logins
-        self._logging_in: dict[tuple[str, str | None], threading.Event] = {}  # a login in flight
+        # (host, owner, actor) -> logins its POSIX sessions share; a login in flight
+        self._logins: dict[tuple[str, str | None, str | None], list[Login]] = {}
+        self._logging_in: dict[tuple[str, str | None, str | None], threading.Event] = {}
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -153,7 +154,7 @@ class SessionManager:
             raise
         hops: list[Hop] = []
         try:
-            hops, session = self._connect(target, framing, owner)
+            hops, session = self._connect(target, framing, (owner, actor))
             if caller_gone():       # nobody would ever learn this session's id
                 session.close("its caller gave up while it opened")
                 raise CallAbandonedError("the caller gave up while the session opened; it was "
@@ -182,7 +183,7 @@ class SessionManager:
         return self._info(entry)
 
     def _connect(self, target: Target, framing: str | None,
-                 owner: str | None) -> tuple[list[Hop], Session]:
+                 who: tuple[str | None, str | None]) -> tuple[list[Hop], Session]:
         """Hops (shared), a tunnel and a login to ``target``; the failure blamed on the right hop.
 
         Logins to one target are paced (a stock sshd drops new connections at random past
@@ -197,7 +198,7 @@ class SessionManager:
             while True:
                 attempt += 1
                 try:
-                    return hops, self._session(target, hops, framing, owner)
+                    return hops, self._session(target, hops, framing, who)
                 except ConnectError as exc:
                     if exc.hop != target.name or exc.reason in (
                             "auth", "host-key", "local-file", "refused", "forwarding", "dns"):
@@ -229,15 +230,18 @@ class SessionManager:
             raise
 
     def _session(self, target: Target, hops: list[Hop], framing: str | None,
-                 owner: str | None) -> Session:
-        """A shell on ``target``: on a login of the same host and owner when one has room
-        (the server refuses a channel past its MaxSessions: then a login of its own)."""
+                 who: tuple[str | None, str | None]) -> Session:
+        """A shell on ``target``: on a login of the same host, owner and actor when one has
+        room (the server refuses a channel past its MaxSessions: then a login of its own).
+
+        ``who`` is (owner, actor): MCP clients differ in both; through an ET Phone Home
+        agent, which has no owners, the actor still names the client."""
         links = [h.link for h in hops if h.link is not None]
         posix = (framing or ("sentinel" if target.device_type in SENTINEL_DEVICE_TYPES
                              else "native")) == "sentinel"
         if not (self.share_logins and posix):
             return self._login(target, hops, framing, links)
-        key = (target.name, owner)
+        key = (target.name, *who)
         deadline = time.monotonic() + target.endpoint.connect_timeout
         while True:
             login, mine = self._shared_login(key, deadline)
@@ -256,7 +260,7 @@ class SessionManager:
                     with self._lock:
                         self._logging_in.pop(key).set()
 
-    def _shared_login(self, key: tuple[str, str | None],
+    def _shared_login(self, key: tuple[str, str | None, str | None],
                       deadline: float) -> tuple[Login | None, bool]:
         """A login of ``key`` with room for one more session (counted), waiting for one in
         flight; or (None, True): log in, others wait for it; (None, False): log in, alone."""
@@ -387,7 +391,7 @@ class SessionManager:
                 self.audit.check()
             target, cwd, started = old.target, old.cwd, time.time()
             try:
-                hops, session = self._connect(target, old.framer.name, entry.owner)
+                hops, session = self._connect(target, old.framer.name, (entry.owner, entry.actor))
             except PhonehomeJumpError as exc:
                 self._record(entry, "revive", outcome="error", error=str(exc))
                 raise

@@ -75,7 +75,12 @@ def test_owners_and_opt_out_get_logins_of_their_own(lab, lab_inventory):
         b = m.open("lab-target2", owner="bob").id
         # one client's `kill $PPID` must not end another client's sessions
         assert m.session(a).login is not m.session(b).login
-        assert connections(lab, "target2") == before + 2
+        # an ET Phone Home agent has no owners: the actor names the client
+        c = m.open("lab-target2", actor="mcp:claude/1").id
+        d = m.open("lab-target2", actor="mcp:claude/2").id
+        assert m.session(c).login is not m.session(d).login
+        assert m.session(m.open("lab-target2", owner="alice").id).login is m.session(a).login
+        assert connections(lab, "target2") == before + 4
     with SessionManager(lab_inventory, share_logins=False) as m:
         x, y = m.open("lab-target2").id, m.open("lab-target2").id
         assert m.session(x).login is not m.session(y).login
