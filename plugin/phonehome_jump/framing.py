@@ -58,12 +58,20 @@ class SentinelFramer(Framer):
         self.pattern = re.compile(r"<<phj:" + self.token + r":(\d+):([^\n]*?)>>")
 
     def setup(self, session: "Session") -> None:
-        line = ("stty -echo -onlcr -icanon 2>/dev/null; set +o emacs +o vi +m 2>/dev/null; "
+        # The pty was asked for without echo, CR/LF translation and line editing (login.py):
+        # no `stty` process on the target, unless the server ignored the request, which
+        # shows as this line's echo (bash's line editor echoes only when the terminal does;
+        # it ends the line with a CR/LF of its own either way, so that tells nothing).
+        line = ("set +o emacs +o vi +m 2>/dev/null; "
                 "unset PROMPT_COMMAND HISTFILE LS_COLORS; export NO_COLOR=1 PAGER=cat SYSTEMD_PAGER= GIT_PAGER=cat "
                 "TERM=dumb; PS2=''; PS3=''; PS4='+ '; "
                 f"_phj={self.token}; PS1='<<phj:${{_phj}}:$?:${{PWD}}>>'\n")
+        deadline = time.monotonic() + session.target.endpoint.connect_timeout
         session._write(line)
-        session._pump(time.monotonic() + session.target.endpoint.connect_timeout, setup=True)
+        session._pump(deadline, setup=True)
+        if f"_phj={self.token}" in session.setup_tail:
+            session._write("stty -echo -onlcr -icanon 2>/dev/null\n")
+            session._pump(deadline, setup=True)
 
     def wrap(self, command: str) -> str:
         if "\n" not in command.rstrip("\n"):

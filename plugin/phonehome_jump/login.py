@@ -13,17 +13,45 @@ A network device keeps one login per session: many serve one shell per connectio
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import paramiko
+from paramiko.common import cMSG_CHANNEL_REQUEST
 
 from .inventory import Target
 from .liveness import Link
 
 PTY_WIDTH = 4096              # wide, so programs do not wrap or truncate output
 PTY_HEIGHT = 1000
+
+# RFC 4254 §8 terminal modes for a POSIX session's pty: no echo, no CR/LF translation, no
+# line editing by the terminal (the sentinel framing needs all three). Asked for in the
+# pty request, sshd sets them before the shell starts, so no `stty` process runs per
+# session; a server that ignores them is found at setup and gets the `stty` (framing.py).
+_ECHO, _ICANON, _ONLCR, _TTY_OP_END = 53, 51, 72, 0
+QUIET_MODES = b"".join(struct.pack(">BI", op, 0) for op in (_ECHO, _ICANON, _ONLCR)) + bytes([_TTY_OP_END])
+
+
+def request_pty(chan: paramiko.Channel, modes: bytes, *, term: str = "vt100",
+                width: int = PTY_WIDTH, height: int = PTY_HEIGHT) -> None:
+    """paramiko's ``get_pty`` with terminal modes (paramiko always sends none)."""
+    m = paramiko.Message()
+    m.add_byte(cMSG_CHANNEL_REQUEST)
+    m.add_int(chan.remote_chanid)
+    m.add_string("pty-req")
+    m.add_boolean(True)
+    m.add_string(term)
+    m.add_int(width)
+    m.add_int(height)
+    m.add_int(0)
+    m.add_int(0)
+    m.add_string(modes)
+    chan._event_pending()
+    chan.transport._send_user_message(m)
+    chan._wait_for_event()
 
 
 class Login:
@@ -39,18 +67,33 @@ class Login:
         self._lock = threading.Lock()
 
     @classmethod
-    def connect(cls, target: Target, sock: Any, *,
+    def connect(cls, target: Target, sock: Any, *, posix: bool,
                 logged_in: Callable[[], None] | None = None,
                 outer: list[Link] | tuple[Link, ...] = ()) -> "Login":
         """Log in to ``target`` over ``sock`` (a tunnel channel or a TCP socket).
 
-        ``logged_in`` is called once authentication is done (the caller paces logins up to
-        there); ``outer`` are the liveness links of the hops before it, first hop first.
-        Errors are paramiko's and netmiko's own: the caller names the hop.
+        ``posix``: its shell gets the sentinel framing (a quiet pty, shells shared; else a
+        network device's terminal as netmiko asks for it). ``logged_in`` is called once
+        authentication is done (the caller paces logins up to there); ``outer`` are the
+        liveness links of the hops before it, first hop first. Errors are paramiko's and
+        netmiko's own: the caller names the hop.
         """
         from netmiko import ConnectHandler   # heavy import, only when a session opens
 
         from .chain import AnsweringSSHClient, HostKeyPolicy, credentials
+
+        class QuietShellClient(AnsweringSSHClient):
+            """netmiko's first shell, on a pty with the sentinel framing's modes."""
+
+            def invoke_shell(self, term: str = "vt100", width: int = 80, height: int = 24,
+                             width_pixels: int = 0, height_pixels: int = 0,
+                             environment: dict[str, str] | None = None) -> paramiko.Channel:
+                transport = self.get_transport()
+                assert transport is not None
+                chan = transport.open_session()
+                request_pty(chan, QUIET_MODES, term=term, width=width, height=height)
+                chan.invoke_shell()
+                return chan
         from .localfiles import known_hosts_for
         ep = target.endpoint
         known = known_hosts_for(ep)          # parsed like OpenSSH (markers, bad lines skipped)
@@ -66,7 +109,7 @@ class Login:
             keepalive=0, fast_cli=True, auto_connect=False)   # liveness: our own probe
         conn.key_policy = HostKeyPolicy(ep, known, role="host")   # strict or accept-new, and @revoked
         # netmiko's hook for the client class: no post-login stall on the target either
-        conn._get_ssh_client_instance = AnsweringSSHClient
+        conn._get_ssh_client_instance = QuietShellClient if posix else AnsweringSSHClient
         build = conn._build_ssh_client
 
         def build_with_known_hosts() -> paramiko.SSHClient:
@@ -88,7 +131,9 @@ class Login:
         link = Link("target", target.name, f"{ep.username}@{ep.host}:{ep.port}", transport,
                     interval=ep.keepalive, count=ep.keepalive_count, outer=outer,
                     on_down=transport.close).start()
-        return cls(target, conn, link)
+        login = cls(target, conn, link)
+        login.posix = posix
+        return login
 
     @property
     def conn(self) -> Any:
@@ -122,7 +167,7 @@ class Login:
         transport = self.link.transport
         chan = transport.open_session(timeout=self.target.endpoint.connect_timeout)
         try:
-            chan.get_pty(term="vt100", width=PTY_WIDTH, height=PTY_HEIGHT)
+            request_pty(chan, QUIET_MODES)
             chan.invoke_shell()
         except BaseException:
             chan.close()

@@ -79,6 +79,7 @@ class Session:
         self._held = ""                   # sentinel: that line, not sent until its Enter
         self.ended: int | None = None     # exit status, when the shell itself exited (`exit`)
         self.links: list[Link] = []       # the hops, then the target: who to blame
+        self.setup_tail = ""              # the end of what preceded the last setup prompt
         self.last_activity = time.time()
 
     # -- opening ----------------------------------------------------------------------
@@ -96,12 +97,12 @@ class Session:
         """
         from .chain import wrap_error
         ep = target.endpoint
+        framing = framing or ("sentinel" if target.device_type in SENTINEL_DEVICE_TYPES else "native")
         try:
-            login = Login.connect(target, sock, logged_in=logged_in, outer=links)
+            login = Login.connect(target, sock, posix=framing == "sentinel", logged_in=logged_in,
+                                  outer=links)
         except Exception as exc:
             raise wrap_error(exc, ep, target.chain[-1] if target.chain else None, role="host") from exc
-        framing = framing or ("sentinel" if target.device_type in SENTINEL_DEVICE_TYPES else "native")
-        login.posix = framing == "sentinel"
         return cls._framed(target, login, login.first_channel, framing, links,
                            cap=cap, memory=memory)
 
@@ -268,6 +269,8 @@ class Session:
             if native and self.framer.candidate and self._chan.recv_ready():
                 continue                         # more is already here: not the end yet
             if setup and run.done:
+                # what came before the prompt: the framer looks for its own echo in it
+                self.setup_tail = run.out.slice(max(run.length - 8192, 0), run.length)
                 self._run = None
                 return False
             if not run.done and (until or stop_on_input):

@@ -74,6 +74,23 @@ def test_state_persists_and_prompt_follows_cd(manager):
     assert manager.command(sid, "sh -c 'exit 7'").exit_status == 7
 
 
+def test_the_pty_is_quiet_from_its_request_and_a_profile_that_resets_it_is_caught(lab, tmp_path):
+    """The pty is requested without echo, CR/LF translation and line editing, so no `stty`
+    runs per session; a login whose profile runs `stty sane` (as a server that ignores the
+    requested modes would leave it) echoes the setup line, and gets the `stty` then."""
+    path = tmp_path / "inv.yaml"
+    path.write_text(lab.inventory.read_text() + lab.sane_host_yaml())
+    typed = "history | grep -c '^ *[0-9]* *stty -echo -onlcr -icanon'"   # not its own line
+    with SessionManager(Inventory.load(path)) as m:
+        for host, stty_typed in (("lab-target1", "0\n"), ("lab-sane", "1\n")):
+            sid = m.open(host).id
+            flags = m.command(sid, "stty -a").output.split()
+            assert {"-echo", "-icanon", "-onlcr"} <= set(flags), (host, flags)
+            assert m.command(sid, typed).output == stty_typed, host
+            r = m.command(sid, "printf 'a\\nb\\n'; echo $USER")
+            assert (r.output, r.exit_status) == (f"a\nb\n{m.session(sid).target.endpoint.username}\n", 0)
+
+
 @pytest.mark.parametrize("tail", ["$", "#", ">", "$ ", "# "])
 def test_output_ending_in_prompt_characters(manager, tail):
     sid = manager.open("lab-target1").id

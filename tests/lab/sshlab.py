@@ -10,6 +10,8 @@ and an env file (passwords) into its state directory. Users:
 - ``phjkey``  key auth (on the jumps and the targets)
 - ``phjpass`` password auth
 - ``phjsudo`` password auth, may sudo with its password
+- ``phjsane`` key auth; its login profile resets the terminal (``stty sane``), as some
+  sites' profiles do (what a server that ignores the pty's requested modes looks like)
 
 Besides target1..N, ``stock1`` is a target whose sshd keeps OpenSSH's default settings
 (``MaxStartups 10:30:100``: new connections are dropped at random past 10 unauthenticated
@@ -47,7 +49,7 @@ LAB_NET = f"10.{NET}.0.0/16"
 DEFAULT_STATE = Path(os.environ.get("PHJ_LAB_STATE", f"/tmp/phonehome-jump-lab-{NET}"))
 # The lab users are machine-wide, so their passwords are too (one file for every lab).
 ENV_FILE = Path("/var/lib/phonehome-jump-lab/env.json")
-USERS = ("phjkey", "phjpass", "phjsudo")
+USERS = ("phjkey", "phjpass", "phjsudo", "phjsane")
 #: The one node without an SFTP subsystem, so file copies fall back to SCP there.
 NO_SFTP = "target3"
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin/sshd"
@@ -158,7 +160,8 @@ class Lab:
 
     def _users(self) -> None:
         env = self.env
-        passwords = {"phjkey": "!", "phjpass": env["PHJ_LAB_PASSWORD"], "phjsudo": env["PHJ_LAB_SUDO_PASSWORD"]}
+        passwords = {"phjkey": "!", "phjpass": env["PHJ_LAB_PASSWORD"], "phjsudo": env["PHJ_LAB_SUDO_PASSWORD"],
+                     "phjsane": "!"}
         for user in USERS:
             if run("id", user, check=False).returncode != 0:
                 run("useradd", "-m", "-s", "/bin/bash", user)
@@ -167,6 +170,9 @@ class Lab:
             else:   # key-only account: unlock it without a usable password
                 run("usermod", "-p", "*", user)
         Path("/etc/sudoers.d").mkdir(exist_ok=True)
+        profile = Path("/home/phjsane/.bash_profile")
+        profile.write_text("stty sane\n. ~/.profile\n")
+        shutil.chown(profile, "phjsane", "phjsane")
         sudoers = Path("/etc/sudoers.d/phj-lab")
         sudoers.write_text("phjsudo ALL=(ALL) ALL\nDefaults:phjsudo !lecture, timestamp_timeout=0\n")
         os.chmod(sudoers, 0o440)
@@ -256,6 +262,11 @@ PrintLastLog no
         """
         return (f"  {name}: {{host: {self.addr('stock1')}, groups: [lab], "
                 "description: stock sshd settings (MaxStartups 10:30:100)}\n")
+
+    def sane_host_yaml(self, name: str = "lab-sane") -> str:
+        """An inventory host entry for ``phjsane`` on target1 (kept out of the lab inventory)."""
+        return (f"  {name}: {{host: {self.addr('target1')}, via: jump2, credentials: lab-key, "
+                "username: phjsane}\n")
 
     def drop(self, name: str) -> None:
         """Silently drop every packet into and out of node ``name`` (no RST, no ICMP)."""
