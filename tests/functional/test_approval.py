@@ -221,7 +221,7 @@ async def test_over_streamable_http_the_handshake_era_asks_mid_call(lab, tmp_pat
     assert [r["approved_via"] for r in approvals] == ["mcp-elicitation"]
 
 
-async def test_a_file_copy_marked_confirm_asks_the_person_too(lab, tmp_path):
+async def test_a_file_copy_marked_confirm_asks_the_person_too(lab, tmp_path, request):
     home = "/home/phjkey"
     text = lab.inventory.read_text().replace(
         "  lab: {via: jump2, credentials: lab-key, tags: [lab]}",
@@ -232,6 +232,8 @@ async def test_a_file_copy_marked_confirm_asks_the_person_too(lab, tmp_path):
     src.write_text("approved copy\n")
     token = secrets.token_hex(4)
     args = {"host": "lab-target1", "local_path": str(src), "remote_path": f"{home}/f-{token}.txt"}
+    # the lab's targets share this machine's file system: the copy is removed afterwards
+    request.addfinalizer(lambda: Path(args["remote_path"]).unlink(missing_ok=True))
     server = build_server(inv)
     async with Client(server) as client:                    # cannot elicit: confirm=true is not enough
         r = await call(client, "ssh_file_upload", confirm=True, **args)
