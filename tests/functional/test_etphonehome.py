@@ -131,11 +131,13 @@ def test_open_by_address_picks_the_host_with_that_username(site, lab):
 
 def _race(server: Server, sid_a: str, sid_b: str) -> tuple[dict, dict, dict]:
     """A long call holds the shared connection; B queues, then the health monitor's
-    heartbeat queues too (lowering the connection's timeout to 10 s for B as well)."""
+    heartbeat queues too (lowering the connection's timeout to 10 s for B as well).
+
+    No pause is needed between them: the stand-in starts ops in the order of its input, each
+    runs until it waits (A on its reply, B and the heartbeat on the connection's lock, which
+    serves them first come, first served), and A is on the wire before B is even read."""
     a = server.start("ssh_session_command", session_id=sid_a, command="sleep 3; echo A-done")
-    time.sleep(0.5)
     b = server.start("ssh_session_command", session_id=sid_b, command="sleep 12; echo B-done")
-    time.sleep(0.5)
     hb = server.start("health_check")
     return server.wait(a), server.wait(b), server.wait(hb)
 
