@@ -182,8 +182,9 @@ def test_sudo_password_prompt_is_answered_and_never_echoed(manager, lab):
 
 def test_ctrl_c_interrupts_a_running_command(manager):
     sid = manager.open("lab-target1").id
-    r = manager.command(sid, "sleep 30; echo not-reached", wait=0.5)
-    assert r.running
+    r = manager.command(sid, "echo started; sleep 30; echo not-reached", wait=0)
+    # Ctrl-C once it runs (a SIGINT while bash still reads the line can be lost: README)
+    until(lambda: "started" in r.output + manager.read(sid).output, what="the command to run")
     manager.send(sid, control="ctrl-c", newline=False)
     r = manager.read(sid, wait=5)
     assert not r.running and r.exit_status == 130 and "not-reached" not in r.output
