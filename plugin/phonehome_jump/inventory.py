@@ -7,9 +7,9 @@ half-way through a connect. All problems of one load are reported together, one
 Precedence (first value that is set wins):
 
 * ``port``, ``known_hosts``, ``host_key_policy``, ``keepalive``, ``keepalive_count``,
-  ``connect_timeout``, ``device_type``, ``credentials``, ``description``, ``client``: host -> its
-  groups in the order listed -> ``defaults`` -> built-in default (22, ``~/.ssh/known_hosts``,
-  strict, 15, 3, 10.0, linux).
+  ``connect_timeout``, ``device_type``, ``credentials``, ``description``, ``client``,
+  ``share_login``: host -> its groups in the order listed -> ``defaults`` -> built-in default
+  (22, ``~/.ssh/known_hosts``, strict, 15, 3, 10.0, linux, true).
 * ``username``: host.username > credentials.username > groups' username (in order) >
   defaults.username > local user (``getpass.getuser()``). A credential's username belongs to
   its secret, so it beats broad group/default settings; the host itself can still override.
@@ -226,6 +226,10 @@ class _TargetSettings(_Conn):
         None, min_length=1,
         description="ET Phone Home client site that reaches this host. `phonehome-jump serve "
                     "--agent SITE=HOST:PORT` routes its sessions to that site's agent.")
+    share_login: bool | None = Field(
+        None, description="Sessions of one client to this host share one SSH login, a channel, "
+                          "pty and shell each (POSIX hosts; like OpenSSH's ControlMaster); "
+                          "false gives every session a login of its own. Default true.")
 
 
 class DefaultsSpec(_TargetSettings):
@@ -366,6 +370,7 @@ class Target:
     source: str
     client: str | None = None    # ET Phone Home client site that reaches the host
     policy: Policy = Policy()
+    share_login: bool = True     # its POSIX sessions of one client share one SSH login
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe description without secret values."""
@@ -378,7 +383,8 @@ class Target:
                 "chain": [{"name": h.name, "host": h.host, "port": h.port,
                            "username": h.username, "known_hosts": str(h.known_hosts),
                            "host_key_policy": h.host_key_policy} for h in self.chain],
-                "policy": self.policy.summary(), "source": self.source}
+                "policy": self.policy.summary(), "share_login": self.share_login,
+                "source": self.source}
 
 
 class InventoryProblems(InventoryError):
@@ -839,7 +845,8 @@ class _Builder:
             groups=host.groups, tags=tuple(tags),
             description=next((lay.description for lay in layers if lay.description), None),
             source=endpoint.source, policy=Policy.resolve([lay.policy for lay in layers]),
-            client=next((lay.client for lay in layers if lay.client), None))
+            client=next((lay.client for lay in layers if lay.client), None),
+            share_login=next((lay.share_login for lay in layers if lay.share_login is not None), True))
 
     @property
     def audit_spec(self) -> AuditSpec | None:

@@ -97,7 +97,8 @@ class SessionManager:
         """Limits left None come from the inventory's ``limits:`` section (or its defaults).
 
         ``share_logins``: POSIX sessions of one host, owner and actor share an SSH login (a
-        channel each, like OpenSSH's ControlMaster); False gives every session its own login.
+        channel each, like OpenSSH's ControlMaster), where the host's ``share_login`` (default
+        true) allows it; False gives every session its own login.
         """
         self.inventory = inventory
         limits = inventory.limits
@@ -239,7 +240,7 @@ class SessionManager:
         links = [h.link for h in hops if h.link is not None]
         posix = (framing or ("sentinel" if target.device_type in SENTINEL_DEVICE_TYPES
                              else "native")) == "sentinel"
-        if not (self.share_logins and posix):
+        if not (self.share_logins and posix and target.share_login):
             return self._login(target, hops, framing, links)
         key = (target.name, *who)
         deadline = time.monotonic() + target.endpoint.connect_timeout

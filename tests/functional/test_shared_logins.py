@@ -88,6 +88,19 @@ def test_owners_and_opt_out_get_logins_of_their_own(lab, lab_inventory):
         assert connections(lab, "target2") == before + 2
 
 
+def test_a_host_can_keep_a_login_per_session(lab, tmp_path):
+    path = tmp_path / "inv.yaml"
+    path.write_text(lab.inventory.read_text() + f"  own-logins: {{host: {lab.addr('target2')}, "
+                    "groups: [lab], share_login: false}\n")
+    inv = Inventory.load(path)
+    assert (inv.target("own-logins").share_login, inv.target("lab-target2").share_login) == (False, True)
+    before = connections(lab, "target2")
+    with SessionManager(inv) as m:
+        x, y = m.open("own-logins").id, m.open("own-logins").id
+        assert m.session(x).login is not m.session(y).login
+        assert connections(lab, "target2") == before + 2
+
+
 def test_a_server_that_refuses_more_channels_gets_more_logins(lab, tmp_path):
     """A stock sshd serves MaxSessions (10) shells per connection and refuses the 11th: the
     sessions past it go to further logins, all opened at once, none lost."""
