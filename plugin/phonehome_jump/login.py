@@ -21,6 +21,7 @@ from typing import Any
 import paramiko
 from paramiko.common import cMSG_CHANNEL_REQUEST
 
+from .chain import AnsweringSSHClient, HostKeyPolicy, credentials
 from .inventory import Target
 from .liveness import Link
 
@@ -35,32 +36,56 @@ _ECHO, _ICANON, _ONLCR, _TTY_OP_END = 53, 51, 72, 0
 QUIET_MODES = b"".join(struct.pack(">BI", op, 0) for op in (_ECHO, _ICANON, _ONLCR)) + bytes([_TTY_OP_END])
 
 
-def request_pty(chan: paramiko.Channel, modes: bytes, *, term: str = "vt100",
-                width: int = PTY_WIDTH, height: int = PTY_HEIGHT) -> None:
-    """paramiko's ``get_pty`` with terminal modes (paramiko always sends none)."""
-    m = paramiko.Message()
-    m.add_byte(cMSG_CHANNEL_REQUEST)
-    m.add_int(chan.remote_chanid)
-    m.add_string("pty-req")
-    m.add_boolean(True)
-    m.add_string(term)
-    m.add_int(width)
-    m.add_int(height)
-    m.add_int(0)
-    m.add_int(0)
-    m.add_string(modes)
-    chan._event_pending()
-    chan.transport._send_user_message(m)
-    chan._wait_for_event()
+def quiet_shell(transport: paramiko.Transport, *, timeout: float | None = None,
+                term: str = "vt100", width: int = PTY_WIDTH,
+                height: int = PTY_HEIGHT) -> paramiko.Channel:
+    """A shell channel on a pty with :data:`QUIET_MODES` (paramiko's ``get_pty`` always sends
+    no modes, so the pty request is written here).
+
+    Raises paramiko's errors: ``ChannelException`` when the server refuses the channel
+    (MaxSessions), ``SSHException`` when it refuses the pty or the shell.
+    """
+    chan = transport.open_session(timeout=timeout)
+    try:
+        m = paramiko.Message()
+        m.add_byte(cMSG_CHANNEL_REQUEST)
+        m.add_int(chan.remote_chanid)
+        m.add_string("pty-req")
+        m.add_boolean(True)
+        m.add_string(term)
+        m.add_int(width)
+        m.add_int(height)
+        m.add_int(0)
+        m.add_int(0)
+        m.add_string(QUIET_MODES)
+        chan._event_pending()
+        transport._send_user_message(m)
+        chan._wait_for_event()
+        chan.invoke_shell()
+    except BaseException:
+        chan.close()
+        raise
+    return chan
+
+
+class QuietShellClient(AnsweringSSHClient):
+    """The client netmiko logs in to a POSIX target with: its first shell is a quiet one."""
+
+    def invoke_shell(self, term: str = "vt100", width: int = 80, height: int = 24,
+                     width_pixels: int = 0, height_pixels: int = 0,
+                     environment: dict[str, str] | None = None) -> paramiko.Channel:
+        transport = self.get_transport()
+        assert transport is not None
+        return quiet_shell(transport, term=term, width=width, height=height)
 
 
 class Login:
     """One login to a target: its netmiko connection, its liveness link and its users."""
 
-    def __init__(self, target: Target, conn: Any, link: Link) -> None:
+    def __init__(self, target: Target, conn: Any, link: Link, *, posix: bool) -> None:
         self.target = target
         self._conn = conn                 # netmiko connection; never leaves the core
-        self.posix = False                # its sessions type their own `exit`: no netmiko cleanup
+        self.posix = posix                # its sessions type their own `exit`: no netmiko cleanup
         self.link = link
         self.users = 1                    # sessions whose shell runs on this connection
         self.full = False                 # the server refused another channel on it
@@ -80,20 +105,6 @@ class Login:
         """
         from netmiko import ConnectHandler   # heavy import, only when a session opens
 
-        from .chain import AnsweringSSHClient, HostKeyPolicy, credentials
-
-        class QuietShellClient(AnsweringSSHClient):
-            """netmiko's first shell, on a pty with the sentinel framing's modes."""
-
-            def invoke_shell(self, term: str = "vt100", width: int = 80, height: int = 24,
-                             width_pixels: int = 0, height_pixels: int = 0,
-                             environment: dict[str, str] | None = None) -> paramiko.Channel:
-                transport = self.get_transport()
-                assert transport is not None
-                chan = transport.open_session()
-                request_pty(chan, QUIET_MODES, term=term, width=width, height=height)
-                chan.invoke_shell()
-                return chan
         from .localfiles import known_hosts_for
         ep = target.endpoint
         known = known_hosts_for(ep)          # parsed like OpenSSH (markers, bad lines skipped)
@@ -131,9 +142,7 @@ class Login:
         link = Link("target", target.name, f"{ep.username}@{ep.host}:{ep.port}", transport,
                     interval=ep.keepalive, count=ep.keepalive_count, outer=outer,
                     on_down=transport.close).start()
-        login = cls(target, conn, link)
-        login.posix = posix
-        return login
+        return cls(target, conn, link, posix=posix)
 
     @property
     def conn(self) -> Any:
@@ -159,20 +168,8 @@ class Login:
             return True
 
     def shell(self) -> paramiko.Channel:
-        """A new shell channel with a pty on this connection (netmiko's terminal settings).
-
-        Raises paramiko's errors: ``ChannelException`` when the server refuses the channel
-        (MaxSessions), ``SSHException`` when it refuses the pty or the shell.
-        """
-        transport = self.link.transport
-        chan = transport.open_session(timeout=self.target.endpoint.connect_timeout)
-        try:
-            request_pty(chan, QUIET_MODES)
-            chan.invoke_shell()
-        except BaseException:
-            chan.close()
-            raise
-        return chan
+        """A new quiet shell channel on this connection (:func:`quiet_shell`'s errors)."""
+        return quiet_shell(self.link.transport, timeout=self.target.endpoint.connect_timeout)
 
     def release(self) -> None:
         """One session is done with this connection; the last one closes it."""

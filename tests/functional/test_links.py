@@ -15,6 +15,8 @@ from phonehome_jump.errors import ConnectError, SessionDeadError, SessionError
 from phonehome_jump.inventory import Inventory
 from phonehome_jump.manager import SessionManager
 
+from .waits import at_once
+
 INTERVAL, COUNT = 1, 3            # short probes, so that a test waits seconds, not minutes
 SLACK = 4.0                       # "a few seconds" on a loaded 2-core CI machine
 
@@ -218,19 +220,7 @@ def test_fifty_concurrent_opens_to_a_stock_sshd_all_succeed(lab, tmp_path):
     inv = inventory(lab, tmp_path, keepalive=15, extra=lab.stock_host_yaml())
     with SessionManager(inv, max_per_host=n, share_logins=False) as m:
         m.open("lab-target1")           # the chain up first, as when Claude fans out
-        results: list = [None] * n
-
-        def go(i):
-            try:
-                sid = m.open("lab-stock1").id
-                results[i] = m.command(sid, f"echo {i}").output
-            except Exception as exc:   # counted below
-                results[i] = exc
-        threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        results = at_once(lambda i: m.command(m.open("lab-stock1").id, f"echo {i}").output, n)
     failures = [r for r in results if not isinstance(r, str)]
     assert not failures, f"{len(failures)} of {n} failed, e.g. {failures[0]}"
     assert results == [f"{i}\n" for i in range(n)]

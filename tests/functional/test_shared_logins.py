@@ -7,7 +7,6 @@ What the target sees is counted on the target itself: its established SSH connec
 from __future__ import annotations
 
 import subprocess
-import threading
 
 import pytest
 
@@ -15,7 +14,7 @@ from phonehome_jump.errors import SessionDeadError
 from phonehome_jump.inventory import Inventory
 from phonehome_jump.manager import SessionManager
 
-from .waits import until
+from .waits import at_once, until
 
 
 def connections(lab, node: str) -> int:
@@ -110,19 +109,11 @@ def test_a_server_that_refuses_more_channels_gets_more_logins(lab, tmp_path):
     before = connections(lab, "stock1")
     with SessionManager(Inventory.load(path), max_per_host=n) as m:
         m.open("lab-target1")                   # the chain up first
-        results: list = [None] * n
 
-        def go(i: int) -> None:
-            try:
-                sid = m.open("lab-stock1").id
-                results[i] = (m.command(sid, f"echo {i}").output, sid)
-            except Exception as exc:   # counted below
-                results[i] = exc
-        threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        def go(i: int) -> tuple[str, str]:
+            sid = m.open("lab-stock1").id
+            return m.command(sid, f"echo {i}").output, sid
+        results = at_once(go, n)
         failures = [r for r in results if not isinstance(r, tuple)]
         assert not failures, f"{len(failures)} of {n} failed, e.g. {failures[0]}"
         assert [r[0] for r in results] == [f"{i}\n" for i in range(n)]
