@@ -21,7 +21,6 @@ client per transport) 2026-07-28 requests share one owner.
 
 import argparse
 import hmac
-import io
 import json
 import logging
 import os
@@ -51,6 +50,7 @@ from .limits import add_limit_options, limit_options
 from .manager import SessionInfo, SessionManager
 from .mcp_approval import Approve, Gate, decide, gate, question
 from .mcp_service import Runtime
+from .mcp_stdio import serve_stdio
 from .redact import RedactingFilter
 from .routing import Router, check_sites, parse_agents
 from .session import CommandResult
@@ -781,34 +781,9 @@ def _close_quietly(manager: SessionManager | Router, session_id: str, owner: str
 
 # --------------------------------------------------------------------------- HTTP and serve()
 
-class _RepairingStdin(io.TextIOWrapper):
-    """stdin as the SDK reads it (UTF-8, a bad byte becomes U+FFFD), with lone surrogate
-    escapes (``"\\ud800"``) made U+FFFD too: the SDK drops a line it cannot parse without an
-    answer, while this way the tool answers with an error naming the parameter."""
-
-    def readline(self, size: int = -1) -> str:  # type: ignore[override]
-        return repair_json_line(super().readline(size))
-
-    def close(self) -> None:                     # never close the process's stdin
-        try:
-            self.detach()
-        except ValueError:
-            pass
-
-
-async def _serve_stdio(server: MCPServer) -> None:
-    """``server.run("stdio")``, reading stdin through :class:`_RepairingStdin`."""
-    from mcp.server.stdio import stdio_server
-
-    stdin = anyio.wrap_file(_RepairingStdin(sys.stdin.buffer, encoding="utf-8", errors="replace"))
-    async with stdio_server(stdin=stdin) as (read_stream, write_stream):
-        low = server._lowlevel_server        # what MCPServer.run_stdio_async runs, too
-        await low.run(read_stream, write_stream, low.create_initialization_options())
-
-
 def _repair_body(body: bytes) -> bytes:
     """A request body with bytes that are not UTF-8 and lone surrogate escapes made U+FFFD,
-    so the request parses and its tool names the bad parameter (see :class:`_RepairingStdin`)."""
+    so the request parses and its tool names the bad parameter (see :class:`.mcp_stdio._RepairingStdin`)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -962,7 +937,7 @@ def serve(inventory_path: str | None, *, http: str | None = None, token_file: st
         rt_stdio: Runtime = server.phonehome_jump   # type: ignore[attr-defined]
         signal.signal(signal.SIGTERM, lambda signum, _frame: _exit_now(rt_stdio, signum))
         try:
-            anyio.run(_serve_stdio, server)
+            anyio.run(serve_stdio, server)
         except KeyboardInterrupt:
             return 130
         return 0

@@ -155,19 +155,22 @@ class Runtime:
             try:
                 with caller(gone.is_set):
                     return fn()
-            finally:   # the slots are held until the thread ends, even for an abandoned call
-                try:
-                    anyio.from_thread.run_sync(slots.release)
-                except Exception:   # the event loop is gone (shutdown): nothing to release
-                    pass
+            finally:   # a call given up on: its slots are held until its thread ends
+                if slots.finish():
+                    try:
+                        anyio.from_thread.run_sync(slots.release)
+                    except Exception:   # the event loop is gone (shutdown): nothing to release
+                        pass
         try:
-            return await anyio.to_thread.run_sync(run, abandon_on_cancel=True,
-                                                  limiter=self._threads)
+            result = await anyio.to_thread.run_sync(run, abandon_on_cancel=True,
+                                                    limiter=self._threads)
         except BaseException:
             gone.set()      # cancelled (or failed): whatever the thread does next, it sends nothing
-            if not started.is_set():
-                slots.release()     # it may never start
+            if slots.abandon() or not started.is_set():
+                slots.release()     # the thread has ended, or may never start
             raise
+        slots.release()     # here, not from the thread: a hop back into the loop saved per call
+        return result
 
     async def fast(self, fn: Callable[[], T]) -> T:
         """``fn()`` in a thread of a pool of its own, fast under any load: for calls that never
@@ -261,11 +264,25 @@ class Runtime:
 
 
 class _Slots:
-    """The call slots one call holds; released once, by whoever gets there first."""
+    """The call slots one call holds; released once, in the event loop, by the awaiting call
+    when its thread returned to it, else by the thread as it ends (a call given up on)."""
 
     def __init__(self, limiters: list[anyio.CapacityLimiter], token: object) -> None:
         self.limiters, self.token = limiters, token
         self._lock = threading.Lock()
+        self._ended = self._abandoned = False
+
+    def finish(self) -> bool:       # in the worker thread, as it ends
+        """The thread has ended; True when the call was given up on, so the thread releases."""
+        with self._lock:
+            self._ended = True
+            return self._abandoned
+
+    def abandon(self) -> bool:      # in the event loop thread, when the call is given up on
+        """The call is given up on; True when its thread had already ended (release now)."""
+        with self._lock:
+            self._abandoned = True
+            return self._ended
 
     def release(self) -> None:      # in the event loop thread
         with self._lock:
