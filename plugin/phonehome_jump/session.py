@@ -603,6 +603,7 @@ class Session:
 
     def close(self, why: str = "the session was closed") -> None:
         """Close at once, even while another call waits on output (it then ends as dead, told ``why``)."""
+        at_prompt = self.dead is None and not self.running
         self._die(why)
         if self._run is not None and self._run.done:
             self._run.out.close()     # a running command's reader still owns its buffer
@@ -611,11 +612,14 @@ class Session:
                 return
             self._released = True
         if isinstance(self.framer, SentinelFramer):
-            # the shell's own `exit` (the login may go on carrying other sessions' shells)
-            try:
-                self._chan.sendall(b"exit\n")
-            except Exception:  # already gone; nothing to report to the caller
-                pass
+            # At its prompt the shell logs out with its own `exit` (the login may go on
+            # carrying other sessions' shells); a running command is hung up, as by a closed
+            # terminal, never typed into: "exit" would be its next line of input.
+            if at_prompt:
+                try:
+                    self._chan.sendall(b"exit\n")
+                except Exception:  # already gone; nothing to report to the caller
+                    pass
             self._chan.close()
         self.login.release()
 

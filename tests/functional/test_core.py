@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -423,6 +424,27 @@ def test_close_does_not_wait_for_a_running_command(manager):
     t0 = time.monotonic()
     manager.close(sid)
     assert time.monotonic() - t0 < 2 and manager.list() == []
+
+
+def test_close_hangs_up_a_running_command_and_never_types_into_it(manager):
+    """`exit` is for a shell at its prompt: a command reading its input when the session is
+    closed must not read "exit" as its next line."""
+    base = f"/tmp/phj-close-{secrets.token_hex(4)}"
+    keep = manager.open("lab-target1").id          # the login stays up: only the channel closes
+    sid = manager.open("lab-target1").id
+    try:
+        r = manager.command(sid, f"echo $$ > {base}.pid; read line; echo \"read:$line\" > {base}",
+                            wait=0.3)
+        assert r.running, r
+        pid = int(until(lambda: Path(f"{base}.pid").read_text().strip()
+                        if Path(f"{base}.pid").exists() else None, what="the shell's pid"))
+        manager.close(sid)
+        until(lambda: not Path(f"/proc/{pid}").exists(), what="the hung-up shell to end")
+        assert not Path(base).exists(), Path(base).read_text()
+        assert manager.command(keep, "echo fine").output == "fine\n"
+    finally:
+        for path in (base, f"{base}.pid"):
+            Path(path).unlink(missing_ok=True)
 
 
 def test_background_output_between_commands_is_not_the_next_commands(manager):
