@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import io
+import logging
 import os
 import stat
 import sys
@@ -24,6 +25,8 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.stdio import stdio_server
 
 from .inputs import repair_json_line
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 16
 
@@ -131,13 +134,21 @@ async def _pipes() -> AsyncIterator[tuple[_Lines, _Replies]]:
 
 
 async def serve_stdio(server: MCPServer) -> None:
-    """``server.run("stdio")``, reading repaired lines; on pipes without worker threads."""
+    """``server.run("stdio")``, reading repaired lines; on pipes without worker threads.
+
+    A client that closes its end of stdout has gone: the server ends as at the end of its
+    input (sessions closed by the lifespan), not with an internal error.
+    """
     low = server._lowlevel_server        # what MCPServer.run_stdio_async runs, too
-    if _is_pipe(0) and _is_pipe(1):
-        async with _pipes() as (lines, replies):
-            async with stdio_server(stdin=lines, stdout=replies) as (read, write):  # type: ignore[arg-type]
-                await low.run(read, write, low.create_initialization_options())
-        return
-    stdin = anyio.wrap_file(_RepairingStdin(sys.stdin.buffer, encoding="utf-8", errors="replace"))
-    async with stdio_server(stdin=stdin) as (read, write):
-        await low.run(read, write, low.create_initialization_options())
+    try:
+        if _is_pipe(0) and _is_pipe(1):
+            async with _pipes() as (lines, replies):
+                async with stdio_server(stdin=lines, stdout=replies) as (read, write):  # type: ignore[arg-type]
+                    await low.run(read, write, low.create_initialization_options())
+            return
+        stdin = anyio.wrap_file(_RepairingStdin(sys.stdin.buffer, encoding="utf-8",
+                                                errors="replace"))
+        async with stdio_server(stdin=stdin) as (read, write):
+            await low.run(read, write, low.create_initialization_options())
+    except* (BrokenPipeError, ConnectionResetError):
+        log.info("the MCP client closed the server's stdout: ending")

@@ -504,6 +504,51 @@ async def test_sigterm_to_a_stdio_server_closes_every_session_at_once(lab, tmp_p
     assert closes and closes[0]["by"] == "closed at server shutdown"
 
 
+def test_a_stdio_client_that_closes_the_servers_stdout_has_its_sessions_closed(lab, tmp_path):
+    """The client is gone (it closed the pipe the server writes to) though stdin stays open:
+    the server ends as at the end of its input, every session closed and audited, exit 0."""
+    audit = tmp_path / "audit.jsonl"
+    cli = str(Path(sys.executable).parent / "phonehome-jump")
+    proc = subprocess.Popen([cli, "--inventory", str(lab.inventory), "--audit-log", str(audit),
+                             "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ))
+
+    def send(message: dict) -> None:
+        proc.stdin.write(json.dumps(message).encode() + b"\n")
+        proc.stdin.flush()
+
+    def reply(rid: int) -> dict:
+        while True:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()[-2000:]
+            if json.loads(line).get("id") == rid:
+                return json.loads(line)
+    try:
+        send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"}}})
+        reply(0)
+        send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "ssh_session_open", "arguments": {"host": "lab-target1"}}})
+        sid = reply(1)["result"]["structuredContent"]["session_id"]
+        proc.stdout.close()
+        try:
+            for rid in range(2, 50):        # replies with nowhere to go, until the server ends
+                send({"jsonrpc": "2.0", "id": rid, "method": "tools/list"})
+                if proc.poll() is not None:
+                    break
+        except BrokenPipeError:
+            pass
+        assert proc.wait(timeout=30) == 0
+        err = proc.stderr.read()
+    finally:
+        proc.kill()
+    assert b"internal error" not in err and b"Traceback" not in err, err[-2000:]
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [r["by"] for r in records if r["event"] == "close" and r["session_id"] == sid]
+
+
 def _cmdline(proc: Path) -> bytes:
     try:
         return (proc / "cmdline").read_bytes()

@@ -114,3 +114,34 @@ def test_from_a_terminal_the_sdk_reads_and_lone_surrogates_are_still_repaired():
         os.close(master)
     assert [r.get("id") for r in replies] == [0, 1], replies
     assert replies[1]["result"]["content"][0]["text"] == "3"     # "a\ufffdb"
+
+
+def test_a_client_that_closes_the_servers_stdout_ends_it_quietly():
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}}
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, INVENTORY], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    try:
+        proc.stdin.write(json.dumps(init).encode() + b"\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == 0
+        proc.stdout.close()                 # gone: the next reply has nowhere to go
+        try:
+            for rid in range(1, 50):        # until the server notices and ends
+                proc.stdin.write(b'{"jsonrpc":"2.0","id":%d,"method":"tools/list"}\n' % rid)
+                proc.stdin.flush()
+                if proc.poll() is not None:
+                    break
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        err = proc.stderr.read()
+        assert proc.wait(timeout=30) == 0, err[-2000:]
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    assert b"internal error" not in err and b"Traceback" not in err, err[-2000:]
+    assert err.rstrip().endswith(b"server-ended"), err[-2000:]
