@@ -100,6 +100,14 @@ def _is_pipe(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:        # another anyio backend: the SDK's way
+        return False
+    return True
+
+
 @asynccontextmanager
 async def _pipes() -> AsyncIterator[tuple[_Lines, _Replies]]:
     """stdin and stdout as the loop's own pipes, on private duplicates of fd 0 and 1; fd 0
@@ -112,20 +120,24 @@ async def _pipes() -> AsyncIterator[tuple[_Lines, _Replies]]:
     os.dup2(null, 0)
     os.close(null)
     os.dup2(2, 1)
-    transports: list[asyncio.BaseTransport] = []
+    rt: asyncio.ReadTransport | None = None
+    wt: asyncio.WriteTransport | None = None
     try:
         reader = asyncio.StreamReader(limit=READ_CHUNK)
         rt, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
                                              os.fdopen(fds[0], "rb", buffering=0, closefd=False))
-        transports.append(rt)
         wt, protocol = await loop.connect_write_pipe(
             asyncio.streams.FlowControlMixin, os.fdopen(fds[1], "wb", buffering=0, closefd=False))
-        transports.append(wt)
         yield _Lines(reader), _Replies(asyncio.StreamWriter(wt, protocol, None, loop))
     finally:
-        for transport in transports:
-            transport.close()
-        await asyncio.sleep(0)          # let the transports leave the selector before their fds go
+        if rt is not None:
+            rt.close()
+        if wt is not None and wt.get_write_buffer_size():
+            wt.abort()          # replies the client does not read are dropped, not waited for
+        elif wt is not None:
+            wt.close()
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(0)        # the transports let go of their fds before those close
         for fd, std, flag in zip(fds, (0, 1), flags):
             with suppress(OSError):
                 fcntl.fcntl(fd, fcntl.F_SETFL, flag)
@@ -141,7 +153,7 @@ async def serve_stdio(server: MCPServer) -> None:
     """
     low = server._lowlevel_server        # what MCPServer.run_stdio_async runs, too
     try:
-        if _is_pipe(0) and _is_pipe(1):
+        if _is_pipe(0) and _is_pipe(1) and _on_asyncio():
             async with _pipes() as (lines, replies):
                 async with stdio_server(stdin=lines, stdout=replies) as (read, write):  # type: ignore[arg-type]
                     await low.run(read, write, low.create_initialization_options())
