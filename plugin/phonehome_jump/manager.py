@@ -52,6 +52,7 @@ BY_OWNER = "closed by this client"
 BY_SHUTDOWN = "closed at server shutdown"
 BY_DISCONNECT = "closed because its client disconnected"
 REMEMBER_CLOSED = 4096        # closed ids remembered for "closed by whom" answers
+LOGOUT_WAIT = 2.0             # seconds a shell at its prompt gets to log out on close
 
 
 @dataclass
@@ -447,7 +448,10 @@ class SessionManager:
             self._closed[entry.id] = (entry.owner, why)
             while len(self._closed) > REMEMBER_CLOSED:
                 self._closed.popitem(last=False)
-        entry.session.close(why)
+        # a close asked for logs the shell out (~/.bash_logout); a shutdown or a client that
+        # vanished hangs up at once, as a dropped connection would
+        hangup = why in (BY_SHUTDOWN, BY_DISCONNECT)
+        entry.session.close(why, logout=0.0 if hangup else LOGOUT_WAIT)
         self.pool.release(entry.hops)
         log.info("session %s to %s %s", entry.id, entry.session.target.name, why)
         if entry.pending is not None:

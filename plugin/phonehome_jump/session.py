@@ -601,8 +601,13 @@ class Session:
     def state(self) -> str:
         return "dead" if self.dead else "running" if self.running else "idle"
 
-    def close(self, why: str = "the session was closed") -> None:
-        """Close at once, even while another call waits on output (it then ends as dead, told ``why``)."""
+    def close(self, why: str = "the session was closed", *, logout: float = 0.0) -> None:
+        """Close, even while another call waits on output (it then ends as dead, told ``why``).
+
+        ``logout``: seconds a POSIX shell at its prompt gets to log out (``exit``, so its
+        ``~/.bash_logout`` runs) before the channel closes; 0 hangs it up at once, as a
+        dropped connection or a closed terminal would. A running command is always hung up.
+        """
         at_prompt = self.dead is None and not self.running
         self._die(why)
         if self._run is not None and self._run.done:
@@ -612,15 +617,21 @@ class Session:
                 return
             self._released = True
         if isinstance(self.framer, SentinelFramer):
-            # At its prompt the shell logs out with its own `exit` (the login may go on
-            # carrying other sessions' shells); a running command is hung up, as by a closed
-            # terminal, never typed into: "exit" would be its next line of input.
-            if at_prompt:
+            # At its prompt the shell logs out with its own `exit` and is waited for: closing
+            # the channel right after it let the hangup win nearly every time, so whether
+            # ~/.bash_logout ran was luck. A running command is hung up, never typed into
+            # ("exit" would be its next line of input). Only this channel closes: the login
+            # may go on carrying other sessions' shells.
+            if at_prompt and logout > 0:
                 try:
                     self._chan.sendall(b"exit\n")
+                    self._chan.status_event.wait(logout)    # its exit status, or the channel's close
                 except Exception:  # already gone; nothing to report to the caller
                     pass
-            self._chan.close()
+            try:
+                self._chan.close()
+            except Exception:   # a server ends a connection whose last shell logged out (EOF)
+                pass
         self.login.release()
 
     # -- helpers ----------------------------------------------------------------------

@@ -447,6 +447,40 @@ def test_close_hangs_up_a_running_command_and_never_types_into_it(manager):
             Path(path).unlink(missing_ok=True)
 
 
+def test_a_close_logs_an_idle_shell_out_and_a_shutdown_hangs_up(lab, tmp_path):
+    """Closing a session at its prompt is a logout: ~/.bash_logout runs, every time (lab user
+    phjsane's appends the shell's pid to $PHJ_LOGOUT_MARK). A command still running, and a
+    shutdown, hang up instead, as a dropped connection would: no logout."""
+    path = tmp_path / "inv.yaml"
+    path.write_text(lab.inventory.read_text() + lab.sane_host_yaml())
+    mark = Path(f"/tmp/phj-logout-{secrets.token_hex(4)}")
+
+    def shell(m: SessionManager) -> tuple[str, int]:
+        sid = m.open("lab-sane").id
+        r = m.command(sid, f"export PHJ_LOGOUT_MARK={mark}; echo $$")
+        return sid, int(r.output)
+
+    def gone(pid: int) -> bool:
+        return not Path(f"/proc/{pid}").exists()
+    try:
+        with SessionManager(Inventory.load(path)) as m:
+            closed = [shell(m) for _ in range(5)]
+            for sid, _ in closed:           # the last of them takes its login with it
+                m.close(sid)
+            for _, pid in closed:
+                until(lambda: gone(pid), what="the logged-out shell to end")
+            assert sorted(mark.read_text().split()) == sorted(str(pid) for _, pid in closed)
+            busy, busy_pid = shell(m)
+            assert m.command(busy, "sleep 30", wait=0.2).running
+            m.close(busy)
+            until(lambda: gone(busy_pid), what="the hung-up shell to end")
+            _, left_pid = shell(m)
+        until(lambda: gone(left_pid), what="the shell hung up at shutdown to end")
+        assert sorted(mark.read_text().split()) == sorted(str(pid) for _, pid in closed)
+    finally:
+        mark.unlink(missing_ok=True)
+
+
 def test_background_output_between_commands_is_not_the_next_commands(manager):
     sid = manager.open("lab-target1").id
     assert manager.command(sid, "(sleep 0.3; echo from-background) &").exit_status == 0

@@ -11,7 +11,8 @@ and an env file (passwords) into its state directory. Users:
 - ``phjpass`` password auth
 - ``phjsudo`` password auth, may sudo with its password
 - ``phjsane`` key auth; its login profile resets the terminal (``stty sane``), as some
-  sites' profiles do (what a server that ignores the pty's requested modes looks like)
+  sites' profiles do (what a server that ignores the pty's requested modes looks like), and
+  its ``~/.bash_logout`` appends the shell's pid to ``$PHJ_LOGOUT_MARK`` when that is set
 
 Besides target1..N, ``stock1`` is a target whose sshd keeps OpenSSH's default settings
 (``MaxStartups 10:30:100``: new connections are dropped at random past 10 unauthenticated
@@ -173,6 +174,9 @@ class Lab:
         profile = Path("/home/phjsane/.bash_profile")
         profile.write_text("stty sane\n. ~/.profile\n")
         shutil.chown(profile, "phjsane", "phjsane")
+        logout = Path("/home/phjsane/.bash_logout")    # a mark for the logout tests, when asked
+        logout.write_text('[ -n "$PHJ_LOGOUT_MARK" ] && echo "$$" >> "$PHJ_LOGOUT_MARK"\n')
+        shutil.chown(logout, "phjsane", "phjsane")
         sudoers = Path("/etc/sudoers.d/phj-lab")
         sudoers.write_text("phjsudo ALL=(ALL) ALL\nDefaults:phjsudo !lecture, timestamp_timeout=0\n")
         os.chmod(sudoers, 0o440)
