@@ -11,6 +11,9 @@ import sys
 import textwrap
 import threading
 import tty
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import anyio
 from mcp import Client, StdioServerParameters
@@ -43,8 +46,28 @@ SERVER = textwrap.dedent('''
 ''')
 
 
+INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
+
+
 def _params() -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=["-c", SERVER, INVENTORY])
+
+
+@contextmanager
+def _server(stdin: Any = subprocess.PIPE) -> Iterator[subprocess.Popen]:
+    """The server as a process of its own, killed after 60 s (a reply that never comes
+    fails the test, not hangs it) and at the end."""
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, INVENTORY], stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    try:
+        yield proc
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def test_over_pipes_a_child_neither_writes_into_the_protocol_nor_reads_from_it():
@@ -62,15 +85,8 @@ def test_over_pipes_a_child_neither_writes_into_the_protocol_nor_reads_from_it()
 
 
 def test_the_child_output_goes_to_stderr_and_the_server_ends_at_end_of_input():
-    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "0"}}}
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, INVENTORY], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    watchdog = threading.Timer(60, proc.kill)       # a reply that never comes fails, not hangs
-    watchdog.start()
-    try:
-        for message in (init, {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    with _server() as proc:
+        for message in (INIT, {"jsonrpc": "2.0", "method": "notifications/initialized"},
                         {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                          "params": {"name": "stray", "arguments": {}}}):
             proc.stdin.write(json.dumps(message).encode() + b"\n")
@@ -79,9 +95,6 @@ def test_the_child_output_goes_to_stderr_and_the_server_ends_at_end_of_input():
         proc.stdin.close()                  # how a client shuts a stdio server down
         out, err = proc.stdout.read(), proc.stderr.read()
         assert proc.wait(timeout=30) == 0
-    finally:
-        watchdog.cancel()
-        proc.kill()
     assert [r.get("id") for r in replies] == [0, 1], replies
     assert replies[1]["result"]["content"][0]["text"] == "child 0"
     assert out == b""
@@ -91,41 +104,25 @@ def test_the_child_output_goes_to_stderr_and_the_server_ends_at_end_of_input():
 def test_from_a_terminal_the_sdk_reads_and_lone_surrogates_are_still_repaired():
     """stdin that is not a pipe (here a terminal, in raw mode) goes the SDK's way, through
     the repairing reader."""
-    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "0"}}}
     master, slave = pty.openpty()
     tty.setraw(slave)
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, INVENTORY], stdin=slave,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    os.close(slave)
-    watchdog = threading.Timer(60, proc.kill)       # a reply that never comes fails, not hangs
-    watchdog.start()
     try:
-        os.write(master, (json.dumps(init) + "\n"
-                          '{"jsonrpc":"2.0","method":"notifications/initialized"}\n'
-                          '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":'
-                          '{"name":"length","arguments":{"text":"a\\ud800b"}}}\n').encode())
-        replies = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        with _server(stdin=slave) as proc:
+            os.close(slave)
+            os.write(master, (json.dumps(INIT) + "\n"
+                              '{"jsonrpc":"2.0","method":"notifications/initialized"}\n'
+                              '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":'
+                              '{"name":"length","arguments":{"text":"a\\ud800b"}}}\n').encode())
+            replies = [json.loads(proc.stdout.readline()) for _ in range(2)]
     finally:
-        watchdog.cancel()
-        proc.kill()
-        proc.wait(timeout=30)
         os.close(master)
     assert [r.get("id") for r in replies] == [0, 1], replies
     assert replies[1]["result"]["content"][0]["text"] == "3"     # "a\ufffdb"
 
 
 def test_a_client_that_closes_the_servers_stdout_ends_it_quietly():
-    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "0"}}}
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, INVENTORY], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    watchdog = threading.Timer(60, proc.kill)
-    watchdog.start()
-    try:
-        proc.stdin.write(json.dumps(init).encode() + b"\n")
+    with _server() as proc:
+        proc.stdin.write(json.dumps(INIT).encode() + b"\n")
         proc.stdin.flush()
         assert json.loads(proc.stdout.readline())["id"] == 0
         proc.stdout.close()                 # gone: the next reply has nowhere to go
@@ -140,8 +137,5 @@ def test_a_client_that_closes_the_servers_stdout_ends_it_quietly():
             pass
         err = proc.stderr.read()
         assert proc.wait(timeout=30) == 0, err[-2000:]
-    finally:
-        watchdog.cancel()
-        proc.kill()
     assert b"internal error" not in err and b"Traceback" not in err, err[-2000:]
     assert err.rstrip().endswith(b"server-ended"), err[-2000:]
