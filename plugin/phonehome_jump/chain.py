@@ -10,6 +10,7 @@ with the same hops share those transports; a hop closes when its last user relea
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import logging
 import os
@@ -88,24 +89,37 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                     fingerprint(key), path)
 
 
-class ReadAhead:
-    """A transport's socket (a TCP socket, or the previous hop's channel) read in large chunks.
+class TransportSocket:
+    """A transport's socket (a TCP socket, or the previous hop's channel): read ahead in
+    large chunks, and closed only between two sends.
 
-    paramiko's packetizer asks its socket for each packet in two exact-size reads (the first
-    block, then the rest). On a TCP socket that is two system calls per packet; on a tunnel
-    channel two trips through the channel's locked buffer and window bookkeeping. Through
-    two hops a pty's output arrives in ~4 KB packets, so that per-read cost, paid at every
-    layer, was most of the client's CPU for bulk output. Reading whatever is there (up to
-    256 KiB) and serving the exact reads from it costs one read per burst. Only the
-    transport's own thread reads (paramiko's rule); everything else is the socket's own.
+    Reading: paramiko's packetizer asks its socket for each packet in two exact-size reads
+    (the first block, then the rest). On a TCP socket that is two system calls per packet; on
+    a tunnel channel two trips through the channel's locked buffer and window bookkeeping.
+    Through two hops a pty's output arrives in ~4 KB packets, so that per-read cost, paid at
+    every layer, was most of the client's CPU for bulk output. Reading whatever is there (up
+    to 256 KiB) and serving the exact reads from it costs one read per burst. Only the
+    transport's own thread reads (paramiko's rule).
+
+    Closing: a paramiko channel checks that it is open, lets go of its lock, and only then
+    queues the data. A close from another thread could slip in between, so the hop's sshd
+    got data on a channel after our CLOSE, freed the channel, and then ended the whole
+    hop connection ("data packet referred to nonexistent channel"), killing every session
+    through that hop. It happened when a session's login closed while its transport's
+    thread was still answering the target, in about one 20-host workflow run in three.
+    A close now waits for a send in progress, and no send starts after it.
     """
 
     CHUNK = 1 << 18
+    CLOSE_WAIT = 2.0    # seconds a close waits for a send in progress (one stuck on a window
+                        # that never opens gives up: the close then wakes it, sending nothing)
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._buf = b""
         self._pos = 0
+        self._send_lock = threading.Lock()
+        self._closing = False
 
     def recv(self, n: int) -> bytes:
         if self._pos >= len(self._buf):
@@ -120,15 +134,27 @@ class ReadAhead:
             self._buf, self._pos = b"", 0
         return out
 
+    def send(self, data: bytes) -> int:
+        with self._send_lock:
+            if self._closing:       # the packetizer takes this as EOF, as for a closed channel
+                raise OSError(errno.EPIPE, "the socket is closing")
+            return self._sock.send(data)
+
     def close(self) -> None:
-        # A tunnel's close is a message on the previous hop's transport; when that hop went
-        # first, there is nothing left to tell, and paramiko's thread would die on EOFError.
+        self._closing = True
+        waited = self._send_lock.acquire(timeout=self.CLOSE_WAIT)
         try:
+            # A tunnel's close is a message on the previous hop's transport; when that hop
+            # went first, there is nothing left to tell, and paramiko's thread would die on
+            # EOFError.
             self._sock.close()
         except (EOFError, OSError, paramiko.SSHException) as exc:
             log.debug("closing a tunnel whose hop is gone: %r", exc)
+        finally:
+            if waited:
+                self._send_lock.release()
 
-    def __getattr__(self, name: str) -> Any:     # send, settimeout, _closed, ...
+    def __getattr__(self, name: str) -> Any:     # settimeout, fileno, _closed, ...
         return getattr(self._sock, name)
 
 
@@ -212,7 +238,7 @@ class AnsweringTransport(paramiko.Transport):
     def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
         tunnel = sock if isinstance(sock, paramiko.Channel) else None
         if hasattr(sock, "recv"):       # (paramiko also takes "host:port" or a tuple)
-            sock = ReadAhead(sock)
+            sock = TransportSocket(sock)
         kwargs.setdefault("packetizer_class", OnceHandshakePacketizer)
         super().__init__(sock, *args, **kwargs)
         self._tunnel = tunnel

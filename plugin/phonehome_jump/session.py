@@ -630,7 +630,7 @@ class Session:
                     pass
             try:
                 self._chan.close()
-            except Exception:   # a server ends a connection whose last shell logged out (EOF)
+            except Exception:   # the login's connection is gone already (EOFError): nothing to close
                 pass
         self.login.release()
 

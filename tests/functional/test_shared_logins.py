@@ -121,3 +121,29 @@ def test_a_server_that_refuses_more_channels_gets_more_logins(lab, tmp_path):
         assert all(login.users <= 10 for login in logins.values()), [x.users for x in logins.values()]
         assert 3 <= len(logins) < n, len(logins)
         assert connections(lab, "stock1") == before + len(logins)
+
+
+def test_sessions_closing_while_others_work_never_take_the_shared_hop_down(lab, tmp_path):
+    """Twenty sessions on logins of their own share the hop connections; each runs 1 to 5
+    commands and closes while the others still work. A login's close used to race its
+    transport's last send, so jump2's sshd got data after our CLOSE and ended the whole hop
+    connection, killing every other session (about one round in two)."""
+    n = 20
+    path = tmp_path / "inv.yaml"
+    path.write_text(lab.inventory.read_text() + "".join(
+        f"  own-{i}: {{host: {lab.addr(f'target{1 + i % 3}')}, groups: [lab], share_login: false}}\n"
+        for i in range(n)))
+    inv = Inventory.load(path)
+    for _ in range(6):
+        with SessionManager(inv, max_per_host=n) as m:
+            m.open("own-0")                     # the chain up first
+
+            def go(i: int) -> list[str]:
+                sid = m.open(f"own-{i}").id
+                outs = [m.command(sid, f"echo {i}.{k}").output for k in range(1 + i % 5)]
+                m.close(sid)
+                return outs
+            results = at_once(go, n)
+            failures = [r for r in results if not isinstance(r, list)]
+            assert not failures, f"{len(failures)} of {n} failed, e.g. {failures[0]}"
+            assert results == [[f"{i}.{k}\n" for k in range(1 + i % 5)] for i in range(n)]

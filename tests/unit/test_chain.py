@@ -171,16 +171,16 @@ def test_early_eof_is_told_apart_from_auth_failures():
     assert not early_eof(paramiko.AuthenticationException("Authentication failed."))
 
 
-def test_read_ahead_serves_exact_reads_from_one_large_read():
+def test_a_transport_socket_serves_exact_reads_from_one_large_read():
     """What paramiko's packetizer asks (exact sizes) comes back byte for byte, in order,
     across the edges of the chunks it read ahead; EOF and timeouts are the socket's own."""
     import threading
 
-    from phonehome_jump.chain import ReadAhead
+    from phonehome_jump.chain import TransportSocket
 
     a, b = socket.socketpair()
     try:
-        r = ReadAhead(a)
+        r = TransportSocket(a)
         r.settimeout(5)                              # delegated to the socket
         payload = bytes(range(256)) * 2000           # 512,000 bytes: more than one chunk
         writer = threading.Thread(target=b.sendall, args=(payload[:300_000],))
@@ -220,7 +220,7 @@ def test_read_ahead_serves_exact_reads_from_one_large_read():
 def test_closing_a_tunnel_whose_hop_is_gone_is_quiet():
     """paramiko closes a transport's socket from its own thread as it ends; for a tunnel that
     is a message on the previous hop's transport, which may be gone already (EOFError)."""
-    from phonehome_jump.chain import ReadAhead
+    from phonehome_jump.chain import TransportSocket
 
     class GoneTunnel:
         closed = 0
@@ -230,5 +230,77 @@ def test_closing_a_tunnel_whose_hop_is_gone_is_quiet():
             raise EOFError()
 
     tunnel = GoneTunnel()
-    ReadAhead(tunnel).close()
+    TransportSocket(tunnel).close()
     assert tunnel.closed == 1
+
+
+def test_a_transport_socket_closes_only_between_sends():
+    """A close waits for a send in progress, and a send after the close starts fails as EOF:
+    the hop's sshd ends the whole connection for data on a channel after our CLOSE."""
+    import errno
+    import threading
+
+    from phonehome_jump.chain import TransportSocket
+
+    class Tunnel:
+        def __init__(self) -> None:
+            self.wire: list[str] = []
+            self.in_send = threading.Event()
+            self.go_on = threading.Event()
+
+        def send(self, data: bytes) -> int:
+            self.in_send.set()
+            assert self.go_on.wait(10)
+            self.wire.append(f"data {data!r}")
+            return len(data)
+
+        def close(self) -> None:
+            self.wire.append("close")
+
+    tunnel = Tunnel()
+    sock = TransportSocket(tunnel)
+    sender = threading.Thread(target=sock.send, args=(b"first",))
+    sender.start()
+    assert tunnel.in_send.wait(10)
+    closer = threading.Thread(target=sock.close)
+    closer.start()
+    closer.join(0.2)                # (a bound on the check, not a wait for it)
+    assert closer.is_alive() and tunnel.wire == []      # the close waits for the send
+    tunnel.go_on.set()
+    sender.join(10)
+    closer.join(10)
+    assert tunnel.wire == ["data b'first'", "close"]
+    with pytest.raises(OSError) as err:
+        sock.send(b"late")
+    assert err.value.errno == errno.EPIPE and tunnel.wire[-1] == "close"
+
+
+def test_a_transport_socket_close_gives_up_on_a_send_stuck_on_its_window(monkeypatch):
+    """A send waiting for a window that never opens does not hold the close for ever."""
+    import threading
+
+    from phonehome_jump.chain import TransportSocket
+
+    entered, released = threading.Event(), threading.Event()
+
+    class StuckTunnel:
+        closed = False
+
+        def send(self, data: bytes) -> int:
+            entered.set()
+            assert released.wait(10)        # paramiko's window wait ends at the close
+            return 0
+
+        def close(self) -> None:
+            self.closed = True
+            released.set()
+
+    monkeypatch.setattr(TransportSocket, "CLOSE_WAIT", 0.05)
+    tunnel = StuckTunnel()
+    sock = TransportSocket(tunnel)
+    sender = threading.Thread(target=sock.send, args=(b"x",))
+    sender.start()
+    assert entered.wait(10)
+    sock.close()
+    sender.join(10)
+    assert tunnel.closed and not sender.is_alive()
