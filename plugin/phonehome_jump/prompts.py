@@ -58,6 +58,16 @@ _PROMPT_SHAPE = re.compile(r"(?:^|\n)[^\n]*\S[:?][ \t]+\Z")
 _WORDS = re.compile(r"[A-Za-z0-9_./+-]+")
 
 
+# Every pattern above ends in one of these, then blanks: output ending otherwise (a newline,
+# a digit: nearly every chunk of a command's output) is told apart without running them,
+# which at each of the ~250 positions of a tail tried a dozen case-blind alternatives.
+_PROMPT_ENDS = frozenset(":?>])")
+
+
+def _may_ask(tail: str) -> bool:
+    return tail.rstrip(" \t")[-1:] in _PROMPT_ENDS
+
+
 def runs_password_program(command: str | None) -> bool:
     """True when ``command`` runs (anywhere in its line) a program that reads passwords."""
     if not command:
@@ -71,6 +81,8 @@ def asks_for_secret(tail: str, command: str | None = None) -> bool:
     ``command``: the command line that produced the output, if known; with a program that
     reads passwords (:data:`PASSWORD_PROGRAMS`), any prompt-shaped last line counts.
     """
+    if not _may_ask(tail):
+        return False
     if SECRET_PROMPT.search(tail) is not None:
         return True
     if not runs_password_program(command) or QUESTION_PROMPT.search(tail) is not None:
@@ -82,13 +94,15 @@ def asks_for_secret(tail: str, command: str | None = None) -> bool:
 
 def awaiting_input(tail: str, command: str | None = None) -> bool:
     """True when ``tail`` (the newest output, unseen by the caller) ends by asking for input."""
-    return INPUT_PROMPT.search(tail) is not None or asks_for_secret(tail, command)
+    return _may_ask(tail) and (INPUT_PROMPT.search(tail) is not None
+                               or asks_for_secret(tail, command))
 
 
 def prompt_waiting(tail: str, command: str | None = None) -> bool:
     """The secret-send guard's test: ``tail`` ends in :func:`awaiting_input`, or in any
     prompt-shaped last line (a program's own ``Enter value: ``), not in plain output."""
-    return awaiting_input(tail, command) or _PROMPT_SHAPE.search(tail) is not None
+    return _may_ask(tail) and (awaiting_input(tail, command)
+                               or _PROMPT_SHAPE.search(tail) is not None)
 
 
 def line_is_secret(tail: str, command: str | None = None) -> bool:

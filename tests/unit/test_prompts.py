@@ -74,3 +74,25 @@ def test_a_y_n_after_sudo_is_not_secret():
     tail = "[sudo] password for bob: \nReading package lists...\nDo you want to continue? [Y/n] "
     assert awaiting_input(tail, "sudo apt-get install x")
     assert not line_is_secret(tail, "sudo apt-get install x")
+
+
+def test_the_quick_look_at_the_last_character_never_changes_an_answer():
+    """Output whose last non-blank character cannot end a prompt skips the patterns; over
+    prompts, their near misses and random text, no pattern would have matched it."""
+    import random
+
+    from phonehome_jump import prompts
+
+    pieces = ["password", "Password", "[sudo] pw for x", "pass phrase", "verification\ncode",
+              "[y/n]", "(yes/no/[fingerprint])?", "(y/n)", "token", "PIN", "Name", "sudo",
+              ":", "?", ">", "]", ")", " ", "\t", "\n", "x", "1", "\r", "é", "》"]
+    rng = random.Random(13)
+    tails = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))) for _ in range(20_000)]
+    everything = (prompts.SECRET_PROMPT, prompts.QUESTION_PROMPT, prompts.INPUT_PROMPT,
+                  prompts._PROMPT_SHAPE)
+    skipped = 0
+    for tail in tails:
+        if not prompts._may_ask(tail):
+            skipped += 1
+            assert not any(p.search(tail) for p in everything), repr(tail)
+    assert 5_000 < skipped < 20_000          # both kinds were tried
