@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_CAP", "CommandResult", "Session", "compile_pattern"]
 
 LOCK_GRACE = 0.5              # how long a call waits for a short holder (paging done output)
+HANGUP_WAIT = 1.0             # how long a close waits for a read or write under way on the channel
 _EXIT = re.compile(r"(?i)(?:exit|logout|quit|bye)\Z")
 DISCARD_WAIT = 5.0            # seconds for the prompt after a bare Ctrl-C at the shell prompt
 
@@ -70,6 +71,7 @@ class Session:
         self.memory = memory              # characters of a command's output kept in memory
         self._lock = threading.RLock()    # one reader/command at a time
         self._wlock = threading.Lock()    # writes; send() may answer while a command waits
+        self._rlock = threading.Lock()    # held by the reader inside the channel's recv
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
         self._run: _Run | None = None
         self.cwd: str | None = None
@@ -227,7 +229,8 @@ class Session:
             self._chan.settimeout(min(max(remaining, 0.0), self.framer.settle) if settling
                                   else max(remaining, 0.0))
             try:
-                data = self._chan.recv(1 << 16)
+                with self._rlock:
+                    data = self._chan.recv(1 << 16)
             except socket.timeout:
                 if settling:
                     self._end_native(run)
@@ -624,15 +627,35 @@ class Session:
             # may go on carrying other sessions' shells.
             if at_prompt and logout > 0:
                 try:
-                    self._chan.sendall(b"exit\n")
+                    with self._wlock:
+                        self._chan.sendall(b"exit\n")
                     self._chan.status_event.wait(logout)    # its exit status, or the channel's close
                 except Exception:  # already gone; nothing to report to the caller
                     pass
-            try:
-                self._chan.close()
-            except Exception:   # the login's connection is gone already (EOFError): nothing to close
-                pass
+            self._hang_up()
         self.login.release()
+
+    def _hang_up(self) -> None:
+        """Close the channel once no thread of ours is between paramiko's check that it is
+        open and the message it then sends (a window adjust in ``recv``, data in ``send``).
+
+        Such a message sent after our CLOSE reaches sshd for a channel it may have freed, and
+        sshd then ends the whole connection ("referred to nonexistent channel"): on a shared
+        login, every other session's shell with it. A reader waiting for output is woken;
+        one stuck writing into a full window is given up on after HANGUP_WAIT (the close
+        wakes it, and it sends nothing).
+        """
+        chan = self._chan
+        chan.shutdown_read()          # no window adjust from here on
+        chan.in_buffer.close()        # a reader waiting for output returns now, with nothing
+        held = [lock for lock in (self._rlock, self._wlock) if lock.acquire(timeout=HANGUP_WAIT)]
+        try:
+            chan.close()
+        except Exception:   # the login's connection is gone already (EOFError): nothing to close
+            pass
+        finally:
+            for lock in held:
+                lock.release()
 
     # -- helpers ----------------------------------------------------------------------
     def _check_idle(self) -> None:

@@ -7,10 +7,12 @@ What the target sees is counted on the target itself: its established SSH connec
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 
 import pytest
 
-from phonehome_jump.errors import SessionDeadError
+from phonehome_jump.errors import SessionDeadError, UnknownSessionError
 from phonehome_jump.inventory import Inventory
 from phonehome_jump.manager import SessionManager
 
@@ -147,3 +149,64 @@ def test_sessions_closing_while_others_work_never_take_the_shared_hop_down(lab, 
             failures = [r for r in results if not isinstance(r, list)]
             assert not failures, f"{len(failures)} of {n} failed, e.g. {failures[0]}"
             assert results == [[f"{i}.{k}\n" for k in range(1 + i % 5)] for i in range(n)]
+
+
+def test_a_session_hung_up_mid_output_sends_nothing_on_its_channel_after_its_close(lab, lab_inventory):
+    """Sessions on one login are closed while their commands stream output and their waiters
+    read. The RFC allows no message on a channel after its CLOSE: OpenSSH ends the whole
+    connection for late data ("referred to nonexistent channel") and only logs a late window
+    adjust, stricter servers end it for either, and on a shared login every other shell goes
+    with it. paramiko's reader decides on a window adjust, lets go of the channel's lock and
+    only then sends it; here each adjust is held back 50 ms in between (a fault injected, as
+    a loaded machine does at random), so a close that did not wait for the reader lost that
+    race nearly every time. What the login sends is recorded in wire order."""
+    with SessionManager(lab_inventory, max_per_host=20) as m:
+        keep = m.open("lab-target1").id
+        victims = [m.open("lab-target1").id for _ in range(6)]
+        login = m.session(keep).login
+        assert all(m.session(v).login is login for v in victims)
+        transport = login.link.transport
+        send, build = transport._send_user_message, transport.packetizer._build_packet
+        adjusted: set[bytes] = set()
+        wire: list[tuple[int, bytes]] = []       # (message type, recipient channel)
+
+        def late_adjusts(message):
+            raw = message.asbytes()
+            if raw[0] == 93:                                # SSH_MSG_CHANNEL_WINDOW_ADJUST
+                adjusted.add(raw[1:5])
+                time.sleep(0.05)
+            return send(message)
+
+        def recorded(payload):                   # called under the packetizer's write lock
+            if 91 <= payload[0] <= 100:          # channel messages: their recipient follows
+                wire.append((payload[0], bytes(payload[1:5])))
+            return build(payload)
+        transport._send_user_message = late_adjusts
+        transport.packetizer._build_packet = recorded
+        ended: list = []
+
+        def wait_on(v: str) -> None:
+            try:
+                ended.append(m.command(v, "yes | head -c 200000000", wait=60))
+            except (SessionDeadError, UnknownSessionError) as exc:   # closed under its waiter
+                ended.append(exc)
+        waiters = [threading.Thread(target=wait_on, args=(v,)) for v in victims]
+        for t in waiters:
+            t.start()
+        until(lambda: len(adjusted) == len(victims), timeout=30, what="output flowing on every victim")
+        closes = at_once(lambda i: m.close(victims[i]), len(victims))
+        assert closes == [None] * len(victims)
+        for t in waiters:
+            t.join(60)
+        assert len(ended) == len(victims), ended
+        assert all("closed by this client" in str(e) for e in ended), ended
+        assert m.command(keep, "echo alive").output == "alive\n"
+        assert m.session(keep).login is login and login.alive
+        closed: dict[bytes, int] = {}
+        late = []
+        for i, (kind, chan) in enumerate(wire):
+            if chan in closed:
+                late.append((kind, i - closed[chan]))
+            if kind == 97:                        # SSH_MSG_CHANNEL_CLOSE
+                closed.setdefault(chan, i)
+        assert len(closed) == len(victims) and not late, (len(closed), late)
