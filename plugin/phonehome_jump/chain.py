@@ -17,11 +17,12 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import paramiko
-from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_IGNORE
+from paramiko.common import MSG_CHANNEL_CLOSE, MSG_CHANNEL_REQUEST, cMSG_IGNORE
 from paramiko_jump import SSHJumpClient
 
 from .errors import AuthError, ConnectError, HostKeyError, PhonehomeJumpError
@@ -154,6 +155,32 @@ class TransportSocket:
             if waited:
                 self._send_lock.release()
 
+    def peer_closed(self, answer: Callable[[], None]) -> None:
+        """The hop's server closed the channel under this socket: ``answer`` it (paramiko
+        sends our CLOSE) with no send of ours in progress, and none after it.
+
+        This runs on the hop transport's own thread, which a send in progress may be waiting
+        for (a window adjust to read): then the answer waits on a thread of its own.
+        """
+        self._closing = True
+        if self._send_lock.acquire(blocking=False):
+            try:
+                answer()
+            finally:
+                self._send_lock.release()
+            return
+
+        def after_the_send() -> None:
+            waited = self._send_lock.acquire(timeout=self.CLOSE_WAIT)
+            try:
+                answer()
+            except (EOFError, OSError, paramiko.SSHException) as exc:
+                log.debug("answering the close of a tunnel whose hop is gone: %r", exc)
+            finally:
+                if waited:
+                    self._send_lock.release()
+        threading.Thread(target=after_the_send, name="phj-tunnel-close", daemon=True).start()
+
     def __getattr__(self, name: str) -> Any:     # settimeout, fileno, _closed, ...
         return getattr(self._sock, name)
 
@@ -206,6 +233,16 @@ def _channel_request(chan: paramiko.Channel, m: paramiko.Message) -> None:
 PACKET_OVERHEAD = 128
 
 
+def _channel_close(chan: paramiko.Channel, m: paramiko.Message) -> None:
+    """paramiko's CLOSE handler; for a channel that carries a tunneled transport, our CLOSE
+    goes between two of that transport's sends (:meth:`TransportSocket.peer_closed`)."""
+    sock = getattr(chan, "phj_socket", None)
+    if sock is None:
+        paramiko.Channel._handle_close(chan, m)
+    else:
+        sock.peer_closed(lambda: paramiko.Channel._handle_close(chan, m))
+
+
 class AnsweringTransport(paramiko.Transport):
     """A client transport that answers at once every server message that wants no reply.
 
@@ -225,8 +262,10 @@ class AnsweringTransport(paramiko.Transport):
     _tunnel: paramiko.Channel | None = None     # the hop channel this transport runs in, if any
 
     # exit-signal too: a command killed by a signal ends with 128 + its number, at once
+    # and a hop server's CLOSE of a tunnel is answered between two of the tunnel's sends
     _channel_handler_table = {**paramiko.Transport._channel_handler_table,
-                              MSG_CHANNEL_REQUEST: _channel_request}
+                              MSG_CHANNEL_REQUEST: _channel_request,
+                              MSG_CHANNEL_CLOSE: _channel_close}
 
     # AES-GCM first (paramiko lists it last): its tag is checked inside `cryptography`, while
     # the CTR ciphers' HMAC is compared byte by byte in Python, per packet and per hop: bulk
@@ -242,7 +281,9 @@ class AnsweringTransport(paramiko.Transport):
         kwargs.setdefault("packetizer_class", OnceHandshakePacketizer)
         super().__init__(sock, *args, **kwargs)
         self._tunnel = tunnel
-        if tunnel is not None:          # what the hop sends us must fit its chunks whole
+        if tunnel is not None:
+            tunnel.phj_socket = self.sock     # type: ignore[attr-defined]  # (_channel_close)
+            # what the hop sends us must fit its chunks whole
             self.default_max_packet_size = min(self.default_max_packet_size,
                                                tunnel.in_max_packet_size - PACKET_OVERHEAD)
 

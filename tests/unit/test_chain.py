@@ -304,3 +304,46 @@ def test_a_transport_socket_close_gives_up_on_a_send_stuck_on_its_window(monkeyp
     sock.close()
     sender.join(10)
     assert tunnel.closed and not sender.is_alive()
+
+
+def test_a_hop_servers_close_is_answered_between_two_sends_without_blocking_its_thread():
+    """The hop transport's thread answers a server's CLOSE of a tunnel: at once when no send
+    is under way, else (without waiting there: the send may need that thread) right after
+    the send; either way no send starts after it."""
+    import errno
+    import threading
+
+    from phonehome_jump.chain import TransportSocket
+
+    class Tunnel:
+        def __init__(self) -> None:
+            self.wire: list[str] = []
+            self.in_send = threading.Event()
+            self.go_on = threading.Event()
+
+        def send(self, data: bytes) -> int:
+            self.in_send.set()
+            assert self.go_on.wait(10)
+            self.wire.append("data")
+            return len(data)
+
+    idle = Tunnel()
+    sock = TransportSocket(idle)
+    sock.peer_closed(lambda: idle.wire.append(f"close on {threading.current_thread().name}"))
+    assert idle.wire == [f"close on {threading.current_thread().name}"]
+    with pytest.raises(OSError) as err:
+        sock.send(b"late")
+    assert err.value.errno == errno.EPIPE
+
+    busy = Tunnel()
+    sock = TransportSocket(busy)
+    answered = threading.Event()
+    sender = threading.Thread(target=sock.send, args=(b"x",))
+    sender.start()
+    assert busy.in_send.wait(10)
+    sock.peer_closed(lambda: (busy.wire.append("close"), answered.set()))
+    assert busy.wire == []                   # returned at once; the answer waits for the send
+    busy.go_on.set()
+    assert answered.wait(10)
+    sender.join(10)
+    assert busy.wire == ["data", "close"]
