@@ -21,6 +21,7 @@ import shlex
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +52,10 @@ log = logging.getLogger(__name__)
 BY_OWNER = "closed by this client"
 BY_SHUTDOWN = "closed at server shutdown"
 BY_DISCONNECT = "closed because its client disconnected"
+HANGUP = (BY_SHUTDOWN, BY_DISCONNECT)   # these close like a dropped connection: no logout
 REMEMBER_CLOSED = 4096        # closed ids remembered for "closed by whom" answers
 LOGOUT_WAIT = 2.0             # seconds a shell at its prompt gets to log out on close
+TEARDOWN_WORKERS = 16         # sessions closed side by side by the reaper or a close_all
 
 
 @dataclass
@@ -438,10 +441,31 @@ class SessionManager:
         with self._lock:
             entries = list(self._entries.values())
             self._entries.clear()
-        for entry in entries:
-            self._teardown(entry, "closed", why)
+        self._teardown_all([(entry, "closed", why) for entry in entries])
         if hops:
             self.pool.close_all()
+
+    def _teardown_all(self, closing: list[tuple[_Entry, str, str]]) -> None:
+        """Tear several sessions down. Logouts go side by side: each may take up to
+        LOGOUT_WAIT (a slow ~/.bash_logout), and one after another they added up. Hangups
+        (a shutdown, a vanished client) are quick and go in turn, also at interpreter exit,
+        where no new thread may start."""
+        if len(closing) <= 1 or all(why in HANGUP for _, _, why in closing):
+            for args in closing:
+                self._teardown(*args)
+            return
+        pool = ThreadPoolExecutor(min(TEARDOWN_WORKERS, len(closing)), thread_name_prefix="phj-close")
+        futures = []
+        try:
+            for args in closing:
+                futures.append(pool.submit(self._teardown, *args))
+        except RuntimeError:        # the interpreter is exiting: the rest in turn, here
+            for args in closing[len(futures):]:
+                self._teardown(*args)
+        finally:
+            pool.shutdown(wait=True)
+        for done in futures:
+            done.result()           # (the first failure is raised once all have ended)
 
     def _teardown(self, entry: _Entry, outcome: str, why: str) -> None:
         with self._lock:
@@ -450,8 +474,7 @@ class SessionManager:
                 self._closed.popitem(last=False)
         # a close asked for logs the shell out (~/.bash_logout); a shutdown or a client that
         # vanished hangs up at once, as a dropped connection would
-        hangup = why in (BY_SHUTDOWN, BY_DISCONNECT)
-        entry.session.close(why, logout=0.0 if hangup else LOGOUT_WAIT)
+        entry.session.close(why, logout=0.0 if why in HANGUP else LOGOUT_WAIT)
         self.pool.release(entry.hops)
         log.info("session %s to %s %s", entry.id, entry.session.target.name, why)
         if entry.pending is not None:
@@ -811,7 +834,7 @@ class SessionManager:
         runs (a forgotten ``tail -f``) after the longer ``running_timeout`` without a call.
         """
         now = time.time()
-        closed = []
+        expired: list[tuple[_Entry, str, str]] = []
         with self._lock:
             entries = list(self._entries.values())
         for e in entries:
@@ -833,9 +856,9 @@ class SessionManager:
             with self._lock:
                 mine = self._entries.pop(e.id, None) is e
             if mine:                            # not closed meanwhile by its owner
-                self._teardown(e, outcome, why)
-                closed.append(e.id)
-        return closed
+                expired.append((e, outcome, why))
+        self._teardown_all(expired)
+        return [e.id for e, _, _ in expired]
 
     def start_reaper(self, interval: float = 5.0) -> None:
         """Run :meth:`reap` in the background every ``interval`` seconds until :meth:`shutdown`."""

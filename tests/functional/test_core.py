@@ -481,6 +481,39 @@ def test_a_close_logs_an_idle_shell_out_and_a_shutdown_hangs_up(lab, tmp_path):
         mark.unlink(missing_ok=True)
 
 
+def test_the_reaper_logs_sessions_that_expired_together_out_side_by_side(lab, lab_inventory, monkeypatch):
+    """A logout may take up to LOGOUT_WAIT (a slow ~/.bash_logout); the reaper used to close
+    expired sessions one after another, so many expiring together added up. Here each
+    shell's exit waits (up to 8 s) until all of them are exiting: only logouts run side by
+    side all get through that barrier."""
+    import shlex
+
+    from phonehome_jump import manager as manager_module
+
+    monkeypatch.setattr(manager_module, "LOGOUT_WAIT", 10.0)
+    n = 4
+    mark = f"/tmp/phj-reap-{secrets.token_hex(4)}"
+    started, through = Path(f"{mark}.started"), Path(f"{mark}.through")
+    barrier = (f'echo $$ >> {started}; for i in $(seq 80); do '
+               f'[ "$(wc -l < {started})" -ge {n} ] && break; sleep 0.1; done; '
+               f'[ "$(wc -l < {started})" -ge {n} ] && echo $$ >> {through}')
+    try:
+        with SessionManager(lab_inventory, idle_timeout=1) as m:
+            ids = [m.open("lab-target1").id for _ in range(n)]
+            for sid in ids:
+                assert m.command(sid, f"trap {shlex.quote(barrier)} EXIT").exit_status == 0
+            sessions = [m.session(sid) for sid in ids]
+            until(lambda: all(time.time() - s.last_activity > 1.0 for s in sessions),
+                  what="every session idle past the timeout")
+            assert sorted(m.reap()) == sorted(ids)
+        assert started.exists() and len(started.read_text().split()) == n
+        assert through.exists() and len(through.read_text().split()) == n, \
+            "the logouts ran one after another"
+    finally:
+        started.unlink(missing_ok=True)
+        through.unlink(missing_ok=True)
+
+
 def test_background_output_between_commands_is_not_the_next_commands(manager):
     sid = manager.open("lab-target1").id
     assert manager.command(sid, "(sleep 0.3; echo from-background) &").exit_status == 0
