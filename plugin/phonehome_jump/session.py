@@ -639,11 +639,12 @@ class Session:
         """Close the channel once no thread of ours is between paramiko's check that it is
         open and the message it then sends (a window adjust in ``recv``, data in ``send``).
 
-        The RFC allows nothing on a channel after its CLOSE: OpenSSH ends the whole connection
-        for late data ("referred to nonexistent channel") and logs a late window adjust,
-        stricter servers end it for either; on a shared login every other session's shell
-        goes with it. A reader waiting for output is woken; one stuck writing into a full
-        window is given up on after HANGUP_WAIT (the close wakes it, and it sends nothing).
+        The RFC allows nothing on a channel after its CLOSE. OpenSSH and dropbear end the
+        whole connection for late data ("referred to nonexistent channel", "Received data
+        after eof"), and on a shared login every other session's shell goes with it; a late
+        window adjust they log or ignore. A reader waiting for output is woken; one stuck
+        writing into a full window is given up on after HANGUP_WAIT (the close wakes it, and
+        it sends nothing).
         """
         chan = self._chan
         chan.shutdown_read()          # no window adjust from here on

@@ -151,38 +151,56 @@ def test_sessions_closing_while_others_work_never_take_the_shared_hop_down(lab, 
             assert results == [[f"{i}.{k}\n" for k in range(1 + i % 5)] for i in range(n)]
 
 
+def _hold_back_and_record(transport, kind: int, delay: float = 0.05):
+    """Fault injection on one transport: each message of ``kind`` waits ``delay`` between
+    paramiko's check that its channel is open and its send (as a loaded machine does at
+    random); every channel message is recorded in wire order. Returns (the recipient
+    channels ``kind`` was sent to, the wire)."""
+    send, build = transport._send_user_message, transport.packetizer._build_packet
+    held: set[bytes] = set()
+    wire: list[tuple[int, bytes]] = []       # (message type, recipient channel)
+
+    def held_back(message):
+        raw = message.asbytes()
+        if raw[0] == kind:
+            held.add(raw[1:5])
+            time.sleep(delay)
+        return send(message)
+
+    def recorded(payload):                   # called under the packetizer's write lock
+        if 91 <= payload[0] <= 100:          # channel messages: their recipient follows
+            wire.append((payload[0], bytes(payload[1:5])))
+        return build(payload)
+    transport._send_user_message = held_back
+    transport.packetizer._build_packet = recorded
+    return held, wire
+
+
+def _after_close(wire: list[tuple[int, bytes]]) -> tuple[int, list[tuple[int, int]]]:
+    """How many channels we closed, and every message sent on one after its CLOSE."""
+    closed: dict[bytes, int] = {}
+    late = []
+    for i, (kind, chan) in enumerate(wire):
+        if chan in closed:
+            late.append((kind, i - closed[chan]))
+        if kind == 97:                        # SSH_MSG_CHANNEL_CLOSE
+            closed.setdefault(chan, i)
+    return len(closed), late
+
+
 def test_a_session_hung_up_mid_output_sends_nothing_on_its_channel_after_its_close(lab, lab_inventory):
     """Sessions on one login are closed while their commands stream output and their waiters
-    read. The RFC allows no message on a channel after its CLOSE: OpenSSH ends the whole
-    connection for late data ("referred to nonexistent channel") and only logs a late window
-    adjust, stricter servers end it for either, and on a shared login every other shell goes
-    with it. paramiko's reader decides on a window adjust, lets go of the channel's lock and
-    only then sends it; here each adjust is held back 50 ms in between (a fault injected, as
-    a loaded machine does at random), so a close that did not wait for the reader lost that
-    race nearly every time. What the login sends is recorded in wire order."""
+    read. The RFC allows no message on a channel after its CLOSE (OpenSSH logs a late window
+    adjust, dropbear ignores it; both end the whole connection for late data). paramiko's
+    reader decides on a window adjust, lets go of the channel's lock and only then sends it;
+    with each adjust held back in between, a close that did not wait for the reader sent
+    adjusts after its CLOSE nearly every time."""
     with SessionManager(lab_inventory, max_per_host=20) as m:
         keep = m.open("lab-target1").id
         victims = [m.open("lab-target1").id for _ in range(6)]
         login = m.session(keep).login
         assert all(m.session(v).login is login for v in victims)
-        transport = login.link.transport
-        send, build = transport._send_user_message, transport.packetizer._build_packet
-        adjusted: set[bytes] = set()
-        wire: list[tuple[int, bytes]] = []       # (message type, recipient channel)
-
-        def late_adjusts(message):
-            raw = message.asbytes()
-            if raw[0] == 93:                                # SSH_MSG_CHANNEL_WINDOW_ADJUST
-                adjusted.add(raw[1:5])
-                time.sleep(0.05)
-            return send(message)
-
-        def recorded(payload):                   # called under the packetizer's write lock
-            if 91 <= payload[0] <= 100:          # channel messages: their recipient follows
-                wire.append((payload[0], bytes(payload[1:5])))
-            return build(payload)
-        transport._send_user_message = late_adjusts
-        transport.packetizer._build_packet = recorded
+        adjusted, wire = _hold_back_and_record(login.link.transport, 93)   # WINDOW_ADJUST
         ended: list = []
 
         def wait_on(v: str) -> None:
@@ -202,11 +220,47 @@ def test_a_session_hung_up_mid_output_sends_nothing_on_its_channel_after_its_clo
         assert all("closed by this client" in str(e) for e in ended), ended
         assert m.command(keep, "echo alive").output == "alive\n"
         assert m.session(keep).login is login and login.alive
-        closed: dict[bytes, int] = {}
-        late = []
-        for i, (kind, chan) in enumerate(wire):
-            if chan in closed:
-                late.append((kind, i - closed[chan]))
-            if kind == 97:                        # SSH_MSG_CHANNEL_CLOSE
-                closed.setdefault(chan, i)
-        assert len(closed) == len(victims) and not late, (len(closed), late)
+        closed, late = _after_close(wire)
+        assert closed == len(victims) and not late, (closed, late)
+
+
+def test_a_session_closed_while_its_input_is_typed_never_takes_its_shared_login_down(lab, lab_inventory):
+    """Sessions on one login are closed while other calls type input into their running
+    commands. Data after our CLOSE reaches sshd for a channel it has freed, and sshd ends the
+    whole connection ("referred to nonexistent channel"), every other shell on the login with
+    it. With each data message held back between paramiko's check and its send, a close that
+    did not wait for the writer lost the login nearly every time."""
+    sshd_log = lab.state / "sshd_target1.log"
+    log_start = sshd_log.stat().st_size
+    with SessionManager(lab_inventory, max_per_host=20) as m:
+        keep = m.open("lab-target1").id
+        victims = [m.open("lab-target1").id for _ in range(6)]
+        login = m.session(keep).login
+        assert all(m.session(v).login is login for v in victims)
+        for v in victims:
+            assert m.command(v, "cat > /dev/null", wait=0.2).running
+        typed, wire = _hold_back_and_record(login.link.transport, 94)      # CHANNEL_DATA
+        stopped: list = []
+
+        def type_into(v: str) -> None:
+            try:
+                while True:
+                    m.send(v, "some input for cat")
+            except (SessionDeadError, UnknownSessionError) as exc:   # closed under the typist
+                stopped.append(exc)
+        typists = [threading.Thread(target=type_into, args=(v,)) for v in victims]
+        for t in typists:
+            t.start()
+        until(lambda: len(typed) >= len(victims), timeout=30, what="input flowing to every victim")
+        closes = at_once(lambda i: m.close(victims[i]), len(victims))
+        assert closes == [None] * len(victims)
+        for t in typists:
+            t.join(60)
+        assert len(stopped) == len(victims), stopped
+        assert m.command(keep, "echo alive").output == "alive\n"
+        assert m.session(keep).login is login and login.alive
+        closed, late = _after_close(wire)
+        assert closed == len(victims) and not late, (closed, late)
+    with sshd_log.open() as fh:
+        fh.seek(log_start)
+        assert "nonexistent channel" not in fh.read()
