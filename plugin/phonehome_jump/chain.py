@@ -17,7 +17,8 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,19 +142,25 @@ class TransportSocket:
                 raise OSError(errno.EPIPE, "the socket is closing")
             return self._sock.send(data)
 
-    def close(self) -> None:
+    @contextmanager
+    def _last(self, what: str) -> Iterator[None]:
+        """Run the block once no send is under way (waiting up to CLOSE_WAIT); no send starts
+        after it. A tunnel's close is a message on the previous hop's transport: when that
+        hop went first there is nothing left to tell, and paramiko's thread would die on the
+        EOFError."""
         self._closing = True
         waited = self._send_lock.acquire(timeout=self.CLOSE_WAIT)
         try:
-            # A tunnel's close is a message on the previous hop's transport; when that hop
-            # went first, there is nothing left to tell, and paramiko's thread would die on
-            # EOFError.
-            self._sock.close()
+            yield
         except (EOFError, OSError, paramiko.SSHException) as exc:
-            log.debug("closing a tunnel whose hop is gone: %r", exc)
+            log.debug("%s a tunnel whose hop is gone: %r", what, exc)
         finally:
             if waited:
                 self._send_lock.release()
+
+    def close(self) -> None:
+        with self._last("closing"):
+            self._sock.close()
 
     def peer_closed(self, answer: Callable[[], None]) -> None:
         """The hop's server closed the channel under this socket: ``answer`` it (paramiko
@@ -163,7 +170,7 @@ class TransportSocket:
         for (a window adjust to read): then the answer waits on a thread of its own.
         """
         self._closing = True
-        if self._send_lock.acquire(blocking=False):
+        if self._send_lock.acquire(blocking=False):     # never waits on this thread
             try:
                 answer()
             finally:
@@ -171,14 +178,8 @@ class TransportSocket:
             return
 
         def after_the_send() -> None:
-            waited = self._send_lock.acquire(timeout=self.CLOSE_WAIT)
-            try:
+            with self._last("answering the close of"):
                 answer()
-            except (EOFError, OSError, paramiko.SSHException) as exc:
-                log.debug("answering the close of a tunnel whose hop is gone: %r", exc)
-            finally:
-                if waited:
-                    self._send_lock.release()
         threading.Thread(target=after_the_send, name="phj-tunnel-close", daemon=True).start()
 
     def __getattr__(self, name: str) -> Any:     # settimeout, fileno, _closed, ...

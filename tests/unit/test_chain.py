@@ -1,6 +1,7 @@
 """How library failures map to hop errors (pure logic; the real paths are in tests/functional)."""
 
 import socket
+import threading
 from pathlib import Path
 
 import paramiko
@@ -234,6 +235,25 @@ def test_closing_a_tunnel_whose_hop_is_gone_is_quiet():
     assert tunnel.closed == 1
 
 
+class HeldTunnel:
+    """A stand-in for a hop's channel whose send is held until ``go_on`` is set; it records
+    what reached the wire, in order."""
+
+    def __init__(self) -> None:
+        self.wire: list[str] = []
+        self.in_send = threading.Event()
+        self.go_on = threading.Event()
+
+    def send(self, data: bytes) -> int:
+        self.in_send.set()
+        assert self.go_on.wait(10)
+        self.wire.append(f"data {data!r}")
+        return len(data)
+
+    def close(self) -> None:
+        self.wire.append("close")
+
+
 def test_a_transport_socket_closes_only_between_sends():
     """A close waits for a send in progress, and a send after the close starts fails as EOF:
     the hop's sshd ends the whole connection for data on a channel after our CLOSE."""
@@ -242,22 +262,7 @@ def test_a_transport_socket_closes_only_between_sends():
 
     from phonehome_jump.chain import TransportSocket
 
-    class Tunnel:
-        def __init__(self) -> None:
-            self.wire: list[str] = []
-            self.in_send = threading.Event()
-            self.go_on = threading.Event()
-
-        def send(self, data: bytes) -> int:
-            self.in_send.set()
-            assert self.go_on.wait(10)
-            self.wire.append(f"data {data!r}")
-            return len(data)
-
-        def close(self) -> None:
-            self.wire.append("close")
-
-    tunnel = Tunnel()
+    tunnel = HeldTunnel()
     sock = TransportSocket(tunnel)
     sender = threading.Thread(target=sock.send, args=(b"first",))
     sender.start()
@@ -315,19 +320,7 @@ def test_a_hop_servers_close_is_answered_between_two_sends_without_blocking_its_
 
     from phonehome_jump.chain import TransportSocket
 
-    class Tunnel:
-        def __init__(self) -> None:
-            self.wire: list[str] = []
-            self.in_send = threading.Event()
-            self.go_on = threading.Event()
-
-        def send(self, data: bytes) -> int:
-            self.in_send.set()
-            assert self.go_on.wait(10)
-            self.wire.append("data")
-            return len(data)
-
-    idle = Tunnel()
+    idle = HeldTunnel()
     sock = TransportSocket(idle)
     sock.peer_closed(lambda: idle.wire.append(f"close on {threading.current_thread().name}"))
     assert idle.wire == [f"close on {threading.current_thread().name}"]
@@ -335,7 +328,7 @@ def test_a_hop_servers_close_is_answered_between_two_sends_without_blocking_its_
         sock.send(b"late")
     assert err.value.errno == errno.EPIPE
 
-    busy = Tunnel()
+    busy = HeldTunnel()
     sock = TransportSocket(busy)
     answered = threading.Event()
     sender = threading.Thread(target=sock.send, args=(b"x",))
@@ -346,4 +339,4 @@ def test_a_hop_servers_close_is_answered_between_two_sends_without_blocking_its_
     busy.go_on.set()
     assert answered.wait(10)
     sender.join(10)
-    assert busy.wire == ["data", "close"]
+    assert busy.wire == ["data b'x'", "close"]
