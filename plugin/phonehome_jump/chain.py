@@ -91,6 +91,69 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                     fingerprint(key), path)
 
 
+class SendGate:
+    """The sends on one channel, and our CLOSE of it, in that order.
+
+    A paramiko channel checks that it is open, lets go of its lock, and only then queues
+    the message. A CLOSE from another thread could slip in between: ours (a close), or
+    paramiko's answer to the server's CLOSE, sent from the transport's reader. The RFC
+    allows nothing on a channel after its CLOSE: sshd frees the channel and ends the whole
+    connection for the late data ("data packet referred to nonexistent channel"), every
+    other channel on it with it. Each send holds ``lock``; the CLOSE goes once no send is
+    under way (waiting up to ``wait`` seconds: a send stuck on a window that never opens
+    is given up on, the close then wakes it and it sends nothing), and no send starts after.
+    """
+
+    def __init__(self, lock: threading.Lock | None = None, *, wait: float = 2.0) -> None:
+        self.lock = lock if lock is not None else threading.Lock()
+        self.wait = wait
+        self.closing = False
+
+    @contextmanager
+    def sending(self) -> Iterator[None]:
+        """Hold the gate for one send; OSError(EPIPE) once the channel is closing, as a
+        closed socket says."""
+        with self.lock:
+            if self.closing:
+                raise OSError(errno.EPIPE, "the channel is closing")
+            yield
+
+    @contextmanager
+    def last(self, what: str) -> Iterator[None]:
+        """Run the block (the close) once no send is under way; no send starts after it.
+        A CLOSE is a message on its transport: when the connection went first there is
+        nothing left to tell, and paramiko's thread would die on the EOFError."""
+        self.closing = True
+        waited = self.lock.acquire(timeout=self.wait)
+        try:
+            yield
+        except (EOFError, OSError, paramiko.SSHException) as exc:
+            log.debug("%s a channel whose connection is gone: %r", what, exc)
+        finally:
+            if waited:
+                self.lock.release()
+
+    def peer_closed(self, answer: Callable[[], None]) -> None:
+        """The server closed the channel: ``answer`` it (paramiko sends our CLOSE) with no
+        send of ours in progress, and none after it.
+
+        This runs on the transport's own thread, which a send in progress may be waiting
+        for (a window adjust to read): then the answer waits on a thread of its own.
+        """
+        self.closing = True
+        if self.lock.acquire(blocking=False):     # never waits on this thread
+            try:
+                answer()
+            finally:
+                self.lock.release()
+            return
+
+        def after_the_send() -> None:
+            with self.last("answering the close of"):
+                answer()
+        threading.Thread(target=after_the_send, name="phj-channel-close", daemon=True).start()
+
+
 class TransportSocket:
     """A transport's socket (a TCP socket, or the previous hop's channel): read ahead in
     large chunks, and closed only between two sends.
@@ -103,25 +166,20 @@ class TransportSocket:
     to 256 KiB) and serving the exact reads from it costs one read per burst. Only the
     transport's own thread reads (paramiko's rule).
 
-    Closing: a paramiko channel checks that it is open, lets go of its lock, and only then
-    queues the data. A close from another thread could slip in between, so the hop's sshd
-    got data on a channel after our CLOSE, freed the channel, and then ended the whole
-    hop connection ("data packet referred to nonexistent channel"), killing every session
-    through that hop. It happened when a session's login closed while its transport's
-    thread was still answering the target, in about one 20-host workflow run in three.
-    A close now waits for a send in progress, and no send starts after it.
+    Closing: the tunnel's sends and its close go through a :class:`SendGate`. Without it the
+    hop's sshd got data after our CLOSE and ended the whole hop connection, killing every
+    session through that hop, when a session's login closed while its transport's thread
+    was still answering the target: about one 20-host workflow run in three.
     """
 
     CHUNK = 1 << 18
-    CLOSE_WAIT = 2.0    # seconds a close waits for a send in progress (one stuck on a window
-                        # that never opens gives up: the close then wakes it, sending nothing)
+    CLOSE_WAIT = 2.0    # seconds a close waits for a send in progress (SendGate)
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._buf = b""
         self._pos = 0
-        self._send_lock = threading.Lock()
-        self._closing = False
+        self.gate = SendGate(wait=self.CLOSE_WAIT)
 
     def recv(self, n: int) -> bytes:
         if self._pos >= len(self._buf):
@@ -137,50 +195,12 @@ class TransportSocket:
         return out
 
     def send(self, data: bytes) -> int:
-        with self._send_lock:
-            if self._closing:       # the packetizer takes this as EOF, as for a closed channel
-                raise OSError(errno.EPIPE, "the socket is closing")
+        with self.gate.sending():   # EPIPE once closing: the packetizer takes it as EOF
             return self._sock.send(data)
 
-    @contextmanager
-    def _last(self, what: str) -> Iterator[None]:
-        """Run the block once no send is under way (waiting up to CLOSE_WAIT); no send starts
-        after it. A tunnel's close is a message on the previous hop's transport: when that
-        hop went first there is nothing left to tell, and paramiko's thread would die on the
-        EOFError."""
-        self._closing = True
-        waited = self._send_lock.acquire(timeout=self.CLOSE_WAIT)
-        try:
-            yield
-        except (EOFError, OSError, paramiko.SSHException) as exc:
-            log.debug("%s a tunnel whose hop is gone: %r", what, exc)
-        finally:
-            if waited:
-                self._send_lock.release()
-
     def close(self) -> None:
-        with self._last("closing"):
+        with self.gate.last("closing"):
             self._sock.close()
-
-    def peer_closed(self, answer: Callable[[], None]) -> None:
-        """The hop's server closed the channel under this socket: ``answer`` it (paramiko
-        sends our CLOSE) with no send of ours in progress, and none after it.
-
-        This runs on the hop transport's own thread, which a send in progress may be waiting
-        for (a window adjust to read): then the answer waits on a thread of its own.
-        """
-        self._closing = True
-        if self._send_lock.acquire(blocking=False):     # never waits on this thread
-            try:
-                answer()
-            finally:
-                self._send_lock.release()
-            return
-
-        def after_the_send() -> None:
-            with self._last("answering the close of"):
-                answer()
-        threading.Thread(target=after_the_send, name="phj-tunnel-close", daemon=True).start()
 
     def __getattr__(self, name: str) -> Any:     # settimeout, fileno, _closed, ...
         return getattr(self._sock, name)
@@ -235,13 +255,13 @@ PACKET_OVERHEAD = 128
 
 
 def _channel_close(chan: paramiko.Channel, m: paramiko.Message) -> None:
-    """paramiko's CLOSE handler; for a channel that carries a tunneled transport, our CLOSE
-    goes between two of that transport's sends (:meth:`TransportSocket.peer_closed`)."""
-    sock = getattr(chan, "phj_socket", None)
-    if sock is None:
+    """paramiko's CLOSE handler; on a channel with a :class:`SendGate` (a tunnel, a session's
+    shell) our CLOSE goes between two of its sends."""
+    gate = getattr(chan, "phj_gate", None)
+    if gate is None:
         paramiko.Channel._handle_close(chan, m)
     else:
-        sock.peer_closed(lambda: paramiko.Channel._handle_close(chan, m))
+        gate.peer_closed(lambda: paramiko.Channel._handle_close(chan, m))
 
 
 class AnsweringTransport(paramiko.Transport):
@@ -263,7 +283,7 @@ class AnsweringTransport(paramiko.Transport):
     _tunnel: paramiko.Channel | None = None     # the hop channel this transport runs in, if any
 
     # exit-signal too: a command killed by a signal ends with 128 + its number, at once
-    # and a hop server's CLOSE of a tunnel is answered between two of the tunnel's sends
+    # and a server's CLOSE of a gated channel is answered between two of its sends
     _channel_handler_table = {**paramiko.Transport._channel_handler_table,
                               MSG_CHANNEL_REQUEST: _channel_request,
                               MSG_CHANNEL_CLOSE: _channel_close}
@@ -283,7 +303,7 @@ class AnsweringTransport(paramiko.Transport):
         super().__init__(sock, *args, **kwargs)
         self._tunnel = tunnel
         if tunnel is not None:
-            tunnel.phj_socket = self.sock     # type: ignore[attr-defined]  # (_channel_close)
+            tunnel.phj_gate = self.sock.gate     # type: ignore[attr-defined]  # (_channel_close)
             # what the hop sends us must fit its chunks whole
             self.default_max_packet_size = min(self.default_max_packet_size,
                                                tunnel.in_max_packet_size - PACKET_OVERHEAD)

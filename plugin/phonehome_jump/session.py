@@ -29,6 +29,7 @@ from typing import Any
 import paramiko
 
 from .callstate import caller_gone
+from .chain import SendGate
 from .errors import CallAbandonedError, SessionBusyError, SessionDeadError, SessionError
 from .framing import SENTINEL_DEVICE_TYPES, Framer, NativeFramer, SentinelFramer
 from .inventory import Target
@@ -71,6 +72,8 @@ class Session:
         self.memory = memory              # characters of a command's output kept in memory
         self._lock = threading.RLock()    # one reader/command at a time
         self._wlock = threading.Lock()    # writes; send() may answer while a command waits
+        # the server's CLOSE (the shell exited) is answered between two writes (chain.SendGate)
+        self._gate = channel.phj_gate = SendGate(self._wlock, wait=HANGUP_WAIT)
         self._rlock = threading.Lock()    # held by the reader inside the channel's recv
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
         self._run: _Run | None = None
@@ -157,10 +160,16 @@ class Session:
 
     def _write_bytes(self, data: bytes) -> None:
         try:
-            with self._wlock:
+            with self._gate.sending():
                 self._chan.sendall(data)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            self._die(f"the connection closed while sending: {self.blame()}")
+            chan = self._chan
+            if chan.status_event.is_set() and chan.exit_status >= 0 and not getattr(
+                    chan, "exit_signal", None):    # the shell exited (`exit 3`) before this input
+                self.ended = chan.exit_status
+                self._die(f"the shell exited with status {chan.exit_status}")
+            else:
+                self._die(f"the connection closed while sending: {self.blame()}")
             raise self._dead_error() from exc
 
     def _die(self, why: str) -> None:
@@ -627,7 +636,7 @@ class Session:
             # may go on carrying other sessions' shells.
             if at_prompt and logout > 0:
                 try:
-                    with self._wlock:
+                    with self._gate.sending():
                         self._chan.sendall(b"exit\n")
                     self._chan.status_event.wait(logout)    # its exit status, or the channel's close
                 except Exception:  # already gone; nothing to report to the caller
@@ -647,6 +656,7 @@ class Session:
         it sends nothing).
         """
         chan = self._chan
+        self._gate.closing = True     # no write starts from here on
         chan.shutdown_read()          # no window adjust from here on
         chan.in_buffer.close()        # a reader waiting for output returns now, with nothing
         held = [lock for lock in (self._rlock, self._wlock) if lock.acquire(timeout=HANGUP_WAIT)]

@@ -264,3 +264,44 @@ def test_a_session_closed_while_its_input_is_typed_never_takes_its_shared_login_
     with sshd_log.open() as fh:
         fh.seek(log_start)
         assert "nonexistent channel" not in fh.read()
+
+
+def test_a_shell_that_exits_while_input_is_typed_never_takes_its_shared_login_down(lab, lab_inventory):
+    """Shells on one login exit on their own while other calls type into them. sshd closes
+    the channel once its shell has exited, and paramiko answered that CLOSE at once, from
+    its reader thread, while a writer could be between its check that the channel is open
+    and its send: the data followed our CLOSE, and sshd ended the whole connection, every
+    other shell on the login with it. With each data message held back there, that was
+    nearly every time."""
+    sshd_log = lab.state / "sshd_target1.log"
+    log_start = sshd_log.stat().st_size
+    with SessionManager(lab_inventory, max_per_host=20) as m:
+        keep = m.open("lab-target1").id
+        victims = [m.open("lab-target1").id for _ in range(6)]
+        login = m.session(keep).login
+        assert all(m.session(v).login is login for v in victims)
+        for v in victims:       # each shell exits once 100 bytes of input reached it
+            assert m.command(v, "head -c 100 > /dev/null; exit 3", wait=0.2).running
+        typed, wire = _hold_back_and_record(login.link.transport, 94)      # CHANNEL_DATA
+        stopped: list = []
+
+        def type_into(v: str) -> None:
+            try:
+                while True:
+                    m.send(v, "input for head")
+            except SessionDeadError as exc:     # the shell has gone
+                stopped.append(exc)
+        typists = [threading.Thread(target=type_into, args=(v,)) for v in victims]
+        for t in typists:
+            t.start()
+        for t in typists:
+            t.join(60)
+        assert len(stopped) == len(victims), stopped
+        assert all("the shell exited with status 3" in str(e) for e in stopped), stopped
+        assert m.command(keep, "echo alive").output == "alive\n"
+        assert m.session(keep).login is login and login.alive
+        closed, late = _after_close(wire)
+        assert closed == len(victims) and not late, (closed, late)
+    with sshd_log.open() as fh:
+        fh.seek(log_start)
+        assert "nonexistent channel" not in fh.read()

@@ -322,7 +322,7 @@ def test_a_hop_servers_close_is_answered_between_two_sends_without_blocking_its_
 
     idle = HeldTunnel()
     sock = TransportSocket(idle)
-    sock.peer_closed(lambda: idle.wire.append(f"close on {threading.current_thread().name}"))
+    sock.gate.peer_closed(lambda: idle.wire.append(f"close on {threading.current_thread().name}"))
     assert idle.wire == [f"close on {threading.current_thread().name}"]
     with pytest.raises(OSError) as err:
         sock.send(b"late")
@@ -334,7 +334,7 @@ def test_a_hop_servers_close_is_answered_between_two_sends_without_blocking_its_
     sender = threading.Thread(target=sock.send, args=(b"x",))
     sender.start()
     assert busy.in_send.wait(10)
-    sock.peer_closed(lambda: (busy.wire.append("close"), answered.set()))
+    sock.gate.peer_closed(lambda: (busy.wire.append("close"), answered.set()))
     assert busy.wire == []                   # returned at once; the answer waits for the send
     busy.go_on.set()
     assert answered.wait(10)
