@@ -25,7 +25,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,6 +150,30 @@ def settle(busy_below: float = 0.15, window: float = 0.25, limit: float = 10.0) 
         if t1 > t0 and (b1 - b0) / (t1 - t0) < busy_below:
             return
     log(f"  (the machine stayed busy for {limit:g}s; measuring anyway)")
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds used during a ``with machine_cpu()`` block: this process's, the rest of the
+    machine's (the lab's sshds and shells, the kernel, ssh clients), and how busy it was."""
+    self: float = 0.0
+    rest: float = 0.0
+    busy: float = 0.0          # share of all CPUs' time, 0..100
+
+
+@contextmanager
+def machine_cpu() -> Iterator[CpuUse]:
+    use = CpuUse()
+    tick = os.sysconf("SC_CLK_TCK")
+    b0, t0 = _busy_jiffies()
+    p0 = time.process_time()
+    try:
+        yield use
+    finally:
+        b1, t1 = _busy_jiffies()
+        use.self = time.process_time() - p0
+        use.rest = max((b1 - b0) / tick - use.self, 0.0)
+        use.busy = 100.0 * (b1 - b0) / max(t1 - t0, 1)
 
 
 def rss_kib(field: str = "VmRSS") -> int:
@@ -675,30 +700,12 @@ class Bench:
 
         log(f"OpenSSH fan-out: {a.ssh_fanouts} × {FANOUT} ssh processes (master on jump2 / fresh -J)")
 
-        def run_all(key: str, fn: Callable[[int], str], t0: float | None = None) -> None:
-            """Run fn(0..49) in parallel; a failed ssh (timeout under load) is counted, not fatal."""
-            def one(i: int) -> str | None:
-                try:
-                    fn(i)
-                    return None
-                except Exception as exc:
-                    return str(exc)
-            with ThreadPoolExecutor(max_workers=FANOUT) as pool:
-                t0 = time.perf_counter() if t0 is None else t0
-                errors = [e for e in pool.map(one, range(FANOUT)) if e]
-                elapsed = time.perf_counter() - t0
-            sample = self.s(key)
-            sample.add(elapsed)
-            if errors:
-                sample.failed += len(errors)
-                self.notes.append(f"{key}: {len(errors)}/{FANOUT} ssh failed, e.g. {errors[0][:120]}")
-
         for _ in range(a.ssh_fanouts):
             settle()
             t0 = time.perf_counter()
             self.ossh.start_master("hop-jump2", self.ossh.cm_jump2)   # the shared chain, timed
             try:
-                run_all("fan1/cm", lambda i: self.ossh.via_jump2_master(
+                self._ssh_all("fan1/cm", FANOUT, lambda i: self.ossh.via_jump2_master(
                     self.raw_targets[i % n_t], f"echo {i}", check_out=f"{i}\n"), t0)
             finally:
                 self.ossh.stop_master("hop-jump2", self.ossh.cm_jump2)
@@ -710,16 +717,35 @@ class Bench:
                 with ThreadPoolExecutor(max_workers=n_t) as pool:    # a master per target, timed
                     list(pool.map(lambda t: self.ossh.start_master(f"fan-{t}", self.ossh.fan_master(t)),
                                   masters))
-                run_all("fan/cm", lambda i: self.ossh.via_target_master(
+                self._ssh_all("fan/cm", FANOUT, lambda i: self.ossh.via_target_master(
                     self.raw_targets[i % n_t], f"echo {i}", check_out=f"{i}\n"), t0)
             finally:
                 for t in masters:
                     self.ossh.stop_master(f"fan-{t}", self.ossh.fan_master(t))
                 self.ossh.stop_master("hop-jump2", self.ossh.cm_jump2)
             settle()
-            run_all("fan1/fresh", lambda i: self.ossh.fresh(
+            self._ssh_all("fan1/fresh", FANOUT, lambda i: self.ossh.fresh(
                 self.raw_targets[i % n_t], f"echo {i}", check_out=f"{i}\n"))
 
+
+    def _ssh_all(self, key: str, n: int, fn: Callable[[int], str], t0: float | None = None) -> None:
+        """Run fn(0..n-1) in parallel (ssh processes), timed from ``t0`` (default: now); a
+        failed ssh (a timeout under load) is counted in the cell, not fatal."""
+        def one(i: int) -> str | None:
+            try:
+                fn(i)
+                return None
+            except Exception as exc:
+                return str(exc)
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            t0 = time.perf_counter() if t0 is None else t0
+            errors = [e for e in pool.map(one, range(n)) if e]
+            elapsed = time.perf_counter() - t0
+        sample = self.s(key)
+        sample.add(elapsed)
+        if errors:
+            sample.failed += len(errors)
+            self.notes.append(f"{key}: {len(errors)}/{n} ssh failed, e.g. {errors[0][:120]}")
 
     def workflow(self) -> None:
         """A 5-step workflow over WF_HOSTS hosts through jump1 → jump2, from a cold start."""
@@ -731,18 +757,40 @@ class Bench:
         inv = Inventory.from_text(text, "bench-workflow-inventory")
         wf = Workflow.from_text(WF_TEXT % (", ".join(names), WF_HOSTS), "bench-workflow.yaml")
         log(f"workflow: {a.workflows} × 5 steps on {WF_HOSTS} hosts over {len(self.raw_targets)} "
-            "targets, one chain, each run from a new manager (cold)")
+            "targets, one chain, each run from a new manager (cold); OpenSSH doing the same "
+            "commands, alternating")
+        hosts = [self.raw_targets[i % len(self.raw_targets)] for i in range(WF_HOSTS)]
+        # OpenSSH: each host's 5 commands as one exec (no pty, no login shell: its cheapest way)
+        script = "cd /tmp && pwd && echo \"wf-{i:02d} $(pwd)\" && uname -s && test -d /tmp"
+        expect = "/tmp\nwf-{i:02d} /tmp\nLinux\n"
         for _ in range(a.workflows):
             settle()
-            t0 = time.perf_counter()
-            r = run_workflow(wf, inv)
-            self.s("wf/phj").add(time.perf_counter() - t0)
+            with machine_cpu() as cpu:
+                t0 = time.perf_counter()
+                r = run_workflow(wf, inv)
+                self.s("wf/phj").add(time.perf_counter() - t0)
+            self.s("wf/cpu-self", "cpu").add(cpu.self)
+            self.s("wf/cpu-rest", "cpu").add(cpu.rest)
+            self.s("wf/busy", "%").add(cpu.busy)
             assert r.ok and len(r.hosts) == WF_HOSTS, r.to_dict()
             for hr in r.hosts.values():
                 steps = sum(st.duration for st in hr.steps)
                 self.s("wf/host").add(hr.duration)
                 self.s("wf/overhead").add(hr.duration - steps)
                 self.s("wf/steps").add(steps)
+            settle()
+            with machine_cpu() as cpu:
+                t0 = time.perf_counter()
+                self.ossh.start_master("hop-jump2", self.ossh.cm_jump2)   # the chain, timed
+                try:
+                    self._ssh_all("wf/cm", WF_HOSTS, lambda i: self.ossh.via_jump2_master(
+                        hosts[i], script.format(i=i + 1), check_out=expect.format(i=i + 1)), t0)
+                finally:
+                    self.ossh.stop_master("hop-jump2", self.ossh.cm_jump2)
+            self.s("wf/cpu-cm", "cpu").add(cpu.self + cpu.rest)
+            settle()
+            self._ssh_all("wf/fresh", WF_HOSTS, lambda i: self.ossh.fresh(
+                hosts[i], script.format(i=i + 1), check_out=expect.format(i=i + 1)))
 
 
     # -- output of any size (issue: linear time, bounded memory) ------------------------
@@ -1097,7 +1145,11 @@ LEGEND = [
     "load = calls/s of the loading clients.",
     f"workflow row: `run_workflow` of a 5-step workflow (cd, pwd + capture, echo + assert, uname + assert, "
     f"test) on {WF_HOSTS} inventory hosts spread over the targets, all behind jump1 → jump2, concurrency "
-    f"{WF_HOSTS}, each run from a new SessionManager (chain dialed once per run, shared by all hosts).",
+    f"{WF_HOSTS}, each run from a new SessionManager (chain dialed once per run, shared by all hosts); "
+    f"OpenSSH, alternating run by run: the same {WF_HOSTS} hosts in parallel, each host's commands as "
+    "one exec (`cd /tmp && pwd && echo … && uname -s && test -d /tmp`, output checked; no pty, no login "
+    "shell: less work than a session), through a master on jump2 started in the timed part "
+    "(ControlMaster column) or `ssh -J jump1,jump2` (fresh column).",
 ]
 
 
@@ -1189,6 +1241,16 @@ def main(argv: list[str] | None = None) -> int:
             f"workflow per host ({WF_HOSTS} hosts × {a.workflows} runs): {r['wf/host'].cell()} "
             f"from open to close; of which session open and bookkeeping (host time minus its "
             f"steps' command times) {r['wf/overhead'].cell()}, the 5 commands {r['wf/steps'].cell()}")
+        own, rest = r["wf/cpu-self"].median, r["wf/cpu-rest"].median
+        cm = r.get("wf/cpu-cm", Sample())
+        bench.notes.append(
+            f"workflow CPU per run (medians, {os.cpu_count()} CPUs): this process {fmt_time(own)}, "
+            f"the rest of the machine (the lab's sshds and shells, the kernel) {fmt_time(rest)}; "
+            f"the machine {r['wf/busy'].median:.0f}% busy through the run. Even a client that used "
+            f"no CPU could not finish much below {fmt_time(rest / (os.cpu_count() or 1))} here, the rest's "
+            f"CPU spread over all cores"
+            + (f"; OpenSSH doing the same work through the jump2 master: {fmt_time(cm.median)} of "
+               f"CPU in all" if cm.values else ""))
     out += [("- " if a.markdown else "") + n for n in LEGEND + bench.notes]
     print("\n".join(out))
     return 0
