@@ -19,6 +19,18 @@ from phonehome_jump.manager import SessionManager
 from .waits import at_once, until
 
 
+# What each server writes to its log when data reaches a channel after our CLOSE (it then
+# ends the whole connection): OpenSSH, and dropbear (routers, embedded Linux)
+LATE_DATA = {"lab-target1": ("target1", "nonexistent channel"),
+             "lab-dropbear": ("dropbear1", "Unknown channel")}
+
+
+@pytest.fixture(scope="module")
+def servers_inventory(lab) -> Inventory:
+    """The lab's inventory plus its dropbear target."""
+    return Inventory.from_text(lab.inventory.read_text() + lab.dropbear_host_yaml(), str(lab.inventory))
+
+
 def connections(lab, node: str) -> int:
     """Established SSH connections to ``node``'s sshd, as the node's kernel counts them."""
     out = subprocess.run(["ip", "netns", "exec", lab.nodes[node].ns, "ss", "-Htn", "state",
@@ -224,17 +236,19 @@ def test_a_session_hung_up_mid_output_sends_nothing_on_its_channel_after_its_clo
         assert closed == len(victims) and not late, (closed, late)
 
 
-def test_a_session_closed_while_its_input_is_typed_never_takes_its_shared_login_down(lab, lab_inventory):
+@pytest.mark.parametrize("host", LATE_DATA)
+def test_a_session_closed_while_its_input_is_typed_never_takes_its_shared_login_down(lab, servers_inventory, host):
     """Sessions on one login are closed while other calls type input into their running
     commands. Data after our CLOSE reaches sshd for a channel it has freed, and sshd ends the
     whole connection ("referred to nonexistent channel"), every other shell on the login with
     it. With each data message held back between paramiko's check and its send, a close that
     did not wait for the writer lost the login nearly every time."""
-    sshd_log = lab.state / "sshd_target1.log"
+    node, late_data = LATE_DATA[host]
+    sshd_log = lab.state / f"sshd_{node}.log"
     log_start = sshd_log.stat().st_size
-    with SessionManager(lab_inventory, max_per_host=20) as m:
-        keep = m.open("lab-target1").id
-        victims = [m.open("lab-target1").id for _ in range(6)]
+    with SessionManager(servers_inventory, max_per_host=20) as m:
+        keep = m.open(host).id
+        victims = [m.open(host).id for _ in range(6)]
         login = m.session(keep).login
         assert all(m.session(v).login is login for v in victims)
         for v in victims:
@@ -263,21 +277,23 @@ def test_a_session_closed_while_its_input_is_typed_never_takes_its_shared_login_
         assert closed == len(victims) and not late, (closed, late)
     with sshd_log.open() as fh:
         fh.seek(log_start)
-        assert "nonexistent channel" not in fh.read()
+        assert late_data not in fh.read()
 
 
-def test_a_shell_that_exits_while_input_is_typed_never_takes_its_shared_login_down(lab, lab_inventory):
+@pytest.mark.parametrize("host", LATE_DATA)
+def test_a_shell_that_exits_while_input_is_typed_never_takes_its_shared_login_down(lab, servers_inventory, host):
     """Shells on one login exit on their own while other calls type into them. sshd closes
     the channel once its shell has exited, and paramiko answered that CLOSE at once, from
     its reader thread, while a writer could be between its check that the channel is open
     and its send: the data followed our CLOSE, and sshd ended the whole connection, every
     other shell on the login with it. With each data message held back there, that was
     nearly every time."""
-    sshd_log = lab.state / "sshd_target1.log"
+    node, late_data = LATE_DATA[host]
+    sshd_log = lab.state / f"sshd_{node}.log"
     log_start = sshd_log.stat().st_size
-    with SessionManager(lab_inventory, max_per_host=20) as m:
-        keep = m.open("lab-target1").id
-        victims = [m.open("lab-target1").id for _ in range(6)]
+    with SessionManager(servers_inventory, max_per_host=20) as m:
+        keep = m.open(host).id
+        victims = [m.open(host).id for _ in range(6)]
         login = m.session(keep).login
         assert all(m.session(v).login is login for v in victims)
         for v in victims:       # each shell exits once 100 bytes of input reached it
@@ -304,4 +320,4 @@ def test_a_shell_that_exits_while_input_is_typed_never_takes_its_shared_login_do
         assert closed == len(victims) and not late, (closed, late)
     with sshd_log.open() as fh:
         fh.seek(log_start)
-        assert "nonexistent channel" not in fh.read()
+        assert late_data not in fh.read()

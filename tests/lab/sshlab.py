@@ -21,9 +21,14 @@ ones), as most real servers do. :meth:`Lab.drop` makes a node silently drop ever
 :meth:`Lab.undrop` heals it. Its inventory entry is :meth:`Lab.stock_host_yaml` (kept out of
 the lab inventory, so host counts there stay the same).
 
+``dropbear1`` runs dropbear, not OpenSSH (as many routers and embedded hosts do), with its
+own defaults (its MOTD shown at login; key auth from ``~/.ssh/authorized_keys``, where the lab
+adds its client key). Its inventory entry is :meth:`Lab.dropbear_host_yaml` (kept out of the
+lab inventory too).
+
 Every node serves SFTP except target3 (``NO_SFTP``), where file copies use SCP.
 
-Needs root, ``ip`` (iproute2), ``iptables``, ``sshd`` and ``sudo``. Used by the test suite, ``make demo``
+Needs root, ``ip`` (iproute2), ``iptables``, ``sshd``, ``dropbear`` (dropbear-bin) and ``sudo``. Used by the test suite, ``make demo``
 and ``bench/``.  ``python tests/lab/sshlab.py up|down|status [--state DIR] [--targets N]``.
 """
 
@@ -54,6 +59,7 @@ USERS = ("phjkey", "phjpass", "phjsudo", "phjsane")
 #: The one node without an SFTP subsystem, so file copies fall back to SCP there.
 NO_SFTP = "target3"
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin/sshd"
+DROPBEAR = shutil.which("dropbear", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin/dropbear"
 
 
 def run(*args: str, check: bool = True, input: str | None = None, ns: str | None = None) -> subprocess.CompletedProcess:
@@ -70,10 +76,11 @@ class Node:
     ns: str            # network namespace
     addr: str          # where the previous hop dials it
     stock: bool = False  # sshd with OpenSSH's default limits (MaxStartups 10:30:100)
+    dropbear: bool = False   # dropbear instead of OpenSSH's sshd
 
     @property
-    def host_key(self) -> str:
-        return f"ssh_host_ed25519_key_{self.name}"
+    def host_key(self) -> str:      # its ``.pub`` beside it is in OpenSSH's format either way
+        return f"{'dropbear' if self.dropbear else 'ssh'}_host_ed25519_key_{self.name}"
 
 
 @dataclass
@@ -91,6 +98,8 @@ class Lab:
         for i in range(1, self.n_targets + 1):
             self.nodes[f"target{i}"] = Node(f"target{i}", f"{PREFIX}target{i}", f"10.{NET}.3.{9 + i}")
         self.nodes["stock1"] = Node("stock1", f"{PREFIX}stock1", f"10.{NET}.3.200", stock=True)
+        self.nodes["dropbear1"] = Node("dropbear1", f"{PREFIX}dropbear1", f"10.{NET}.3.201",
+                                       dropbear=True)
 
     # -- paths the tests use -------------------------------------------------
     @property
@@ -118,6 +127,8 @@ class Lab:
             raise PermissionError("the sshd lab needs root (network namespaces, sshd, users)")
         if not Path(SSHD).exists():
             raise FileNotFoundError("sshd not found: apt-get install openssh-server")
+        if not Path(DROPBEAR).exists():
+            raise FileNotFoundError("dropbear not found: apt-get install dropbear-bin")
         self.down(quiet=True)
         self.state.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state, 0o711)   # users must reach authorized_keys; secrets inside are 0600
@@ -144,7 +155,14 @@ class Lab:
     def _keys(self) -> None:
         for node in self.nodes.values():
             key = self.state / node.host_key
-            if not key.exists():
+            if key.exists():
+                continue
+            if node.dropbear:       # its own key format; the public half as OpenSSH writes it
+                run("dropbearkey", "-t", "ed25519", "-f", str(key))
+                pub = next(line for line in run("dropbearkey", "-y", "-f", str(key)).stdout.splitlines()
+                           if line.startswith("ssh-ed25519 "))
+                key.with_name(key.name + ".pub").write_text(pub + "\n")
+            else:
                 run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
         if not self.key_file.exists():
             run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "phj-lab", "-f", str(self.key_file))
@@ -170,6 +188,18 @@ class Lab:
                 run("chpasswd", input=f"{user}:{passwords[user]}\n")
             else:   # key-only account: unlock it without a usable password
                 run("usermod", "-p", "*", user)
+        # dropbear reads ~/.ssh/authorized_keys only: each lab's client key is added (labs
+        # that are up at once each need theirs; the keys are the labs' own, made for them)
+        ssh_dir = Path("/home/phjkey/.ssh")
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        shutil.chown(ssh_dir, "phjkey", "phjkey")
+        keys = ssh_dir / "authorized_keys"
+        ours = self.key_file.with_suffix(".pub").read_text().strip()
+        have = keys.read_text().splitlines() if keys.exists() else []
+        if ours not in have:
+            keys.write_text("".join(line + "\n" for line in [*have, ours]))
+        os.chmod(keys, 0o600)
+        shutil.chown(keys, "phjkey", "phjkey")
         Path("/etc/sudoers.d").mkdir(exist_ok=True)
         profile = Path("/home/phjsane/.bash_profile")
         profile.write_text("stty sane\n. ~/.profile\n")
@@ -206,7 +236,7 @@ class Lab:
         run("ip", "addr", "add", f"10.{NET}.3.1/24", "dev", "br0", ns=j2.ns)
         run("ip", "link", "set", "br0", "up", ns=j2.ns)
         for i, node in enumerate(n for n in self.nodes.values()
-                                 if n.name.startswith(("target", "stock"))):
+                                 if n.name.startswith(("target", "stock", "dropbear"))):
             port = f"t{i + 1}"
             run("ip", "link", "add", port, "netns", j2.ns, "type", "veth", "peer", "name", "eth0", "netns", node.ns)
             run("ip", "link", "set", port, "master", "br0", ns=j2.ns)
@@ -215,6 +245,8 @@ class Lab:
             run("ip", "link", "set", "eth0", "up", ns=node.ns)
 
     def _write_sshd_config(self, node: Node) -> None:
+        if node.dropbear:
+            return                  # dropbear takes options on its command line
         cfg = f"""\
 ListenAddress {node.addr}
 Port 22
@@ -241,7 +273,14 @@ PrintLastLog no
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         conf = self.state / f"sshd_{node.name}.conf"
         log = self.state / f"sshd_{node.name}.log"
-        run(SSHD, "-f", str(conf), "-E", str(log), ns=node.ns)   # daemonises once listening
+        if node.dropbear:       # forks into the background; logs to the file it is given
+            with log.open("a") as err:
+                subprocess.run(["ip", "netns", "exec", node.ns, DROPBEAR, "-E", "-w",
+                                "-r", str(self.state / node.host_key), "-p", f"{node.addr}:22",
+                                "-P", str(self.state / f"{node.name}.pid")],
+                               stdin=subprocess.DEVNULL, stdout=err, stderr=err, check=True)
+        else:
+            run(SSHD, "-f", str(conf), "-E", str(log), ns=node.ns)   # daemonises once listening
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             if run("ss", "-Hltn", "sport = :22", ns=node.ns, check=False).stdout.strip():
@@ -266,6 +305,11 @@ PrintLastLog no
         """
         return (f"  {name}: {{host: {self.addr('stock1')}, groups: [lab], "
                 "description: stock sshd settings (MaxStartups 10:30:100)}\n")
+
+    def dropbear_host_yaml(self, name: str = "lab-dropbear") -> str:
+        """An inventory host entry for the dropbear target (kept out of the lab inventory)."""
+        return (f"  {name}: {{host: {self.addr('dropbear1')}, groups: [lab], "
+                "description: dropbear sshd}\n")
 
     def sane_host_yaml(self, name: str = "lab-sane") -> str:
         """An inventory host entry for ``phjsane`` on target1 (kept out of the lab inventory)."""
