@@ -51,8 +51,21 @@ class Framer:
 class SentinelFramer(Framer):
     name = "sentinel"
 
+    # A shell whose own line editor echoes what it reads (busybox ash, whatever the terminal
+    # says) gets a canonical terminal without echo instead (``canonical``): it then reads
+    # plain lines, exactly, with the terminal's limits. busybox ash reads such a line in
+    # pieces of 1,023 bytes and shows its prompt again before each piece, which would end a
+    # command early: a longer first line goes as a here-document, whose lines it reads
+    # without a prompt. The terminal's line holds 4,095 bytes (Linux): a longer one is cut.
+    CANON_DIRECT = 1000
+    CANON_LINE = 4094
+    #: keys a canonical terminal edits the line with (erase, kill, end of file)
+    CANON_KEYS = {"\x7f": "Backspace (0x7f)", "\x15": "Ctrl-U", "\x04": "Ctrl-D"}
+
     def __init__(self) -> None:
         self.token = secrets.token_hex(6)
+        self.canonical = False
+        self.where = "the host"
         # The rendered prompt never equals the line that defines it, so the echo of the
         # setup line cannot be mistaken for a prompt.
         self.pattern = re.compile(r"<<phj:" + self.token + r":(\d+):([^\n]*?)>>")
@@ -66,20 +79,71 @@ class SentinelFramer(Framer):
                 "unset PROMPT_COMMAND HISTFILE LS_COLORS; export NO_COLOR=1 PAGER=cat SYSTEMD_PAGER= GIT_PAGER=cat "
                 "TERM=dumb; PS2=''; PS3=''; PS4='+ '; "
                 f"_phj={self.token}; PS1='<<phj:${{_phj}}:$?:${{PWD}}>>'\n")
+        self.where = f"host {session.target.name!r}"
         deadline = time.monotonic() + session.target.endpoint.connect_timeout
         session._write(line)
         session._pump(deadline, setup=True)
-        if f"_phj={self.token}" in session.setup_tail:
-            session._write("stty -echo -onlcr -icanon 2>/dev/null\n")
-            session._pump(deadline, setup=True)
+        if f"_phj={self.token}" not in session.setup_tail:
+            return
+        session._write("stty -echo -onlcr -icanon 2>/dev/null\n")
+        session._pump(deadline, setup=True)
+        # Only an echo seen costs these round trips: is it the shell's own line editor?
+        probe = f": phj-{self.token}-echo"
+        if not self._echoed(session, probe, deadline):
+            return
+        session._write("stty icanon -echo -iexten 2>/dev/null\n")
+        session._pump(deadline, setup=True)
+        if self._echoed(session, probe, deadline):
+            raise SessionError("the shell echoes every line it reads, even on a terminal without "
+                               "echo: its output cannot be told from the commands")
+        self.canonical = True
+
+    @staticmethod
+    def _echoed(session: "Session", probe: str, deadline: float) -> bool:
+        session._write(probe + "\n")
+        session._pump(deadline, setup=True)
+        return probe in session.setup_tail
 
     def wrap(self, command: str) -> str:
-        if "\n" not in command.rstrip("\n"):
-            return command.rstrip("\n") + "\n"
+        text = command.rstrip("\n")
+        if self.canonical:
+            self._check_canonical(text)
+        if "\n" not in text and not (self.canonical and len(text.encode()) > self.CANON_DIRECT):
+            return text + "\n"
         # Several lines would give several prompts; eval of a quoted here-document runs them
         # as one command in this shell (state persists) and ends with one prompt.
         eof = f"PHJ_EOF_{self.token}"
-        return f"eval \"$(cat <<'{eof}'\n{command.rstrip(chr(10))}\n{eof}\n)\"\n"
+        return f"eval \"$(cat <<'{eof}'\n{text}\n{eof}\n)\"\n"
+
+    def check_typed(self, text: str) -> None:
+        """Text typed into the session (``send``): on a canonical terminal a line typed at
+        the prompt is read like a command's first line, so it is held to that length."""
+        if self.canonical and any(len(line.encode()) > self.CANON_DIRECT
+                                  for line in text.replace("\r", "\n").split("\n")):
+            raise SessionError(
+                f"a line of more than {self.CANON_DIRECT} bytes cannot be typed here: this "
+                "host's shell reads lines through its terminal's line discipline", where=self.where,
+                hint="type shorter lines, or run the text as a command (long commands are sent "
+                     "as a here-document)")
+
+    def _check_canonical(self, text: str) -> None:
+        """What a canonical terminal would change: its editing keys, and lines it would cut."""
+        for key, name in self.CANON_KEYS.items():
+            if key in text:
+                raise SessionError(
+                    f"the command contains {name}, which this host's terminal takes as a "
+                    "line-editing key (its shell's line editor echoes, so the session reads "
+                    "lines through the terminal's canonical mode)", where=self.where,
+                    hint="write the byte with printf escapes (printf '\\177'), or put it in a "
+                         "file (ssh_file_upload) and use that")
+        longest = max(len(line.encode()) for line in text.split("\n"))
+        if longest > self.CANON_LINE:
+            raise SessionError(
+                f"a line of this command has {longest} bytes; this host's terminal holds at "
+                f"most {self.CANON_LINE} per line (its shell's line editor echoes, so the "
+                "session reads lines through the terminal's canonical mode)", where=self.where,
+                hint="split the line (a shell line can continue after a backslash), or upload "
+                     "a script (ssh_file_upload) and run it")
 
     def end(self, m: re.Match[str]) -> tuple[int | None, str | None]:
         return int(m.group(1)), m.group(2)

@@ -400,8 +400,9 @@ class Session:
                 self._new_run(command)
                 self._write(command.strip() + self.framer.newline)
             else:
+                line = self.framer.wrap(command)    # may refuse it: before any state changes
                 self._new_run(command)
-                self._write(self.framer.wrap(command))
+                self._write(line)
             stopped = self._pump(start + wait, until=pattern, stop_on_input=True)
             return self._result(awaiting=stopped)
         finally:
@@ -441,6 +442,8 @@ class Session:
             raise CallAbandonedError("the caller gave up before the text was typed; nothing "
                                      "was sent", where=f"host {self.target.name!r}")
         data = payload.encode("utf-8")          # before any state changes (a lone surrogate)
+        if isinstance(self.framer, SentinelFramer):
+            self.framer.check_typed(payload)
         if secret and text:
             add_secret(text)
         self.last_activity = time.time()

@@ -13,6 +13,8 @@ and an env file (passwords) into its state directory. Users:
 - ``phjsane`` key auth; its login profile resets the terminal (``stty sane``), as some
   sites' profiles do (what a server that ignores the pty's requested modes looks like), and
   its ``~/.bash_logout`` appends the shell's pid to ``$PHJ_LOGOUT_MARK`` when that is set
+- ``phjash``, ``phjdash`` key auth; their login shells are busybox ``ash`` (routers, Alpine,
+  appliances) and ``dash`` (:meth:`Lab.shell_host_yaml`)
 
 Besides target1..N, ``stock1`` is a target whose sshd keeps OpenSSH's default settings
 (``MaxStartups 10:30:100``: new connections are dropped at random past 10 unauthenticated
@@ -28,7 +30,7 @@ lab inventory too).
 
 Every node serves SFTP except target3 (``NO_SFTP``), where file copies use SCP.
 
-Needs root, ``ip`` (iproute2), ``iptables``, ``sshd``, ``dropbear`` (dropbear-bin) and ``sudo``. Used by the test suite, ``make demo``
+Needs root, ``ip`` (iproute2), ``iptables``, ``sshd``, ``dropbear`` (dropbear-bin), ``busybox`` and ``sudo``. Used by the test suite, ``make demo``
 and ``bench/``.  ``python tests/lab/sshlab.py up|down|status [--state DIR] [--targets N]``.
 """
 
@@ -55,7 +57,10 @@ LAB_NET = f"10.{NET}.0.0/16"
 DEFAULT_STATE = Path(os.environ.get("PHJ_LAB_STATE", f"/tmp/phonehome-jump-lab-{NET}"))
 # The lab users are machine-wide, so their passwords are too (one file for every lab).
 ENV_FILE = Path("/var/lib/phonehome-jump-lab/env.json")
-USERS = ("phjkey", "phjpass", "phjsudo", "phjsane")
+USERS = ("phjkey", "phjpass", "phjsudo", "phjsane", "phjash", "phjdash")
+#: busybox runs as ash when called by that name; a login shell's name comes from its path
+ASH = Path("/usr/local/lib/phonehome-jump-lab/ash")
+SHELLS = {"phjash": str(ASH), "phjdash": "/bin/dash"}
 #: The one node without an SFTP subsystem, so file copies fall back to SCP there.
 NO_SFTP = "target3"
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin/sshd"
@@ -180,10 +185,15 @@ class Lab:
     def _users(self) -> None:
         env = self.env
         passwords = {"phjkey": "!", "phjpass": env["PHJ_LAB_PASSWORD"], "phjsudo": env["PHJ_LAB_SUDO_PASSWORD"],
-                     "phjsane": "!"}
+                     "phjsane": "!", "phjash": "!", "phjdash": "!"}
+        ASH.parent.mkdir(parents=True, exist_ok=True)
+        if not ASH.is_symlink():
+            ASH.symlink_to(shutil.which("busybox") or "/bin/busybox")
         for user in USERS:
             if run("id", user, check=False).returncode != 0:
-                run("useradd", "-m", "-s", "/bin/bash", user)
+                run("useradd", "-m", "-s", SHELLS.get(user, "/bin/bash"), user)
+            elif user in SHELLS:
+                run("usermod", "-s", SHELLS[user], user)
             if passwords[user] != "!":
                 run("chpasswd", input=f"{user}:{passwords[user]}\n")
             else:   # key-only account: unlock it without a usable password
@@ -310,6 +320,12 @@ PrintLastLog no
         """An inventory host entry for the dropbear target (kept out of the lab inventory)."""
         return (f"  {name}: {{host: {self.addr('dropbear1')}, groups: [lab], "
                 "description: dropbear sshd}\n")
+
+    def shell_host_yaml(self, user: str) -> str:
+        """An inventory host ``lab-<user>`` on target1 for a user whose login shell is not bash
+        (``phjash``, ``phjdash``; kept out of the lab inventory)."""
+        return (f"  lab-{user}: {{host: {self.addr('target1')}, via: jump2, credentials: lab-key, "
+                f"username: {user}}}\n")
 
     def sane_host_yaml(self, name: str = "lab-sane") -> str:
         """An inventory host entry for ``phjsane`` on target1 (kept out of the lab inventory)."""
