@@ -3,16 +3,16 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-APT_PKGS := openssh-server openssh-client dropbear-bin busybox iproute2 iptables sudo vim-tiny less procps openssl
+APT_PKGS := openssh-server openssh-client dropbear-bin busybox zsh iproute2 iptables sudo vim-tiny less procps openssl
 
 .PHONY: setup system venv demo test unit bench lab-up lab-down schema clean
 
 setup: system venv
 
-# The sshd lab needs OpenSSH, dropbear, busybox, iproute2, iptables (silent drops) and sudo (the shell tests
+# The sshd lab needs OpenSSH, dropbear, busybox, zsh, iproute2, iptables (silent drops) and sudo (the shell tests
 # also vi, less, top and openssl on the targets); install them when they are missing.
 system:
-	@missing=""; for c in /usr/sbin/sshd /usr/sbin/dropbear dropbearkey busybox dash ssh ssh-keygen ip ss iptables sudo vi less top openssl; do command -v $$c >/dev/null 2>&1 || missing=1; done; \
+	@missing=""; for c in /usr/sbin/sshd /usr/sbin/dropbear dropbearkey busybox dash zsh ssh ssh-keygen ip ss iptables sudo vi less top openssl; do command -v $$c >/dev/null 2>&1 || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "make: run as root to install: $(APT_PKGS)" >&2; exit 1; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq $(APT_PKGS) >/dev/null; \

@@ -75,7 +75,14 @@ class SentinelFramer(Framer):
         # no `stty` process on the target, unless the server ignored the request, which
         # shows as this line's echo (bash's line editor echoes only when the terminal does;
         # it ends the line with a CR/LF of its own either way, so that tells nothing).
-        line = ("set +o emacs +o vi +m 2>/dev/null; "
+        # zsh: its line editor (zle) echoes and redraws whatever the terminal says, its prompt
+        # expands `$?` only with prompt_subst and takes `%` as an escape, and it marks output
+        # without a final newline (prompt_sp/prompt_cr) and runs precmd hooks before each
+        # prompt: all off, in an eval that other shells never parse (arrays are zsh's own)
+        line = ("[ -n \"$ZSH_VERSION\" ] && eval 'unsetopt zle prompt_cr prompt_sp prompt_percent "
+                "prompt_bang; setopt prompt_subst; precmd_functions=(); preexec_functions=(); "
+                "unset RPROMPT RPS1; unfunction precmd preexec 2>/dev/null'; "
+                "set +o emacs +o vi +m 2>/dev/null; "
                 "unset PROMPT_COMMAND HISTFILE LS_COLORS; export NO_COLOR=1 PAGER=cat SYSTEMD_PAGER= GIT_PAGER=cat "
                 "TERM=dumb; PS2=''; PS3=''; PS4='+ '; "
                 f"_phj={self.token}; PS1='<<phj:${{_phj}}:$?:${{PWD}}>>'\n")

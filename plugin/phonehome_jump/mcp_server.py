@@ -523,8 +523,13 @@ def build_server(inventory: Inventory | str | Path, *,
         text: Annotated[str, Field(description="Text to type (answer a prompt).")] = "",
         newline: Annotated[bool, Field(description="Press Enter after the text.")] = True,
         control: Annotated[str | None, Field(description="Control key to send after the text: "
-                                                         "c (interrupt), d (EOF), z, \\, [ (Esc), "
-                                                         "l, u; also 'ctrl-c' or '^C'.")] = None,
+                                                         "c (interrupt), d, z, \\, [ (Esc), "
+                                                         "l, u; also 'ctrl-c' or '^C'. On a Linux "
+                                                         "session the terminal is raw: d ends the "
+                                                         "input only of programs that read keys "
+                                                         "themselves (python, a REPL), not of "
+                                                         "cat or read; give those their input in "
+                                                         "the command (a here-document).")] = None,
         secret: Annotated[bool, Field(description="The text is a secret (a password): it is "
                                                   "masked in all later output.")] = False,
         confirm: Confirm = False,

@@ -1,5 +1,5 @@
 """Login shells other than bash behind the same two jumps: busybox ash (routers, Alpine,
-appliances) and dash. busybox ash's own line editor echoes every line it reads, whatever
+appliances), dash and zsh. busybox ash's own line editor echoes every line it reads, whatever
 the terminal says; the session then reads lines through a canonical terminal without echo,
 with that terminal's limits, and says so when a command would cross them."""
 
@@ -11,7 +11,7 @@ from phonehome_jump.errors import SessionError
 from phonehome_jump.inventory import Inventory
 from phonehome_jump.manager import SessionManager
 
-SHELLS = {"phjash": "-ash", "phjdash": "-dash"}
+SHELLS = {"phjash": "-ash", "phjdash": "-dash", "phjzsh": "-zsh"}
 SEQ = "".join(f"{i}\n" for i in range(1, 100_001))
 
 
@@ -71,10 +71,24 @@ def test_ash_gets_a_canonical_terminal_and_its_limits_are_errors(shells_inventor
         assert m.command(sid, "echo fine").output == "fine\n"
 
 
-def test_dash_keeps_the_quiet_raw_terminal(shells_inventory):
+@pytest.mark.parametrize("user", ["phjdash", "phjzsh"])
+def test_dash_and_zsh_keep_the_quiet_raw_terminal(shells_inventory, user):
     with SessionManager(shells_inventory) as m:
-        sid = m.open("lab-phjdash").id
+        sid = m.open(f"lab-{user}").id
         assert not m.session(sid).framer.canonical
         assert {"-icanon", "-echo", "-onlcr"} <= set(m.command(sid, "stty -a").output.split())
         long = "x" * 20000                   # no terminal line limit on a raw terminal
         assert m.command(sid, f"echo {long} | wc -c").output.strip() == str(len(long) + 1)
+
+
+def test_zsh_prompt_settings_do_not_reach_the_output(shells_inventory):
+    """zsh marks output without a final newline (prompt_sp), takes `%` in the prompt as an
+    escape (a directory named with one), and runs the precmd hook of the user's .zshrc (the
+    lab's sets the terminal's title, as many do) before each prompt: none of it shows."""
+    with SessionManager(shells_inventory) as m:
+        sid = m.open("lab-phjzsh").id
+        assert m.command(sid, "printf 'no newline'").output == "no newline"
+        r = m.command(sid, "mkdir -p /tmp/phj-100%d && cd /tmp/phj-100%d")
+        assert (r.exit_status, r.cwd, r.output) == (0, "/tmp/phj-100%d", "")
+        assert m.command(sid, "echo next").output == "next\n"
+        m.command(sid, "cd / && rmdir /tmp/phj-100%d")

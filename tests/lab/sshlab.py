@@ -13,8 +13,10 @@ and an env file (passwords) into its state directory. Users:
 - ``phjsane`` key auth; its login profile resets the terminal (``stty sane``), as some
   sites' profiles do (what a server that ignores the pty's requested modes looks like), and
   its ``~/.bash_logout`` appends the shell's pid to ``$PHJ_LOGOUT_MARK`` when that is set
-- ``phjash``, ``phjdash`` key auth; their login shells are busybox ``ash`` (routers, Alpine,
-  appliances) and ``dash`` (:meth:`Lab.shell_host_yaml`)
+- ``phjash``, ``phjdash``, ``phjzsh`` key auth; their login shells are busybox ``ash``
+  (routers, Alpine, appliances), ``dash`` and ``zsh`` (its ``~/.zshrc`` sets a prompt and a
+  precmd hook that titles the terminal, as users' own do; without one zsh asks a new user
+  questions) (:meth:`Lab.shell_host_yaml`)
 
 Besides target1..N, ``stock1`` is a target whose sshd keeps OpenSSH's default settings
 (``MaxStartups 10:30:100``: new connections are dropped at random past 10 unauthenticated
@@ -30,7 +32,7 @@ lab inventory too).
 
 Every node serves SFTP except target3 (``NO_SFTP``), where file copies use SCP.
 
-Needs root, ``ip`` (iproute2), ``iptables``, ``sshd``, ``dropbear`` (dropbear-bin), ``busybox`` and ``sudo``. Used by the test suite, ``make demo``
+Needs root, ``ip`` (iproute2), ``iptables``, ``sshd``, ``dropbear`` (dropbear-bin), ``busybox``, ``zsh`` and ``sudo``. Used by the test suite, ``make demo``
 and ``bench/``.  ``python tests/lab/sshlab.py up|down|status [--state DIR] [--targets N]``.
 """
 
@@ -57,10 +59,10 @@ LAB_NET = f"10.{NET}.0.0/16"
 DEFAULT_STATE = Path(os.environ.get("PHJ_LAB_STATE", f"/tmp/phonehome-jump-lab-{NET}"))
 # The lab users are machine-wide, so their passwords are too (one file for every lab).
 ENV_FILE = Path("/var/lib/phonehome-jump-lab/env.json")
-USERS = ("phjkey", "phjpass", "phjsudo", "phjsane", "phjash", "phjdash")
+USERS = ("phjkey", "phjpass", "phjsudo", "phjsane", "phjash", "phjdash", "phjzsh")
 #: busybox runs as ash when called by that name; a login shell's name comes from its path
 ASH = Path("/usr/local/lib/phonehome-jump-lab/ash")
-SHELLS = {"phjash": str(ASH), "phjdash": "/bin/dash"}
+SHELLS = {"phjash": str(ASH), "phjdash": "/bin/dash", "phjzsh": "/usr/bin/zsh"}
 #: The one node without an SFTP subsystem, so file copies fall back to SCP there.
 NO_SFTP = "target3"
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin/sshd"
@@ -185,7 +187,7 @@ class Lab:
     def _users(self) -> None:
         env = self.env
         passwords = {"phjkey": "!", "phjpass": env["PHJ_LAB_PASSWORD"], "phjsudo": env["PHJ_LAB_SUDO_PASSWORD"],
-                     "phjsane": "!", "phjash": "!", "phjdash": "!"}
+                     "phjsane": "!", "phjash": "!", "phjdash": "!", "phjzsh": "!"}
         ASH.parent.mkdir(parents=True, exist_ok=True)
         if not ASH.is_symlink():
             ASH.symlink_to(shutil.which("busybox") or "/bin/busybox")
@@ -210,6 +212,9 @@ class Lab:
             keys.write_text("".join(line + "\n" for line in [*have, ours]))
         os.chmod(keys, 0o600)
         shutil.chown(keys, "phjkey", "phjkey")
+        zshrc = Path("/home/phjzsh/.zshrc")     # as users' own do: a prompt, a title hook
+        zshrc.write_text("PROMPT='%n@%m %~ %# '\nprecmd() { print -Pn '\\e]0;%n@%m: %~\\a' }\n")
+        shutil.chown(zshrc, "phjzsh", "phjzsh")
         Path("/etc/sudoers.d").mkdir(exist_ok=True)
         profile = Path("/home/phjsane/.bash_profile")
         profile.write_text("stty sane\n. ~/.profile\n")
