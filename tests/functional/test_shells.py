@@ -18,6 +18,7 @@ SEQ = "".join(f"{i}\n" for i in range(1, 100_001))
 @pytest.fixture(scope="module")
 def shells_inventory(lab) -> Inventory:
     extra = "".join(lab.shell_host_yaml(user) for user in SHELLS)
+    extra += lab.dropbear_host_yaml("lab-openwrt", user="phjash")
     return Inventory.from_text(lab.inventory.read_text() + extra, str(lab.inventory))
 
 
@@ -92,3 +93,16 @@ def test_zsh_prompt_settings_do_not_reach_the_output(shells_inventory):
         assert (r.exit_status, r.cwd, r.output) == (0, "/tmp/phj-100%d", "")
         assert m.command(sid, "echo next").output == "next\n"
         m.command(sid, "cd / && rmdir /tmp/phj-100%d")
+
+
+def test_an_openwrt_like_login_ash_on_dropbear(shells_inventory):
+    """busybox ash behind dropbear, as on OpenWrt: the same canonical terminal, exact output."""
+    with SessionManager(shells_inventory, cap=2_000_000) as m:
+        sid = m.open("lab-openwrt").id
+        assert m.session(sid).framer.canonical
+        assert m.command(sid, 'echo "$0"').output == "-ash\n"
+        r = m.command(sid, "seq 1 100000", wait=60)
+        assert (r.exit_status, r.output == SEQ) == (0, True)
+        long = "x" * 3000
+        assert m.command(sid, f"echo {long} | wc -c").output == f"{len(long) + 1}\n"
+        assert m.command(sid, "cd /tmp; exit 4").exit_status == 4

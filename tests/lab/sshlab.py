@@ -63,6 +63,8 @@ USERS = ("phjkey", "phjpass", "phjsudo", "phjsane", "phjash", "phjdash", "phjzsh
 #: busybox runs as ash when called by that name; a login shell's name comes from its path
 ASH = Path("/usr/local/lib/phonehome-jump-lab/ash")
 SHELLS = {"phjash": str(ASH), "phjdash": "/bin/dash", "phjzsh": "/usr/bin/zsh"}
+#: users with key auth on the dropbear target (phjash: an OpenWrt-like login, ash on dropbear)
+DROPBEAR_USERS = ("phjkey", "phjash")
 #: The one node without an SFTP subsystem, so file copies fall back to SCP there.
 NO_SFTP = "target3"
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin/sshd"
@@ -191,6 +193,10 @@ class Lab:
         ASH.parent.mkdir(parents=True, exist_ok=True)
         if not ASH.is_symlink():
             ASH.symlink_to(shutil.which("busybox") or "/bin/busybox")
+        shells = Path("/etc/shells")        # dropbear refuses a login shell not listed there
+        listed = shells.read_text().splitlines() if shells.exists() else []
+        if str(ASH) not in listed:
+            shells.write_text("".join(line + "\n" for line in [*listed, str(ASH)]))
         for user in USERS:
             if run("id", user, check=False).returncode != 0:
                 run("useradd", "-m", "-s", SHELLS.get(user, "/bin/bash"), user)
@@ -202,16 +208,17 @@ class Lab:
                 run("usermod", "-p", "*", user)
         # dropbear reads ~/.ssh/authorized_keys only: each lab's client key is added (labs
         # that are up at once each need theirs; the keys are the labs' own, made for them)
-        ssh_dir = Path("/home/phjkey/.ssh")
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        shutil.chown(ssh_dir, "phjkey", "phjkey")
-        keys = ssh_dir / "authorized_keys"
         ours = self.key_file.with_suffix(".pub").read_text().strip()
-        have = keys.read_text().splitlines() if keys.exists() else []
-        if ours not in have:
-            keys.write_text("".join(line + "\n" for line in [*have, ours]))
-        os.chmod(keys, 0o600)
-        shutil.chown(keys, "phjkey", "phjkey")
+        for user in DROPBEAR_USERS:
+            ssh_dir = Path(f"/home/{user}/.ssh")
+            ssh_dir.mkdir(mode=0o700, exist_ok=True)
+            shutil.chown(ssh_dir, user, user)
+            keys = ssh_dir / "authorized_keys"
+            have = keys.read_text().splitlines() if keys.exists() else []
+            if ours not in have:
+                keys.write_text("".join(line + "\n" for line in [*have, ours]))
+            os.chmod(keys, 0o600)
+            shutil.chown(keys, user, user)
         zshrc = Path("/home/phjzsh/.zshrc")     # as users' own do: a prompt, a title hook
         zshrc.write_text("PROMPT='%n@%m %~ %# '\nprecmd() { print -Pn '\\e]0;%n@%m: %~\\a' }\n")
         shutil.chown(zshrc, "phjzsh", "phjzsh")
@@ -321,9 +328,11 @@ PrintLastLog no
         return (f"  {name}: {{host: {self.addr('stock1')}, groups: [lab], "
                 "description: stock sshd settings (MaxStartups 10:30:100)}\n")
 
-    def dropbear_host_yaml(self, name: str = "lab-dropbear") -> str:
-        """An inventory host entry for the dropbear target (kept out of the lab inventory)."""
-        return (f"  {name}: {{host: {self.addr('dropbear1')}, groups: [lab], "
+    def dropbear_host_yaml(self, name: str = "lab-dropbear", user: str | None = None) -> str:
+        """An inventory host entry for the dropbear target (kept out of the lab inventory);
+        ``user``: one of ``DROPBEAR_USERS`` other than phjkey."""
+        login = f"credentials: lab-key, username: {user}, " if user else ""
+        return (f"  {name}: {{host: {self.addr('dropbear1')}, groups: [lab], {login}"
                 "description: dropbear sshd}\n")
 
     def shell_host_yaml(self, user: str) -> str:
