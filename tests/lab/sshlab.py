@@ -39,6 +39,7 @@ and ``bench/``.  ``python tests/lab/sshlab.py up|down|status [--state DIR] [--ta
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import secrets
@@ -187,6 +188,12 @@ class Lab:
         os.chmod(auth, 0o644)
 
     def _users(self) -> None:
+        # machine-wide (users, /etc/shells, authorized_keys): two labs coming up at once take turns
+        with (ENV_FILE.parent / "users.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._users_locked()
+
+    def _users_locked(self) -> None:
         env = self.env
         passwords = {"phjkey": "!", "phjpass": env["PHJ_LAB_PASSWORD"], "phjsudo": env["PHJ_LAB_SUDO_PASSWORD"],
                      "phjsane": "!", "phjash": "!", "phjdash": "!", "phjzsh": "!"}
