@@ -84,8 +84,8 @@ def test_dash_and_zsh_keep_the_quiet_raw_terminal(shells_inventory, user):
 
 def test_zsh_prompt_settings_do_not_reach_the_output(shells_inventory):
     """zsh marks output without a final newline (prompt_sp), takes `%` in the prompt as an
-    escape (a directory named with one), and runs the precmd hook of the user's .zshrc (the
-    lab's sets the terminal's title, as many do) before each prompt: none of it shows."""
+    escape (a directory named with one), and runs the hooks and options of the user's .zshrc
+    (the lab's titles the terminal, as many do): none of it shows."""
     with SessionManager(shells_inventory) as m:
         sid = m.open("lab-phjzsh").id
         assert m.command(sid, "printf 'no newline'").output == "no newline"
@@ -93,6 +93,22 @@ def test_zsh_prompt_settings_do_not_reach_the_output(shells_inventory):
         assert (r.exit_status, r.cwd, r.output) == (0, "/tmp/phj-100%d", "")
         assert m.command(sid, "echo next").output == "next\n"
         m.command(sid, "cd / && rmdir /tmp/phj-100%d")
+        # the .zshrc's chpwd hook, print_exit_value and spelling correction stay silent
+        assert m.command(sid, "cd /tmp").output == ""
+        assert (m.command(sid, "false").output, m.session(sid).running) == ("", False)
+        r = m.command(sid, "sl", wait=5)
+        assert (r.exit_status, r.output) == (127, "zsh: command not found: sl\n")
+
+
+def test_what_prompt_frameworks_add_to_bash_stays_out_of_the_output(lab):
+    """phjsane's profile sets a PS0 and a DEBUG trap that print around every command."""
+    inv = Inventory.from_text(lab.inventory.read_text() + lab.sane_host_yaml(), str(lab.inventory))
+    with SessionManager(inv) as m:
+        sid = m.open("lab-sane").id
+        assert m.command(sid, "echo hi").output == "hi\n"
+        r = m.command(sid, "cd /tmp")
+        assert (r.exit_status, r.cwd, r.output) == (0, "/tmp", "")
+        assert m.command(sid, "echo one\necho two").output == "one\ntwo\n"
 
 
 def test_an_openwrt_like_login_ash_on_dropbear(shells_inventory):

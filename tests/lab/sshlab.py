@@ -11,12 +11,13 @@ and an env file (passwords) into its state directory. Users:
 - ``phjpass`` password auth
 - ``phjsudo`` password auth, may sudo with its password
 - ``phjsane`` key auth; its login profile resets the terminal (``stty sane``), as some
-  sites' profiles do (what a server that ignores the pty's requested modes looks like), and
+  sites' profiles do (what a server that ignores the pty's requested modes looks like), sets a
+  ``PS0`` and a DEBUG trap that print around each command (as prompt frameworks do), and
   its ``~/.bash_logout`` appends the shell's pid to ``$PHJ_LOGOUT_MARK`` when that is set
 - ``phjash``, ``phjdash``, ``phjzsh`` key auth; their login shells are busybox ``ash``
-  (routers, Alpine, appliances), ``dash`` and ``zsh`` (its ``~/.zshrc`` sets a prompt and a
-  precmd hook that titles the terminal, as users' own do; without one zsh asks a new user
-  questions) (:meth:`Lab.shell_host_yaml`)
+  (routers, Alpine, appliances), ``dash`` and ``zsh`` (its ``~/.zshrc`` sets a prompt, a
+  precmd hook that titles the terminal, a chpwd hook, ``print_exit_value`` and ``correct``, as
+  users' own do; without one zsh asks a new user questions) (:meth:`Lab.shell_host_yaml`)
 
 Besides target1..N, ``stock1`` is a target whose sshd keeps OpenSSH's default settings
 (``MaxStartups 10:30:100``: new connections are dropped at random past 10 unauthenticated
@@ -226,12 +227,14 @@ class Lab:
                 keys.write_text("".join(line + "\n" for line in [*have, ours]))
             os.chmod(keys, 0o600)
             shutil.chown(keys, user, user)
-        zshrc = Path("/home/phjzsh/.zshrc")     # as users' own do: a prompt, a title hook
-        zshrc.write_text("PROMPT='%n@%m %~ %# '\nprecmd() { print -Pn '\\e]0;%n@%m: %~\\a' }\n")
+        zshrc = Path("/home/phjzsh/.zshrc")     # as users' own do: a prompt, hooks, options
+        zshrc.write_text("PROMPT='%n@%m %~ %# '\nprecmd() { print -Pn '\\e]0;%n@%m: %~\\a' }\n"
+                         "chpwd() { echo '[chpwd]' }\nsetopt print_exit_value correct\n")
         shutil.chown(zshrc, "phjzsh", "phjzsh")
         Path("/etc/sudoers.d").mkdir(exist_ok=True)
         profile = Path("/home/phjsane/.bash_profile")
-        profile.write_text("stty sane\n. ~/.profile\n")
+        # and what prompt frameworks add: a PS0 and a DEBUG trap that print around each command
+        profile.write_text("stty sane\n. ~/.profile\nPS0='[ps0]'\ntrap 'printf \"[dbg]\"' DEBUG\n")
         shutil.chown(profile, "phjsane", "phjsane")
         logout = Path("/home/phjsane/.bash_logout")    # a mark for the logout tests, when asked
         logout.write_text('[ -n "$PHJ_LOGOUT_MARK" ] && echo "$$" >> "$PHJ_LOGOUT_MARK"\n')
