@@ -201,8 +201,14 @@ class Session:
                 break
             time.sleep(0.02)
         if self.links:
-            return (f"the remote shell ended without an exit status (killed by a signal, e.g. "
-                    f"kill -9); the connection to {self.target.name} is still up")
+            why = (f"the remote shell ended without an exit status (killed by a signal, e.g. "
+                   f"kill -9); the connection to {self.target.name} is still up")
+            if getattr(self.framer, "canonical", False):
+                # busybox ash reads a canonical terminal with stdio: a child's SIGCHLD at its
+                # prompt reads as the end of its input, and it leaves
+                why += ("; on this host a background job that ends while the shell waits at "
+                        "its prompt ends the shell: start such jobs as `(command &)`")
+            return why
         return "the remote shell or a hop closed the connection"
 
     def check_links(self) -> None:

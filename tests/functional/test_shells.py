@@ -11,6 +11,8 @@ from phonehome_jump.errors import SessionError
 from phonehome_jump.inventory import Inventory
 from phonehome_jump.manager import SessionManager
 
+from .waits import until
+
 SHELLS = {"phjash": "-ash", "phjdash": "-dash", "phjzsh": "-zsh"}
 SEQ = "".join(f"{i}\n" for i in range(1, 100_001))
 
@@ -70,6 +72,15 @@ def test_ash_gets_a_canonical_terminal_and_its_limits_are_errors(shells_inventor
             m.send(sid, "z" * 1500)
         assert not m.session(sid).running
         assert m.command(sid, "echo fine").output == "fine\n"
+        # a background job detached from the shell is fine; one that ends while the shell
+        # waits at its prompt ends the shell (its stdio read takes the signal as end of
+        # input), and the session says so and what to do
+        assert m.command(sid, "(sleep 0.2 &)").exit_status == 0
+        assert m.command(sid, "sleep 0.5; echo alive").output == "alive\n"
+        assert m.command(sid, "sleep 0.2 &").exit_status == 0
+        info = until(lambda: next((i for i in m.list() if i.id == sid and i.state == "dead"), None),
+                     timeout=15, what="the shell to end")
+        assert "start such jobs as `(command &)`" in info.dead_reason
 
 
 @pytest.mark.parametrize("user", ["phjdash", "phjzsh"])
