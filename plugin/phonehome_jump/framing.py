@@ -77,18 +77,20 @@ class SentinelFramer(Framer):
         # it ends the line with a CR/LF of its own either way, so that tells nothing).
         # What a user's rc file may have the shell print around every command is turned off:
         # bash's PS0 (after reading a line), PROMPT_COMMAND and DEBUG trap (prompt frameworks
-        # set them). zsh: its line editor (zle) echoes and redraws whatever the terminal says,
-        # its prompt expands `$?` only with prompt_subst and takes `%` as an escape; it marks
-        # output without a final newline (prompt_sp/prompt_cr), may print "zsh: exit 1"
-        # (print_exit_value) or ask to correct a command (correct), and runs hooks (precmd,
-        # preexec, chpwd, periodic): all off, in an eval that other shells never parse.
+        # set them), tracing (`set -x`/`-v`) and job control, each `set` apart (a shell without
+        # one of the editing modes refuses the whole command). zsh: its line editor (zle)
+        # echoes and redraws whatever the terminal says, its prompt expands `$?` only with
+        # prompt_subst and takes `%` as an escape; it marks output without a final newline
+        # (prompt_sp/prompt_cr), may print "zsh: exit 1" (print_exit_value) or ask to correct
+        # a command (correct), and runs hooks (precmd, preexec, chpwd, periodic): all off, in
+        # an eval that other shells never parse.
         line = ("[ -n \"$ZSH_VERSION\" ] && eval 'unsetopt zle prompt_cr prompt_sp prompt_percent "
                 "prompt_bang correct correct_all print_exit_value; setopt prompt_subst; "
                 "precmd_functions=(); preexec_functions=(); chpwd_functions=(); "
                 "periodic_functions=(); unset RPROMPT RPS1; "
                 "unfunction precmd preexec chpwd periodic 2>/dev/null'; "
                 "[ -n \"$BASH_VERSION\" ] && trap - DEBUG RETURN; "
-                "set +o emacs +o vi +m 2>/dev/null; "
+                "set +m +x +v; set +o emacs 2>/dev/null; set +o vi 2>/dev/null; "
                 "unset PROMPT_COMMAND PS0 HISTFILE LS_COLORS; export NO_COLOR=1 PAGER=cat SYSTEMD_PAGER= GIT_PAGER=cat "
                 "TERM=dumb; PS2=''; PS3=''; PS4='+ '; "
                 f"_phj={self.token}; PS1='<<phj:${{_phj}}:$?:${{PWD}}>>'\n")
