@@ -30,6 +30,7 @@ class Framer:
 
     name = "?"
     pattern: re.Pattern[str]
+    canonical = False       # the shell reads a canonical terminal (SentinelFramer)
 
     def setup(self, session: "Session") -> None:
         raise NotImplementedError
@@ -46,6 +47,9 @@ class Framer:
     def filter(self, text: str) -> str:
         """Incoming text before framing; the sentinel framing keeps it byte-exact."""
         return text
+
+    def check_typed(self, text: str) -> None:
+        """Refuse text typed into the session (``send``) that the terminal would change."""
 
 
 class SentinelFramer(Framer):

@@ -166,8 +166,7 @@ class Session:
             chan = self._chan
             if chan.status_event.is_set() and chan.exit_status >= 0 and not getattr(
                     chan, "exit_signal", None):    # the shell exited (`exit 3`) before this input
-                self.ended = chan.exit_status
-                self._die(f"the shell exited with status {chan.exit_status}")
+                self._exited(chan.exit_status)
             else:
                 self._die(f"the connection closed while sending: {self.blame()}")
             raise self._dead_error() from exc
@@ -175,6 +174,11 @@ class Session:
     def _die(self, why: str) -> None:
         if self.dead is None:
             self.dead = why
+
+    def _exited(self, status: int) -> None:
+        """The shell itself ended (`exit 3`): a normal end, with its status."""
+        self.ended = status
+        self._die(f"the shell exited with status {status}")
 
     def _dead_error(self) -> SessionDeadError:
         if self.ended is not None:
@@ -203,7 +207,7 @@ class Session:
         if self.links:
             why = (f"the remote shell ended without an exit status (killed by a signal, e.g. "
                    f"kill -9); the connection to {self.target.name} is still up")
-            if getattr(self.framer, "canonical", False):
+            if self.framer.canonical:
                 # busybox ash reads a canonical terminal with stdio: a child's SIGCHLD at its
                 # prompt reads as the end of its input, and it leaves
                 why += ("; on this host a background job that ends while the shell waits at "
@@ -273,8 +277,7 @@ class Session:
                     raise self._dead_error()
                 if status >= 0:
                     # `exit`: a normal end, with its status; a login shell's "logout" is not output
-                    self.ended = status
-                    self._die(f"the shell exited with status {status}")
+                    self._exited(status)
                     end = run.length - len("logout\n")
                     if end >= run.delivered and run.out.slice(end, run.length) == "logout\n":
                         run.out.truncate(end)
@@ -448,8 +451,7 @@ class Session:
             raise CallAbandonedError("the caller gave up before the text was typed; nothing "
                                      "was sent", where=f"host {self.target.name!r}")
         data = payload.encode("utf-8")          # before any state changes (a lone surrogate)
-        if isinstance(self.framer, SentinelFramer):
-            self.framer.check_typed(payload)
+        self.framer.check_typed(payload)
         if secret and text:
             add_secret(text)
         self.last_activity = time.time()
@@ -665,17 +667,15 @@ class Session:
         it sends nothing).
         """
         chan = self._chan
-        self._gate.closing = True     # no write starts from here on
-        chan.shutdown_read()          # no window adjust from here on
-        chan.in_buffer.close()        # a reader waiting for output returns now, with nothing
-        held = [lock for lock in (self._rlock, self._wlock) if lock.acquire(timeout=HANGUP_WAIT)]
-        try:
-            chan.close()
-        except Exception:   # the login's connection is gone already (EOFError): nothing to close
-            pass
-        finally:
-            for lock in held:
-                lock.release()
+        with self._gate.last("hanging up"):     # no write under way (or given up on), none after
+            chan.shutdown_read()          # no window adjust from here on
+            chan.in_buffer.close()        # a reader waiting for output returns now, with nothing
+            read = self._rlock.acquire(timeout=HANGUP_WAIT)
+            try:
+                chan.close()
+            finally:
+                if read:
+                    self._rlock.release()
 
     # -- helpers ----------------------------------------------------------------------
     def _check_idle(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -236,38 +237,37 @@ def test_a_session_hung_up_mid_output_sends_nothing_on_its_channel_after_its_clo
         assert closed == len(victims) and not late, (closed, late)
 
 
-@pytest.mark.parametrize("host", LATE_DATA)
-def test_a_session_closed_while_its_input_is_typed_never_takes_its_shared_login_down(lab, servers_inventory, host):
-    """Sessions on one login are closed while other calls type input into their running
-    commands. Data after our CLOSE reaches sshd for a channel it has freed, and sshd ends the
-    whole connection ("referred to nonexistent channel"), every other shell on the login with
-    it. With each data message held back between paramiko's check and its send, a close that
-    did not wait for the writer lost the login nearly every time."""
+@contextmanager
+def _six_typed_into_on_one_login(lab, inventory, host: str, command: str, text: str, gone):
+    """Six sessions on one login of ``host`` run ``command`` while a thread each types
+    ``text`` into them until ``gone`` (an exception) stops it; each data message is held back
+    between paramiko's check and its send. Yields (the manager, the victims, the messages
+    held back so far, the typists' exceptions); the block ends the victims. Afterwards a
+    seventh session on the login still works, nothing followed a CLOSE on the wire, and the
+    server logged no late data."""
     node, late_data = LATE_DATA[host]
     sshd_log = lab.state / f"sshd_{node}.log"
     log_start = sshd_log.stat().st_size
-    with SessionManager(servers_inventory, max_per_host=20) as m:
+    with SessionManager(inventory, max_per_host=20) as m:
         keep = m.open(host).id
         victims = [m.open(host).id for _ in range(6)]
         login = m.session(keep).login
         assert all(m.session(v).login is login for v in victims)
         for v in victims:
-            assert m.command(v, "cat > /dev/null", wait=0.2).running
+            assert m.command(v, command, wait=0.2).running
         typed, wire = _hold_back_and_record(login.link.transport, 94)      # CHANNEL_DATA
         stopped: list = []
 
         def type_into(v: str) -> None:
             try:
                 while True:
-                    m.send(v, "some input for cat")
-            except (SessionDeadError, UnknownSessionError) as exc:   # closed under the typist
+                    m.send(v, text)
+            except gone as exc:
                 stopped.append(exc)
         typists = [threading.Thread(target=type_into, args=(v,)) for v in victims]
         for t in typists:
             t.start()
-        until(lambda: len(typed) >= len(victims), timeout=30, what="input flowing to every victim")
-        closes = at_once(lambda i: m.close(victims[i]), len(victims))
-        assert closes == [None] * len(victims)
+        yield m, victims, typed, stopped
         for t in typists:
             t.join(60)
         assert len(stopped) == len(victims), stopped
@@ -278,6 +278,21 @@ def test_a_session_closed_while_its_input_is_typed_never_takes_its_shared_login_
     with sshd_log.open() as fh:
         fh.seek(log_start)
         assert late_data not in fh.read()
+
+
+@pytest.mark.parametrize("host", LATE_DATA)
+def test_a_session_closed_while_its_input_is_typed_never_takes_its_shared_login_down(lab, servers_inventory, host):
+    """Sessions on one login are closed while other calls type input into their running
+    commands. Data after our CLOSE reaches sshd for a channel it has freed, and sshd ends the
+    whole connection ("referred to nonexistent channel"), every other shell on the login with
+    it. With each data message held back between paramiko's check and its send, a close that
+    did not wait for the writer lost the login nearly every time."""
+    with _six_typed_into_on_one_login(lab, servers_inventory, host, "cat > /dev/null",
+                                      "some input for cat",
+                                      (SessionDeadError, UnknownSessionError)) as (m, victims, typed, _):
+        until(lambda: len(typed) >= len(victims), timeout=30, what="input flowing to every victim")
+        closes = at_once(lambda i: m.close(victims[i]), len(victims))
+        assert closes == [None] * len(victims)
 
 
 @pytest.mark.parametrize("host", LATE_DATA)
@@ -288,36 +303,8 @@ def test_a_shell_that_exits_while_input_is_typed_never_takes_its_shared_login_do
     and its send: the data followed our CLOSE, and sshd ended the whole connection, every
     other shell on the login with it. With each data message held back there, that was
     nearly every time."""
-    node, late_data = LATE_DATA[host]
-    sshd_log = lab.state / f"sshd_{node}.log"
-    log_start = sshd_log.stat().st_size
-    with SessionManager(servers_inventory, max_per_host=20) as m:
-        keep = m.open(host).id
-        victims = [m.open(host).id for _ in range(6)]
-        login = m.session(keep).login
-        assert all(m.session(v).login is login for v in victims)
-        for v in victims:       # each shell exits once 100 bytes of input reached it
-            assert m.command(v, "head -c 100 > /dev/null; exit 3", wait=0.2).running
-        typed, wire = _hold_back_and_record(login.link.transport, 94)      # CHANNEL_DATA
-        stopped: list = []
-
-        def type_into(v: str) -> None:
-            try:
-                while True:
-                    m.send(v, "input for head")
-            except SessionDeadError as exc:     # the shell has gone
-                stopped.append(exc)
-        typists = [threading.Thread(target=type_into, args=(v,)) for v in victims]
-        for t in typists:
-            t.start()
-        for t in typists:
-            t.join(60)
-        assert len(stopped) == len(victims), stopped
+    # each shell exits once 100 bytes of input reached it
+    with _six_typed_into_on_one_login(lab, servers_inventory, host, "head -c 100 > /dev/null; exit 3",
+                                      "input for head", SessionDeadError) as (m, victims, _, stopped):
+        until(lambda: len(stopped) == len(victims), timeout=60, what="every shell to exit")
         assert all("the shell exited with status 3" in str(e) for e in stopped), stopped
-        assert m.command(keep, "echo alive").output == "alive\n"
-        assert m.session(keep).login is login and login.alive
-        closed, late = _after_close(wire)
-        assert closed == len(victims) and not late, (closed, late)
-    with sshd_log.open() as fh:
-        fh.seek(log_start)
-        assert late_data not in fh.read()

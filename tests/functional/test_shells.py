@@ -20,7 +20,7 @@ SEQ = "".join(f"{i}\n" for i in range(1, 100_001))
 @pytest.fixture(scope="module")
 def shells_inventory(lab) -> Inventory:
     extra = "".join(lab.shell_host_yaml(user) for user in SHELLS)
-    extra += lab.dropbear_host_yaml("lab-openwrt", user="phjash")
+    extra += lab.dropbear_host_yaml("lab-openwrt", user="phjash") + lab.sane_host_yaml()
     return Inventory.from_text(lab.inventory.read_text() + extra, str(lab.inventory))
 
 
@@ -111,10 +111,9 @@ def test_zsh_prompt_settings_do_not_reach_the_output(shells_inventory):
         assert (r.exit_status, r.output) == (127, "zsh: command not found: sl\n")
 
 
-def test_what_prompt_frameworks_add_to_bash_stays_out_of_the_output(lab):
+def test_what_prompt_frameworks_add_to_bash_stays_out_of_the_output(shells_inventory):
     """phjsane's profile sets a PS0 and a DEBUG trap that print around every command."""
-    inv = Inventory.from_text(lab.inventory.read_text() + lab.sane_host_yaml(), str(lab.inventory))
-    with SessionManager(inv) as m:
+    with SessionManager(shells_inventory) as m:
         sid = m.open("lab-sane").id
         assert m.command(sid, "echo hi").output == "hi\n"
         r = m.command(sid, "cd /tmp")
